@@ -1,0 +1,55 @@
+# hammerlock — the two commands: `make run` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HAMMERLOCK_DATA_DIR ?= ./var
+
+.PHONY: run test test-long lint format demo admin-key bench-ledger clean help
+
+help:
+	@echo "make run          set up and start hammerlock on http://127.0.0.1:8000 (docs at /docs)"
+	@echo "make test         set up, then lint, type-check, check imports and run the test suite"
+	@echo "make demo         walk through the ledger against the running server (make run first)"
+	@echo "make admin-key    print a new admin API key"
+	@echo "make test-long    long property and soak runs"
+	@echo "make bench-ledger ledger throughput against pgbench in the same run"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/hammerlock serve
+
+admin-key: $(STAMP)
+	@$(BIN)/hammerlock keys create --role admin --name "admin ($(USER))" | tail -n 1
+
+demo: $(STAMP)
+	$(BIN)/python -m hammerlock.cli.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+test: lint
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow"
+
+test-long: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest -n 2 --dist loadgroup
+
+bench-ledger: $(STAMP)
+	$(BIN)/python bench/ledger_bench.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache

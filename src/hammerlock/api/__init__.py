@@ -1,0 +1,1 @@
+"""The HTTP API: the app factory, the error model, idempotency and the request path."""

@@ -1,0 +1,154 @@
+"""The FastAPI application factory. It builds; the composition root (bootstrap.py) wires."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, cast
+
+import structlog
+import swagger_ui_bundle
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+import hammerlock
+from hammerlock.api.middleware import RequestContextMiddleware
+from hammerlock.api.problems import ApiError, problem_response
+from hammerlock.api.route import domain_problem
+from hammerlock.api.routers import health, keys
+from hammerlock.errors import DomainError
+from hammerlock.ledger import router as ledger_router
+
+if TYPE_CHECKING:
+    from hammerlock.bootstrap import Container
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("hammerlock.api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_MAX_REPORTED_ERRORS = 50
+
+
+def create_app(container: Container) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await container.start()
+        try:
+            yield
+        finally:
+            await container.stop()
+
+    app = FastAPI(
+        title="hammerlock",
+        version=hammerlock.__version__,
+        summary="Payments and trust backbone for online auction marketplaces.",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    _install_docs(app)
+    _install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health.router)
+    app.include_router(keys.router)
+    app.include_router(ledger_router.router)
+    _declare_security_scheme(app)
+    return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI from the installed package: no CDN, no third-party script."""
+    assets = str(swagger_ui_bundle.swagger_ui_path)
+    app.mount("/docs/assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="hammerlock API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+
+def _declare_security_scheme(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["ApiKey"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key: `Authorization: Bearer hl_…` (hammerlock keys create)",
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_request: Request, exc: Exception) -> Response:
+        exc = cast("ApiError", exc)
+        return problem_response(
+            code=exc.code, detail=exc.detail, title=exc.title, status=exc.status, **exc.extra
+        )
+
+    async def on_domain_error(_request: Request, exc: Exception) -> Response:
+        exc = cast("DomainError", exc)
+        return domain_problem(exc)
+
+    async def on_validation_error(_request: Request, exc: Exception) -> Response:
+        exc = cast("RequestValidationError", exc)
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body",
+                "message": str(err.get("msg", "invalid")),
+                "type": str(err.get("type", "invalid")),
+            }
+            for err in exc.errors()[:_MAX_REPORTED_ERRORS]
+        ]
+        malformed = any(e["type"] == "json_invalid" for e in errors)
+        return problem_response(
+            code="malformed_json" if malformed else "validation_error",
+            detail="the request body is not valid JSON"
+            if malformed
+            else f"{len(exc.errors())} invalid field(s); see `errors`",
+            status=400 if malformed else 422,
+            errors=errors,
+        )
+
+    async def on_http_error(_request: Request, exc: Exception) -> Response:
+        exc = cast("StarletteHTTPException", exc)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return problem_response(
+            code=code,
+            detail=detail,
+            status=exc.status_code,
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("http.unhandled_error", path=request.url.path, exc_info=exc)
+        return problem_response(
+            code="internal_error",
+            detail="an unexpected error occurred; it has been logged with this request's id",
+        )
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(DomainError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,247 @@
+"""Idempotency keys (IETF httpapi Idempotency-Key draft, with Stripe's behaviour).
+
+The first request with a key takes a *lease* on it (a row in ``idempotency_keys``) and keeps
+renewing it while its handler runs. When the handler has produced a response, the response is
+stored with a fingerprint of method, path, API key and body, for ``idempotency_ttl_s``; retries
+replay it byte for byte with ``Idempotent-Replayed: true``. The same key with another body is
+422 ``idempotency_key_reuse``; a retry while the lease is held is 409
+``idempotency_key_in_flight``. If the process dies mid-request the lease lapses and a retry runs
+afresh — safe because every money-moving operation is idempotent underneath.
+
+Works across processes: the lease is a database row, taken and completed with conditional writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+import rfc8785
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import IntegrityError
+from starlette.responses import Response
+
+from hammerlock.api.problems import ApiError
+from hammerlock.db.engine import Database
+from hammerlock.db.metadata import metadata
+
+__all__ = ["IdempotencyStore", "fingerprint", "idempotency_keys", "validate_key"]
+
+log = structlog.get_logger("hammerlock.idempotency")
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("scope", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(12), nullable=False),
+    sa.Column("lease_token", sa.String(32), nullable=True),
+    sa.Column("lease_expires_us", sa.BigInteger, nullable=True),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("headers", sa.Text, nullable=True),
+    sa.Column("body", sa.LargeBinary, nullable=True),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("expires_us", sa.BigInteger, nullable=False),
+)
+
+_REPLAYED_HEADERS = ("content-type", "location")
+_MAX_KEY_LENGTH = 255
+
+
+def validate_key(raw: str) -> str:
+    if not 1 <= len(raw) <= _MAX_KEY_LENGTH or not all(0x20 < ord(c) < 0x7F for c in raw):
+        raise ApiError(
+            "idempotency_key_invalid",
+            "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+        )
+    return raw
+
+
+def fingerprint(method: str, path: str, scope: str, body: bytes) -> str:
+    """Stable across JSON formatting: a JSON body is hashed in its RFC 8785 canonical form."""
+    try:
+        canonical = rfc8785.dumps(orjson.loads(body)) if body else b""
+    except (orjson.JSONDecodeError, rfc8785.CanonicalizationError, ValueError, TypeError):
+        canonical = body
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), scope.encode(), canonical):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+
+    def response(self) -> Response:
+        headers = dict(self.headers)
+        headers["Idempotent-Replayed"] = "true"
+        return Response(content=self.body, status_code=self.status_code, headers=headers)
+
+
+class IdempotencyStore:
+    def __init__(self, db: Database, *, ttl_s: int, lease_s: int) -> None:
+        self._db = db
+        self._ttl_us = ttl_s * 1_000_000
+        self._lease_us = lease_s * 1_000_000
+        self._renew_every_s = max(lease_s / 3, 0.2)
+
+    async def run(
+        self,
+        *,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        handler: Callable[[], Awaitable[Response]],
+    ) -> Response:
+        outcome = await self._begin(scope, key, fingerprint)
+        if isinstance(outcome, _Stored):
+            return outcome.response()
+        token = outcome
+        renewer = asyncio.create_task(self._keep_alive(scope, key, token))
+        try:
+            response = await handler()
+        except BaseException:
+            renewer.cancel()
+            await asyncio.shield(self._release(scope, key, token))
+            raise
+        renewer.cancel()
+        if response.status_code >= 500:
+            # The handler did not decide anything; let a retry run afresh.
+            await self._release(scope, key, token)
+            return response
+        await self._complete(scope, key, token, response)
+        return response
+
+    async def _begin(self, scope: str, key: str, fp: str) -> _Stored | str:
+        for _ in range(5):
+            try:
+                async with self._db.transaction() as uow:
+                    now = uow.clock.now_us()
+                    t = idempotency_keys
+                    row = (
+                        (
+                            await uow.conn.execute(
+                                sa.select(t).where(t.c.scope == scope, t.c.key == key)
+                            )
+                        )
+                        .mappings()
+                        .first()
+                    )
+                    token = secrets.token_hex(16)
+                    lease = {
+                        "fingerprint": fp,
+                        "state": "in_flight",
+                        "lease_token": token,
+                        "lease_expires_us": now + self._lease_us,
+                        "status_code": None,
+                        "headers": None,
+                        "body": None,
+                        "created_us": now,
+                        "expires_us": now + self._ttl_us,
+                    }
+                    if row is None:
+                        await uow.conn.execute(t.insert().values(scope=scope, key=key, **lease))
+                        return token
+                    complete = row["state"] == "complete"
+                    if complete and row["expires_us"] <= now:
+                        pass  # the stored answer has expired: the key is new again
+                    elif row["fingerprint"] != fp:
+                        raise ApiError(
+                            "idempotency_key_reuse",
+                            "this Idempotency-Key was used with a different request; "
+                            "use a new key for a new request",
+                        )
+                    elif complete:
+                        return _Stored(
+                            status_code=row["status_code"],
+                            headers=orjson.loads(row["headers"]),
+                            body=row["body"],
+                        )
+                    elif row["lease_expires_us"] > now:
+                        raise ApiError(
+                            "idempotency_key_in_flight",
+                            "a request with this Idempotency-Key is still being processed; "
+                            "retry shortly",
+                        )
+                    taken = await uow.conn.execute(
+                        t.update()
+                        .where(
+                            t.c.scope == scope,
+                            t.c.key == key,
+                            t.c.lease_token.is_not_distinct_from(row["lease_token"]),
+                            t.c.state == row["state"],
+                        )
+                        .values(**lease)
+                    )
+                    if taken.rowcount == 1:
+                        return token
+            except IntegrityError:
+                pass  # another process inserted the key first: look again
+        raise ApiError(
+            "idempotency_key_in_flight", "could not take the Idempotency-Key; retry shortly"
+        )
+
+    async def _keep_alive(self, scope: str, key: str, token: str) -> None:
+        t = idempotency_keys
+        while True:
+            await asyncio.sleep(self._renew_every_s)
+            with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
+                async with self._db.transaction() as uow:
+                    await uow.conn.execute(
+                        t.update()
+                        .where(t.c.scope == scope, t.c.key == key, t.c.lease_token == token)
+                        .values(lease_expires_us=uow.clock.now_us() + self._lease_us)
+                    )
+
+    async def _complete(self, scope: str, key: str, token: str, response: Response) -> None:
+        t = idempotency_keys
+        headers = {
+            name: response.headers[name] for name in _REPLAYED_HEADERS if name in response.headers
+        }
+        async with self._db.transaction() as uow:
+            done = await uow.conn.execute(
+                t.update()
+                .where(t.c.scope == scope, t.c.key == key, t.c.lease_token == token)
+                .values(
+                    state="complete",
+                    lease_token=None,
+                    lease_expires_us=None,
+                    status_code=response.status_code,
+                    headers=orjson.dumps(headers).decode(),
+                    body=bytes(response.body),
+                    expires_us=uow.clock.now_us() + self._ttl_us,
+                )
+            )
+        if done.rowcount != 1:
+            log.warning("idempotency.lease_lost", scope=scope, key_length=len(key))
+
+    async def _release(self, scope: str, key: str, token: str) -> None:
+        t = idempotency_keys
+        async with self._db.transaction() as uow:
+            await uow.conn.execute(
+                t.delete().where(
+                    t.c.scope == scope,
+                    t.c.key == key,
+                    t.c.lease_token == token,
+                    t.c.state == "in_flight",
+                )
+            )
+
+    async def purge_expired(self) -> int:
+        t = idempotency_keys
+        async with self._db.transaction() as uow:
+            result = await uow.conn.execute(
+                t.delete().where(t.c.state == "complete", t.c.expires_us <= uow.clock.now_us())
+            )
+        return int(result.rowcount)

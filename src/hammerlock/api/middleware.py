@@ -1,0 +1,64 @@
+"""Outermost middleware: request id, structured access log, and a hard cap on body size.
+
+Pure ASGI (no BaseHTTPMiddleware): it never buffers a body. Per-route limits are enforced later,
+in :mod:`hammerlock.api.route`, before the body is read.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hammerlock.api.policy import BATCH_MAX_BODY_BYTES
+from hammerlock.api.problems import problem_response
+
+__all__ = ["RequestContextMiddleware"]
+
+log = structlog.get_logger("hammerlock.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = request_id
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            declared = headers.get(b"content-length", b"0")
+            if declared.isdigit() and int(declared) > BATCH_MAX_BODY_BYTES:
+                response = problem_response(
+                    code="payload_too_large",
+                    detail=f"request body over the hard limit of {BATCH_MAX_BODY_BYTES} bytes",
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+            log.info(
+                "http.request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )

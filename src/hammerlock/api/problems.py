@@ -1,0 +1,104 @@
+"""RFC 9457 problem details, and the one table that maps error codes to HTTP statuses.
+
+Every error response is ``application/problem+json`` with ``type``, ``title``, ``status``,
+``detail`` and a stable ``code``. No stack trace, SQL or secret ever reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+__all__ = ["PROBLEM_TYPE_BASE", "STATUS_BY_CODE", "ApiError", "problem_response", "status_for"]
+
+PROBLEM_TYPE_BASE = "https://hammerlock.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+# code -> HTTP status. Domain errors raise with a code; only this table knows HTTP.
+STATUS_BY_CODE: dict[str, int] = {
+    # request shape
+    "malformed_json": 400,
+    "pan_not_allowed": 400,
+    "idempotency_key_required": 400,
+    "idempotency_key_invalid": 400,
+    "validation_error": 422,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    # auth
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "invalid_role": 422,
+    "key_not_found": 404,
+    # idempotency
+    "idempotency_key_reuse": 422,
+    "idempotency_key_in_flight": 409,
+    # money
+    "unknown_currency": 422,
+    "currency_mismatch": 422,
+    "invalid_amount": 422,
+    # ledger
+    "account_not_found": 404,
+    "transfer_not_found": 404,
+    "account_reserved": 403,
+    "ledger_busy": 503,
+    # generic
+    "service_unavailable": 503,
+    "internal_error": 500,
+}
+
+TITLES: dict[int, str] = {
+    400: "Bad request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+
+
+def status_for(code: str) -> int:
+    return STATUS_BY_CODE.get(code, 400)
+
+
+class ApiError(Exception):
+    """An error raised by the HTTP layer itself (not a domain)."""
+
+    def __init__(self, code: str, detail: str, *, title: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.status = status_for(code)
+        self.detail = detail
+        self.title = title or TITLES.get(self.status, "Error")
+        self.extra = extra
+
+
+def problem_response(
+    *,
+    code: str,
+    detail: str,
+    title: str | None = None,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    status = status or status_for(code)
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title or TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    body.update(extra)
+    return Response(
+        content=orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers
+    )

@@ -1,0 +1,1 @@
+"""Platform routers (health, keys). Domain routers live in their domain packages."""

@@ -1,0 +1,101 @@
+"""API keys over HTTP, for admins: list, create (the secret is shown once), revoke."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, StringConstraints
+
+from hammerlock.api.deps import get_container, get_ctx
+from hammerlock.api.policy import policy
+from hammerlock.api.problems import ApiError
+from hammerlock.api.route import HammerlockRoute
+from hammerlock.api.schemas import ApiModel, ListEnvelope, Name
+from hammerlock.clock import format_rfc3339, to_us
+from hammerlock.security import service
+from hammerlock.security.keys import ApiKey
+from hammerlock.security.permissions import Permission, Role
+
+router = APIRouter(route_class=HammerlockRoute, tags=["keys"], prefix="/v1/keys")
+
+PrincipalId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9:_.-]{1,128}$")]
+
+
+class KeyOut(BaseModel):
+    id: str
+    principal_id: str
+    role: Role
+    name: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(
+            id=key.id,
+            principal_id=key.principal_id,
+            role=key.role,
+            name=key.name,
+            created_at=format_rfc3339(key.created_us),
+            expires_at=None if key.expires_us is None else format_rfc3339(key.expires_us),
+            revoked_at=None if key.revoked_us is None else format_rfc3339(key.revoked_us),
+        )
+
+
+class CreatedKeyOut(KeyOut):
+    secret: str = Field(description="The API key itself. Shown once; store it now.")
+
+
+class KeyCreate(ApiModel):
+    role: Role
+    name: Name
+    principal_id: PrincipalId | None = None
+    expires_at: datetime | None = Field(default=None, description="RFC 3339, with a timezone")
+
+
+@router.get("", openapi_extra=policy(Permission.KEYS_MANAGE))
+async def list_keys(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> ListEnvelope[KeyOut]:
+    container = get_container(request)
+    async with container.db.transaction(write=False) as uow:
+        keys = await service.list_keys(uow, after=cursor, limit=limit + 1)
+    page = keys[:limit]
+    next_cursor = page[-1].id if len(keys) > limit else None
+    return ListEnvelope[KeyOut](data=[KeyOut.of(k) for k in page], next_cursor=next_cursor)
+
+
+@router.post("", status_code=201, openapi_extra=policy(Permission.KEYS_MANAGE))
+async def create_key(request: Request, body: KeyCreate) -> CreatedKeyOut:
+    container = get_container(request)
+    expires_us = None
+    if body.expires_at is not None:
+        if body.expires_at.tzinfo is None:
+            raise ApiError("validation_error", "expires_at needs a timezone (e.g. Z)")
+        expires_us = to_us(body.expires_at)
+    async with container.db.transaction() as uow:
+        created = await service.create_key(
+            uow,
+            get_ctx(request),
+            pepper=container.pepper,
+            role=body.role,
+            name=body.name,
+            principal_id=body.principal_id,
+            expires_us=expires_us,
+        )
+    return CreatedKeyOut(**KeyOut.of(created.key).model_dump(), secret=created.plaintext)
+
+
+@router.post("/{key_id}/revoke", openapi_extra=policy(Permission.KEYS_MANAGE))
+async def revoke_key(
+    request: Request, key_id: Annotated[str, StringConstraints(max_length=64)]
+) -> KeyOut:
+    container = get_container(request)
+    async with container.db.transaction() as uow:
+        key = await service.revoke_key(uow, get_ctx(request), key_id)
+    return KeyOut.of(key)

@@ -1,0 +1,142 @@
+"""Audit events, schema v1 (PCI DSS 10.2.2: who, what, when, where, outcome). No I/O.
+
+An event is written to ``audit_outbox`` in the same transaction as the change it records; the
+sequencer (issue #4) later gives it its gap-free ``seq`` in the Merkle log. Integers stay within
+±(2^53-1) so every JCS implementation hashes them alike; ``details`` is small and never holds a
+card number, CVC or secret.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from hammerlock.clock import format_rfc3339
+
+__all__ = ["SCHEMA_VERSION", "Actor", "AuditEvent", "Context", "Origin", "Outcome", "new_event_id"]
+
+SCHEMA_VERSION = 1
+MAX_DETAILS_BYTES = 4096
+_MAX_SAFE_INT = 2**53 - 1
+
+
+class Outcome(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    principal_id: str | None = None
+    role: str | None = None
+    key_id: str | None = None
+
+    @classmethod
+    def system(cls, name: str = "system") -> Actor:
+        return cls(principal_id=name, role="system", key_id=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    ip: str | None = None
+    user_agent: str | None = None
+    node: str | None = None
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    action: str
+    resource_type: str
+    resource_id: str | None
+    actor: Actor
+    origin: Origin
+    ts_us: int
+    outcome: Outcome = Outcome.SUCCESS
+    outcome_code: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    event_id: str = field(default_factory=new_event_id)
+
+    def __post_init__(self) -> None:
+        _check_safe_ints(self.details)
+
+    def to_json_object(self) -> dict[str, Any]:
+        """The event as ``GET /v1/audit/events`` shows it, minus ``seq`` and ``leaf_hash``."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "ts": format_rfc3339(self.ts_us),
+            "actor": {
+                "principal_id": self.actor.principal_id,
+                "role": self.actor.role,
+                "key_id": self.actor.key_id,
+            },
+            "action": self.action,
+            "resource": {"type": self.resource_type, "id": self.resource_id},
+            "outcome": {"status": self.outcome.value, "code": self.outcome_code},
+            "origin": {
+                "ip": self.origin.ip,
+                "user_agent": self.origin.user_agent,
+                "node": self.origin.node,
+            },
+            "request_id": self.request_id,
+            "details": self.details,
+        }
+
+
+def _check_safe_ints(value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and abs(value) > _MAX_SAFE_INT:
+        raise ValueError("audit details: integer outside ±(2^53-1)")
+    if isinstance(value, float):
+        raise ValueError("audit details: floats are not allowed")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_safe_ints(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_safe_ints(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Who is acting, from where, in which request: passed to every service function."""
+
+    actor: Actor
+    origin: Origin = Origin()
+    request_id: str | None = None
+
+    @classmethod
+    def system(cls, name: str = "system", node: str | None = None) -> Context:
+        return cls(actor=Actor.system(name), origin=Origin(node=node))
+
+    def event(
+        self,
+        action: str,
+        *,
+        resource_type: str,
+        resource_id: str | None,
+        ts_us: int,
+        outcome: Outcome = Outcome.SUCCESS,
+        outcome_code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        return AuditEvent(
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            actor=self.actor,
+            origin=self.origin,
+            ts_us=ts_us,
+            outcome=outcome,
+            outcome_code=outcome_code,
+            request_id=self.request_id,
+            details=details or {},
+        )

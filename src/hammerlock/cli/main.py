@@ -1,0 +1,260 @@
+"""The ``hammerlock`` command: serve, migrate, keys, ledger, demo.
+
+Commands that touch the database act as the local operator (``cli:<user>``) and are audited
+like any other actor. Settings come from ``HAMMERLOCK_*`` variables; flags override them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import hammerlock
+from hammerlock.audit import service as audit
+from hammerlock.audit.model import Actor, Context, Origin
+from hammerlock.bootstrap import Container
+from hammerlock.clock import format_rfc3339
+from hammerlock.db.migrate import MigrationResult, migrate
+from hammerlock.logs import configure_logging
+from hammerlock.security import service as keys_service
+from hammerlock.security.errors import KeyNotFound
+from hammerlock.security.keys import ApiKey
+from hammerlock.security.permissions import Role
+from hammerlock.settings import Settings
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="hammerlock",
+    help="Payments and trust backbone for online auction marketplaces.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _cli_context(container: Container) -> Context:
+    return Context(
+        actor=Actor(principal_id=f"cli:{getpass.getuser()}", role="cli", key_id=None),
+        origin=Origin(
+            ip=None, user_agent=f"hammerlock-cli/{hammerlock.__version__}", node=container.node_name
+        ),
+    )
+
+
+def _run(body: Callable[[Container], Awaitable[T]]) -> T:
+    configure_logging("warning", "console")
+
+    async def main() -> T:
+        container = Container(_settings(), background=False)
+        try:
+            return await body(container)
+        finally:
+            await container.db.dispose()
+
+    return asyncio.run(main())
+
+
+async def _migrate(container: Container) -> MigrationResult:
+    result = await migrate(container.db)
+    if result.changed:
+        async with container.db.transaction() as uow:
+            await audit.record(
+                uow,
+                _cli_context(container).event(
+                    "db.migrate",
+                    resource_type="schema",
+                    resource_id=result.after,
+                    ts_us=uow.clock.now_us(),
+                    details={"from": result.before, "to": result.after},
+                ),
+            )
+    return result
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.effective_database_url).render_as_string(hide_password=True)
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Bring the database schema up to date (also done by `serve`)."""
+    result = _run(_migrate)
+    settings = _settings()
+    if result.changed:
+        out.print(f"migrated {_safe_url(settings)}: {result.before or 'empty'} → {result.after}")
+    else:
+        out.print(f"{_safe_url(settings)} is up to date (revision {result.after})")
+
+
+@app.command("serve")
+def serve_cmd(  # noqa: PLR0917 - Typer maps parameters to flags
+    host: Annotated[str | None, typer.Option(help="Interface to bind [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="API port [default: 8000]")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="API worker processes")] = 1,
+    vault_port: Annotated[int | None, typer.Option(help="Card vault port [default: 8001]")] = None,
+    no_vault: Annotated[
+        bool, typer.Option("--no-vault", help="Do not start the card vault")
+    ] = False,
+    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
+) -> None:
+    """Run the API (migrating first). The last startup line names the docs URL."""
+    import uvicorn
+
+    for name, value in (("HOST", host), ("PORT", port), ("VAULT_PORT", vault_port)):
+        if value is not None:
+            os.environ[f"HAMMERLOCK_{name}"] = str(value)
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if migrate_first:
+        result = _run(_migrate)
+        err.print(f"database {_safe_url(settings)} at revision {result.after}")
+    if not no_vault:
+        err.print(
+            f"card vault: not part of this release yet (port {settings.vault_port} stays free)"
+        )
+    base = f"http://{settings.host}:{settings.port}"
+    config = uvicorn.Config(
+        "hammerlock.api.factory:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    out.print("admin key: hammerlock keys create --role admin --name <you>   (or: make admin-key)")
+    out.print(
+        f"hammerlock {hammerlock.__version__} API on {base} · docs at {base}/docs", soft_wrap=True
+    )
+    sys.stdout.flush()
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run()
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[Role, typer.Option(help="One of: " + ", ".join(r.value for r in Role))],
+    name: Annotated[str, typer.Option(help="Who or what the key is for")],
+    principal: Annotated[
+        str | None, typer.Option(help="Bind the key to this principal id (default: a new one)")
+    ] = None,
+    expires_in_days: Annotated[int | None, typer.Option(min=1, max=3650)] = None,
+) -> None:
+    """Create a key. The key is printed once: the last line of standard output."""
+    if not 1 <= len(name) <= 200:
+        raise typer.BadParameter("1 to 200 characters", param_hint="--name")
+
+    async def body(container: Container) -> keys_service.CreatedKey:
+        await _migrate(container)
+        async with container.db.transaction() as uow:
+            expires_us = (
+                None
+                if expires_in_days is None
+                else uow.clock.now_us()
+                + int(timedelta(days=expires_in_days).total_seconds()) * 1_000_000
+            )
+            return await keys_service.create_key(
+                uow,
+                _cli_context(container),
+                pepper=container.pepper,
+                role=role,
+                name=name,
+                principal_id=principal,
+                expires_us=expires_us,
+            )
+
+    created = _run(body)
+    err.print(
+        f"created {created.key.id} (role {created.key.role.value}, principal "
+        f"{created.key.principal_id}); store the key now, it is not shown again:"
+    )
+    out.print(created.plaintext, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(limit: Annotated[int, typer.Option(min=1, max=1000)] = 100) -> None:
+    """List keys (never their secrets)."""
+
+    async def body(container: Container) -> list[ApiKey]:
+        async with container.db.transaction(write=False) as uow:
+            return await keys_service.list_keys(uow, after=None, limit=limit)
+
+    table = Table("id", "role", "principal", "name", "created", "expires", "revoked")
+    for k in _run(body):
+        table.add_row(
+            k.id,
+            k.role.value,
+            k.principal_id,
+            k.name,
+            format_rfc3339(k.created_us),
+            format_rfc3339(k.expires_us) if k.expires_us else "-",
+            format_rfc3339(k.revoked_us) if k.revoked_us else "-",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…)")]) -> None:
+    """Revoke a key; requests with it fail from now on."""
+
+    async def body(container: Container) -> ApiKey:
+        async with container.db.transaction() as uow:
+            return await keys_service.revoke_key(uow, _cli_context(container), key_id)
+
+    try:
+        key = _run(body)
+    except KeyNotFound:
+        err.print(f"[red]no key {key_id!r}[/red]: see `hammerlock keys list`")
+        raise typer.Exit(1) from None
+    out.print(f"revoked {key.id} at {format_rfc3339(key.revoked_us or 0)}")
+
+
+@ledger_app.command("check")
+def ledger_check(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Mismatches to list")] = 20,
+) -> None:
+    """Recompute invariants 1-4 from the transfers; exit 1 naming the first broken account."""
+    from hammerlock.ledger.check import run_check
+
+    report = _run(lambda c: run_check(c.db, limit=limit))
+    for line in report.lines():
+        out.print(line, highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Print the version."""
+    out.print(hammerlock.__version__)

@@ -1,0 +1,91 @@
+"""Engines for the two supported backends, with their durability settings.
+
+SQLite (embedded default): WAL, ``synchronous=FULL``, foreign keys on, a busy timeout, and
+``BEGIN IMMEDIATE`` for writing transactions so two writers queue on the database lock instead of
+failing halfway with ``SQLITE_BUSY`` on lock upgrade. PostgreSQL: asyncpg, READ COMMITTED, row locks
+taken explicitly by the domains that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from hammerlock.clock import Clock
+from hammerlock.db.uow import UnitOfWork
+from hammerlock.settings import Settings
+
+__all__ = ["Database", "create_database"]
+
+_WRITE = "hammerlock_write"
+
+
+class Database:
+    """An engine plus the way this project opens transactions on it."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.dialect: str = engine.dialect.name
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[UnitOfWork]:
+        """One transaction; commits on normal exit, rolls back on any exception."""
+        async with self.engine.connect() as conn:
+            if write:
+                await conn.execution_options(**{_WRITE: True})
+            async with conn.begin():
+                yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def create_database(settings: Settings, clock: Clock) -> Database:
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url, connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000}
+        )
+        _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+    else:
+        engine = create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+            pool_timeout=30,
+        )
+    return Database(engine, clock)
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us emit BEGIN ourselves (pysqlite's implicit transactions are off).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")

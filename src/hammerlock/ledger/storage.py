@@ -1,0 +1,489 @@
+"""Ledger tables and queries. Only ``ledger.service`` imports this module.
+
+Locking: the accounts a batch touches are locked in id order (``SELECT … ORDER BY id FOR
+UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers), so two batches
+never deadlock on each other, and every conflicting change (same transfer id on the same
+accounts, two resolutions of one hold, a limit check) is serialised by those locks. What the locks
+cannot serialise — the same transfer id reused on other accounts — the unique index catches, and
+the service retries the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+
+from hammerlock.db.metadata import metadata
+from hammerlock.db.uow import UnitOfWork
+from hammerlock.ledger.model import (
+    AccountFlag,
+    AccountInput,
+    AccountState,
+    Balances,
+    Hold,
+    HoldState,
+    Snapshot,
+    TransferFlag,
+    TransferRecord,
+)
+
+__all__ = [
+    "accounts",
+    "holds",
+    "transfers",
+]
+
+BIG = sa.BigInteger
+ID = sa.String(128)
+_BALANCE_NAMES = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+_CHUNK = 1_000
+
+
+def _balance_columns(prefix: str = "") -> list[sa.Column[Any]]:
+    return [
+        sa.Column(f"{prefix}{n}", BIG, nullable=False, server_default="0") for n in _BALANCE_NAMES
+    ]
+
+
+accounts = sa.Table(
+    "ledger_accounts",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("code", sa.String(32), nullable=False),
+    sa.Column("flags", sa.Integer, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),
+    *_balance_columns(),
+    sa.Column("created_us", BIG, nullable=False),
+)
+
+transfers = sa.Table(
+    "ledger_transfers",
+    metadata,
+    sa.Column(
+        "seq", BIG().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("id", ID, nullable=False, unique=True),
+    sa.Column("debit_account_id", ID, sa.ForeignKey("ledger_accounts.id"), nullable=False),
+    sa.Column("credit_account_id", ID, sa.ForeignKey("ledger_accounts.id"), nullable=False),
+    sa.Column("amount", BIG, nullable=False),
+    sa.Column("requested_amount", BIG, nullable=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("code", sa.String(32), nullable=False),
+    sa.Column("requested_code", sa.String(32), nullable=True),
+    sa.Column("flags", sa.Integer, nullable=False),
+    sa.Column("pending_id", ID, nullable=True, unique=True),
+    sa.Column("timeout_s", sa.Integer, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("timestamp_us", BIG, nullable=False),
+    sa.Column("expires_us", BIG, nullable=True),
+    *_balance_columns("dr_"),
+    *_balance_columns("cr_"),
+)
+
+holds = sa.Table(
+    "ledger_holds",
+    metadata,
+    sa.Column("transfer_id", ID, sa.ForeignKey("ledger_transfers.id"), primary_key=True),
+    sa.Column("debit_account_id", ID, nullable=False),
+    sa.Column("credit_account_id", ID, nullable=False),
+    sa.Column("amount", BIG, nullable=False),
+    sa.Column("expires_us", BIG, nullable=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("resolved_us", BIG, nullable=True),
+)
+
+
+def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
+    items = sorted(set(values))
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _balances(row: RowMapping, prefix: str = "") -> Balances:
+    return Balances(*(row[prefix + n] for n in _BALANCE_NAMES))
+
+
+def account_from_row(row: RowMapping) -> AccountState:
+    return AccountState(
+        id=row["id"],
+        currency=row["currency"],
+        code=row["code"],
+        flags=AccountFlag(row["flags"]),
+        metadata=row["metadata"],
+        balances=_balances(row),
+    )
+
+
+def transfer_from_row(row: RowMapping) -> TransferRecord:
+    return TransferRecord(
+        id=row["id"],
+        debit_account_id=row["debit_account_id"],
+        credit_account_id=row["credit_account_id"],
+        amount=row["amount"],
+        requested_amount=row["requested_amount"],
+        currency=row["currency"],
+        code=row["code"],
+        requested_code=row["requested_code"],
+        flags=TransferFlag(row["flags"]),
+        pending_id=row["pending_id"],
+        timeout_s=row["timeout_s"],
+        metadata=row["metadata"],
+        timestamp_us=row["timestamp_us"],
+        expires_us=row["expires_us"],
+        debit_after=_balances(row, "dr_"),
+        credit_after=_balances(row, "cr_"),
+    )
+
+
+def _hold(row: RowMapping) -> Hold:
+    return Hold(
+        transfer_id=row["transfer_id"],
+        debit_account_id=row["debit_account_id"],
+        credit_account_id=row["credit_account_id"],
+        amount=row["amount"],
+        expires_us=row["expires_us"],
+        state=HoldState(row["state"]),
+        resolved_us=row["resolved_us"],
+    )
+
+
+# --- reads --------------------------------------------------------------------------------
+
+
+async def lock_accounts(uow: UnitOfWork, ids: Iterable[str]) -> dict[str, AccountState]:
+    """Read (and on PostgreSQL lock, in id order) the accounts that exist among ``ids``."""
+    found: dict[str, AccountState] = {}
+    for chunk in _chunks(ids):
+        query = sa.select(accounts).where(accounts.c.id.in_(chunk)).order_by(accounts.c.id)
+        if uow.is_postgres:
+            query = query.with_for_update()
+        for row in (await uow.conn.execute(query)).mappings():
+            found[row["id"]] = account_from_row(row)
+    return found
+
+
+async def fetch_transfers(uow: UnitOfWork, ids: Iterable[str]) -> dict[str, TransferRecord]:
+    found: dict[str, TransferRecord] = {}
+    for chunk in _chunks(ids):
+        rows = await uow.conn.execute(sa.select(transfers).where(transfers.c.id.in_(chunk)))
+        for row in rows.mappings():
+            found[row["id"]] = transfer_from_row(row)
+    return found
+
+
+async def fetch_holds(uow: UnitOfWork, transfer_ids: Iterable[str]) -> dict[str, Hold]:
+    found: dict[str, Hold] = {}
+    for chunk in _chunks(transfer_ids):
+        rows = await uow.conn.execute(sa.select(holds).where(holds.c.transfer_id.in_(chunk)))
+        for row in rows.mappings():
+            found[row["transfer_id"]] = _hold(row)
+    return found
+
+
+async def due_holds_touching(
+    uow: UnitOfWork, account_ids: Iterable[str], now_us: int
+) -> dict[str, Hold]:
+    found: dict[str, Hold] = {}
+    pending = holds.c.state == HoldState.PENDING.value
+    due = holds.c.expires_us <= now_us
+    for chunk in _chunks(account_ids):
+        for column in (holds.c.debit_account_id, holds.c.credit_account_id):
+            rows = await uow.conn.execute(sa.select(holds).where(pending, due, column.in_(chunk)))
+            for row in rows.mappings():
+                found[row["transfer_id"]] = _hold(row)
+    return found
+
+
+async def due_holds(uow: UnitOfWork, now_us: int, limit: int) -> list[Hold]:
+    rows = await uow.conn.execute(
+        sa.select(holds)
+        .where(holds.c.state == HoldState.PENDING.value, holds.c.expires_us <= now_us)
+        .order_by(holds.c.expires_us, holds.c.transfer_id)
+        .limit(limit)
+    )
+    return [_hold(r) for r in rows.mappings()]
+
+
+async def get_account(uow: UnitOfWork, account_id: str) -> AccountState | None:
+    row = (
+        (await uow.conn.execute(sa.select(accounts).where(accounts.c.id == account_id)))
+        .mappings()
+        .first()
+    )
+    return None if row is None else account_from_row(row)
+
+
+async def get_transfer(uow: UnitOfWork, transfer_id: str) -> TransferRecord | None:
+    row = (
+        (await uow.conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)))
+        .mappings()
+        .first()
+    )
+    return None if row is None else transfer_from_row(row)
+
+
+async def statement(
+    uow: UnitOfWork, account_id: str, *, after_seq: int, limit: int
+) -> list[tuple[int, TransferRecord]]:
+    query = (
+        sa.select(transfers)
+        .where(
+            sa.or_(
+                transfers.c.debit_account_id == account_id,
+                transfers.c.credit_account_id == account_id,
+            ),
+            transfers.c.seq > after_seq,
+        )
+        .order_by(transfers.c.seq)
+        .limit(limit)
+    )
+    return [(r["seq"], transfer_from_row(r)) for r in (await uow.conn.execute(query)).mappings()]
+
+
+# --- writes -------------------------------------------------------------------------------
+
+
+async def insert_accounts(uow: UnitOfWork, new: Sequence[AccountInput], now_us: int) -> None:
+    if not new:
+        return
+    await uow.conn.execute(
+        accounts.insert(),
+        [
+            {
+                "id": a.id,
+                "currency": a.currency,
+                "code": a.code,
+                "flags": int(a.flags),
+                "metadata": a.metadata,
+                "created_us": now_us,
+            }
+            for a in new
+        ],
+    )
+
+
+async def set_account_flags(uow: UnitOfWork, account_id: str, flags: AccountFlag) -> None:
+    await uow.conn.execute(
+        accounts.update().where(accounts.c.id == account_id).values(flags=int(flags))
+    )
+
+
+def _balance_values(prefix: str, b: Balances) -> dict[str, int]:
+    return {
+        f"{prefix}debits_pending": b.debits_pending,
+        f"{prefix}debits_posted": b.debits_posted,
+        f"{prefix}credits_pending": b.credits_pending,
+        f"{prefix}credits_posted": b.credits_posted,
+    }
+
+
+async def write_changes(uow: UnitOfWork, snapshot: Snapshot, before: dict[str, Balances]) -> None:
+    """Persist a snapshot's accepted changes: transfers, holds, one UPDATE per account."""
+    if snapshot.new_transfers:
+        await uow.conn.execute(
+            transfers.insert(),
+            [
+                {
+                    "id": t.id,
+                    "debit_account_id": t.debit_account_id,
+                    "credit_account_id": t.credit_account_id,
+                    "amount": t.amount,
+                    "requested_amount": t.requested_amount,
+                    "currency": t.currency,
+                    "code": t.code,
+                    "requested_code": t.requested_code,
+                    "flags": int(t.flags),
+                    "pending_id": t.pending_id,
+                    "timeout_s": t.timeout_s,
+                    "metadata": t.metadata,
+                    "timestamp_us": t.timestamp_us,
+                    "expires_us": t.expires_us,
+                    **_balance_values("dr_", t.debit_after),
+                    **_balance_values("cr_", t.credit_after),
+                }
+                for t in snapshot.new_transfers
+            ],
+        )
+    if snapshot.new_holds:
+        await uow.conn.execute(
+            holds.insert(),
+            [
+                {
+                    "transfer_id": h.transfer_id,
+                    "debit_account_id": h.debit_account_id,
+                    "credit_account_id": h.credit_account_id,
+                    "amount": h.amount,
+                    "expires_us": h.expires_us,
+                    "state": h.state.value,
+                    "resolved_us": h.resolved_us,
+                }
+                for h in snapshot.new_holds.values()
+            ],
+        )
+    if snapshot.changed_holds:
+        result = await uow.conn.execute(
+            holds.update()
+            .where(
+                holds.c.transfer_id == sa.bindparam("b_id"),
+                holds.c.state == HoldState.PENDING.value,
+            )
+            .values(state=sa.bindparam("b_state"), resolved_us=sa.bindparam("b_resolved")),
+            [
+                {"b_id": h.transfer_id, "b_state": h.state.value, "b_resolved": h.resolved_us}
+                for h in snapshot.changed_holds.values()
+            ],
+        )
+        if result.rowcount not in (-1, len(snapshot.changed_holds)):
+            raise RuntimeError("a hold changed state under its account lock")
+    await _update_balances(uow, snapshot, before)
+
+
+async def _update_balances(
+    uow: UnitOfWork, snapshot: Snapshot, before: dict[str, Balances]
+) -> None:
+    params = []
+    for account_id in sorted(snapshot.touched_accounts):
+        old, new = before[account_id], snapshot.accounts[account_id].balances
+        if old == new:
+            continue
+        params.append(
+            {
+                "b_id": account_id,
+                "d_dp": new.debits_pending - old.debits_pending,
+                "d_dpo": new.debits_posted - old.debits_posted,
+                "d_cp": new.credits_pending - old.credits_pending,
+                "d_cpo": new.credits_posted - old.credits_posted,
+            }
+        )
+    if not params:
+        return
+    c = accounts.c
+    await uow.conn.execute(
+        accounts.update()
+        .where(c.id == sa.bindparam("b_id"))
+        .values(
+            debits_pending=c.debits_pending + sa.bindparam("d_dp"),
+            debits_posted=c.debits_posted + sa.bindparam("d_dpo"),
+            credits_pending=c.credits_pending + sa.bindparam("d_cp"),
+            credits_posted=c.credits_posted + sa.bindparam("d_cpo"),
+        ),
+        params,
+    )
+
+
+# --- invariant check (`hammerlock ledger check`) -------------------------------------------
+
+
+async def currency_totals(uow: UnitOfWork) -> list[RowMapping]:
+    c = accounts.c
+    query = sa.select(
+        c.currency,
+        sa.func.sum(c.debits_posted).label("debits_posted"),
+        sa.func.sum(c.credits_posted).label("credits_posted"),
+        sa.func.sum(c.debits_pending).label("debits_pending"),
+        sa.func.sum(c.credits_pending).label("credits_pending"),
+    ).group_by(c.currency)
+    return list((await uow.conn.execute(query)).mappings())
+
+
+async def recomputed_mismatches(uow: UnitOfWork, limit: int) -> list[RowMapping]:
+    """Accounts whose stored balances differ from the sums of their transfers and holds."""
+    t, h, a = transfers, holds, accounts
+    posted = (
+        sa.select(
+            t.c.debit_account_id.label("account_id"),
+            t.c.amount.label("dpo"),
+            sa.literal(0).label("cpo"),
+        )
+        .where(t.c.flags.op("&")(int(TransferFlag.PENDING | TransferFlag.VOID_PENDING)) == 0)
+        .union_all(
+            sa.select(t.c.credit_account_id, sa.literal(0), t.c.amount).where(
+                t.c.flags.op("&")(int(TransferFlag.PENDING | TransferFlag.VOID_PENDING)) == 0
+            )
+        )
+        .subquery()
+    )
+    pending = (
+        sa.select(
+            h.c.debit_account_id.label("account_id"),
+            h.c.amount.label("dp"),
+            sa.literal(0).label("cp"),
+        )
+        .where(h.c.state == HoldState.PENDING.value)
+        .union_all(
+            sa.select(h.c.credit_account_id, sa.literal(0), h.c.amount).where(
+                h.c.state == HoldState.PENDING.value
+            )
+        )
+        .subquery()
+    )
+    posted_sum = (
+        sa.select(
+            posted.c.account_id,
+            sa.func.sum(posted.c.dpo).label("dpo"),
+            sa.func.sum(posted.c.cpo).label("cpo"),
+        )
+        .group_by(posted.c.account_id)
+        .subquery()
+    )
+    pending_sum = (
+        sa.select(
+            pending.c.account_id,
+            sa.func.sum(pending.c.dp).label("dp"),
+            sa.func.sum(pending.c.cp).label("cp"),
+        )
+        .group_by(pending.c.account_id)
+        .subquery()
+    )
+    exp_dpo = sa.func.coalesce(posted_sum.c.dpo, 0)
+    exp_cpo = sa.func.coalesce(posted_sum.c.cpo, 0)
+    exp_dp = sa.func.coalesce(pending_sum.c.dp, 0)
+    exp_cp = sa.func.coalesce(pending_sum.c.cp, 0)
+    query = (
+        sa.select(
+            a.c.id,
+            a.c.flags,
+            a.c.debits_posted,
+            a.c.credits_posted,
+            a.c.debits_pending,
+            a.c.credits_pending,
+            exp_dpo.label("expected_debits_posted"),
+            exp_cpo.label("expected_credits_posted"),
+            exp_dp.label("expected_debits_pending"),
+            exp_cp.label("expected_credits_pending"),
+        )
+        .select_from(
+            a.outerjoin(posted_sum, posted_sum.c.account_id == a.c.id).outerjoin(
+                pending_sum, pending_sum.c.account_id == a.c.id
+            )
+        )
+        .where(
+            sa.or_(
+                a.c.debits_posted != exp_dpo,
+                a.c.credits_posted != exp_cpo,
+                a.c.debits_pending != exp_dp,
+                a.c.credits_pending != exp_cp,
+                sa.and_(
+                    a.c.flags.op("&")(int(AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS)) != 0,
+                    a.c.debits_pending + a.c.debits_posted > a.c.credits_posted,
+                ),
+                sa.and_(
+                    a.c.flags.op("&")(int(AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS)) != 0,
+                    a.c.credits_pending + a.c.credits_posted > a.c.debits_posted,
+                ),
+            )
+        )
+        .order_by(a.c.id)
+        .limit(limit)
+    )
+    return list((await uow.conn.execute(query)).mappings())
+
+
+async def count_transfers(uow: UnitOfWork) -> int:
+    return int(
+        (await uow.conn.execute(sa.select(sa.func.count()).select_from(transfers))).scalar_one()
+    )

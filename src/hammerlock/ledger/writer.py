@@ -1,0 +1,158 @@
+"""Group commit: concurrent ledger requests coalesced into one database transaction.
+
+Requests queue (bounded) and one writer task drains the queue into a batch of at most
+``max_transfers`` transfers, applies each request in arrival order against one locked snapshot
+(:func:`hammerlock.ledger.service.post_requests`) and commits once: one INSERT for all the
+transfers and one UPDATE per touched account, however hot. Each waiter gets its own results.
+
+If a batch fails (a transient database error that outlived its retries, or a bug one request
+triggers), its requests are re-run one by one so one bad request cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from hammerlock.db.engine import Database
+from hammerlock.ledger.errors import LedgerBusy
+from hammerlock.ledger.service import LedgerRequest, post_requests
+
+__all__ = ["LedgerWriter", "run_with_retries"]
+
+log = structlog.get_logger("hammerlock.ledger.writer")
+
+_RETRYABLE_SQLSTATES = {"40001", "40P01", "23505", "55P03"}
+_MAX_ATTEMPTS = 6
+_QUEUE_LIMIT = 10_000
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent insert of the same id: re-evaluation answers `exists`
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if sqlstate in _RETRYABLE_SQLSTATES:
+            return True
+        return "database is locked" in str(orig)
+    return False
+
+
+async def run_with_retries(db: Database, requests: Sequence[LedgerRequest]) -> list[list[str]]:
+    """One transaction for ``requests``, retried on deadlocks, serialization and id races."""
+    for attempt in range(1, _MAX_ATTEMPTS + 1):
+        try:
+            async with db.transaction() as uow:
+                return await post_requests(uow, requests)
+        except DBAPIError as exc:
+            if attempt == _MAX_ATTEMPTS or not _retryable(exc):
+                raise
+            log.info("ledger.batch_retry", attempt=attempt, reason=type(exc.orig).__name__)
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311 - jitter
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(slots=True)
+class _Job:
+    request: LedgerRequest
+    future: asyncio.Future[list[str]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def size(self) -> int:
+        return max(len(self.request.transfers), 1)
+
+
+class LedgerWriter:
+    def __init__(
+        self, db: Database, *, max_transfers: int = 8_190, linger_ms: int = 0, timeout_s: float = 30
+    ) -> None:
+        self._db = db
+        self._max = max_transfers
+        self._linger_s = linger_ms / 1000
+        self._timeout_s = timeout_s
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
+        self._carry: _Job | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.requests = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def submit(self, request: LedgerRequest) -> list[str]:
+        if self._task is None:  # not started (CLI, tests): no batching, same semantics
+            [results] = await run_with_retries(self._db, [request])
+            return results
+        job = _Job(request)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise LedgerBusy("the ledger's queue is full; retry shortly") from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), self._timeout_s)
+        except TimeoutError:
+            raise LedgerBusy(
+                "the ledger did not answer in time; the request may still commit — retry with "
+                "the same Idempotency-Key (transfers are idempotent by id)"
+            ) from None
+
+    async def _next_batch(self) -> list[_Job]:
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        if self._linger_s:
+            await asyncio.sleep(self._linger_s)
+        batch, size = [first], first.size
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if size + job.size > self._max:
+                self._carry = job
+                break
+            batch.append(job)
+            size += job.size
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            live = [j for j in batch if not j.future.done()]
+            if live:
+                await self._process(live)
+
+    async def _process(self, batch: list[_Job]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
+        try:
+            results = await run_with_retries(self._db, [j.request for j in batch])
+        except Exception as exc:  # noqa: BLE001 - isolated below, then re-raised per request
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return
+            log.warning("ledger.batch_failed_isolating", size=len(batch), error=type(exc).__name__)
+            for job in batch:
+                await self._process([job])
+            return
+        for job, result in zip(batch, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
+
+
+def _fail(job: _Job, exc: Exception) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)

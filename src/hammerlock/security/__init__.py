@@ -1,0 +1,1 @@
+"""Security: API keys, roles and permissions, card-number detection, redaction."""

@@ -1,0 +1,53 @@
+"""Roles and what each may do (../DESIGN.md "Who may do what").
+
+Every route declares one :class:`Permission` next to its definition; this table is the only place
+that says which role holds it. The role-matrix test checks the table against a matrix written out
+by hand, so a change here must be a deliberate one.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ROLE_PERMISSIONS", "STAFF_ROLES", "Permission", "Role", "allows"]
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    REVIEWER = "reviewer"
+    AUDITOR = "auditor"
+    SELLER = "seller"
+    BIDDER = "bidder"
+    SERVICE = "service"
+
+
+STAFF_ROLES = frozenset({Role.ADMIN, Role.OPERATOR, Role.REVIEWER, Role.AUDITOR})
+
+
+class Permission(enum.StrEnum):
+    PUBLIC = "public"  # no key needed (health, docs)
+    AUTHENTICATED = "authenticated"  # any valid key (whoami)
+    KEYS_MANAGE = "keys.manage"
+    LEDGER_READ = "ledger.read"
+    LEDGER_WRITE = "ledger.write"
+    LEDGER_ACCOUNTS_CLOSE = "ledger.accounts.close"
+
+
+_ALL = frozenset(Permission) - {Permission.PUBLIC}
+_ANY_KEY = frozenset({Permission.AUTHENTICATED})
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: _ALL,
+    Role.OPERATOR: _ANY_KEY
+    | {Permission.LEDGER_READ, Permission.LEDGER_WRITE, Permission.LEDGER_ACCOUNTS_CLOSE},
+    Role.REVIEWER: _ANY_KEY,
+    Role.AUDITOR: _ANY_KEY | {Permission.LEDGER_READ},
+    Role.SELLER: _ANY_KEY,
+    Role.BIDDER: _ANY_KEY,
+    Role.SERVICE: _ANY_KEY | {Permission.LEDGER_READ, Permission.LEDGER_WRITE},
+}
+
+
+def allows(role: Role, permission: Permission) -> bool:
+    return permission is Permission.PUBLIC or permission in ROLE_PERMISSIONS[role]

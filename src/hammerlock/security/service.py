@@ -1,0 +1,134 @@
+"""API-key service functions: create, list, revoke, authenticate. Each takes a unit of work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hammerlock.audit import service as audit
+from hammerlock.audit.model import Context, Outcome
+from hammerlock.db.uow import UnitOfWork
+from hammerlock.security import storage
+from hammerlock.security.errors import KeyNotFound, Unauthenticated
+from hammerlock.security.keys import (
+    ApiKey,
+    format_key,
+    hash_secret,
+    new_key_id,
+    new_principal_id,
+    new_secret,
+    parse_key,
+    secret_matches,
+)
+from hammerlock.security.permissions import Role
+
+__all__ = [
+    "CreatedKey",
+    "authenticate",
+    "create_key",
+    "list_keys",
+    "record_auth_failure",
+    "revoke_key",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    key: ApiKey
+    plaintext: str  # shown once, never stored
+
+    def __repr__(self) -> str:
+        return f"CreatedKey(key={self.key!r}, plaintext='**********')"
+
+
+async def create_key(
+    uow: UnitOfWork,
+    ctx: Context,
+    *,
+    pepper: bytes,
+    role: Role,
+    name: str,
+    principal_id: str | None = None,
+    expires_us: int | None = None,
+) -> CreatedKey:
+    now_us = uow.clock.now_us()
+    secret = new_secret()
+    key = ApiKey(
+        id=new_key_id(),
+        principal_id=principal_id or new_principal_id(),
+        role=role,
+        name=name,
+        created_us=now_us,
+        expires_us=expires_us,
+        revoked_us=None,
+        created_by=ctx.actor.principal_id or "unknown",
+    )
+    await storage.insert_key(uow, key, hash_secret(pepper, secret))
+    await audit.record(
+        uow,
+        ctx.event(
+            "keys.create",
+            resource_type="api_key",
+            resource_id=key.id,
+            ts_us=now_us,
+            details={"role": role.value, "principal_id": key.principal_id, "name": name},
+        ),
+    )
+    return CreatedKey(key=key, plaintext=format_key(key.id, secret))
+
+
+async def list_keys(uow: UnitOfWork, *, after: str | None, limit: int) -> list[ApiKey]:
+    return await storage.list_keys(uow, after=after, limit=limit)
+
+
+async def revoke_key(uow: UnitOfWork, ctx: Context, key_id: str) -> ApiKey:
+    now_us = uow.clock.now_us()
+    found = await storage.fetch_key(uow, key_id)
+    if found is None:
+        raise KeyNotFound(f"no API key {key_id!r}")
+    changed = await storage.mark_revoked(uow, key_id, now_us)
+    await audit.record(
+        uow,
+        ctx.event(
+            "keys.revoke",
+            resource_type="api_key",
+            resource_id=key_id,
+            ts_us=now_us,
+            details={"already_revoked": not changed},
+        ),
+    )
+    refreshed = await storage.fetch_key(uow, key_id)
+    if refreshed is None:  # pragma: no cover - same transaction
+        raise KeyNotFound(f"no API key {key_id!r}")
+    return refreshed[0]
+
+
+async def authenticate(uow: UnitOfWork, *, pepper: bytes, presented: str) -> ApiKey:
+    """The key behind ``presented``, or :class:`Unauthenticated` (one message for every cause)."""
+    parsed = parse_key(presented)
+    found = None if parsed is None else await storage.fetch_key(uow, parsed.key_id)
+    if parsed is None or found is None:
+        # Spend the same HMAC work as a real check so timing does not tell ids apart.
+        secret_matches(pepper, presented, "0" * 64)
+        raise Unauthenticated("missing, unknown, revoked or expired API key")
+    key, stored_hash = found
+    ok = secret_matches(pepper, parsed.secret, stored_hash)
+    if not ok or not key.usable_at(uow.clock.now_us()):
+        raise Unauthenticated("missing, unknown, revoked or expired API key")
+    return key
+
+
+async def record_auth_failure(
+    uow: UnitOfWork, ctx: Context, *, action: str, code: str, route: str
+) -> None:
+    """Every authentication failure and permission denial is audited (PCI DSS 10.2.1.4-5)."""
+    await audit.record(
+        uow,
+        ctx.event(
+            action,
+            resource_type="route",
+            resource_id=route,
+            ts_us=uow.clock.now_us(),
+            outcome=Outcome.FAILURE,
+            outcome_code=code,
+        ),
+    )

@@ -1,0 +1,73 @@
+"""Configuration: every knob is an ``HAMMERLOCK_*`` environment variable (docs/configuration.md).
+
+Settings are built by the composition root (``bootstrap.py``), never at import time.
+Secrets are ``SecretStr``: their ``repr`` and ``str`` are masked, so they never reach a log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HAMMERLOCK_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path("./var"),
+        description="Every file hammerlock writes (databases, keys, archives, logs) lives here.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL. Default: sqlite+aiosqlite:///<data_dir>/hammerlock.db. "
+        "PostgreSQL: postgresql+asyncpg://user@host:5432/db.",
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    node_name: str = Field(default="", max_length=64, description="Defaults to the host name.")
+    vault_port: int = Field(default=8001, ge=1, le=65_535)
+    vault_url: str | None = Field(default=None, description="A vault running elsewhere.")
+
+    api_key_pepper: SecretStr | None = Field(
+        default=None,
+        description="Server pepper for API-key hashes. Default: generated once into "
+        "<data_dir>/secrets/api_key_pepper (mode 0600).",
+    )
+
+    max_body_bytes: int = Field(default=MiB, ge=1024, le=8 * MiB)
+    idempotency_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    idempotency_lease_s: int = Field(default=10, ge=1, le=600)
+
+    ledger_batch_max_transfers: int = Field(default=8_190, ge=1, le=8_190)
+    ledger_batch_linger_ms: int = Field(
+        default=0, ge=0, le=50, description="Extra wait to grow a group-commit batch."
+    )
+    ledger_sweep_interval_s: float = Field(default=1.0, ge=0.05, le=3_600)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'hammerlock.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")

@@ -70,7 +70,8 @@ class Container:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.ledger_writer.start()
+        if self.settings.ledger_group_commit:
+            await self.ledger_writer.start()
         if self._background:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="ledger-sweeper"))
 

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
     idempotency_lease_s: int = Field(default=10, ge=1, le=600)
 
+    ledger_group_commit: bool = Field(
+        default=True,
+        description="Coalesce concurrent transfer requests into one transaction. Off: one "
+        "transaction per request (the naive baseline the benchmark compares against).",
+    )
     ledger_batch_max_transfers: int = Field(default=8_190, ge=1, le=8_190)
     ledger_batch_linger_ms: int = Field(
         default=0, ge=0, le=50, description="Extra wait to grow a group-commit batch."

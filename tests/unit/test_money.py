@@ -27,7 +27,7 @@ from hammerlock.money import (
     get_currency,
     round_ratio,
 )
-from strategies import (
+from tests.strategies import (
     allocation_weights,
     api_money,
     basis_points,

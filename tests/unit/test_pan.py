@@ -15,7 +15,7 @@ from hammerlock.security.pan import (
     mask_pan,
     redact_pans,
 )
-from strategies import (
+from tests.strategies import (
     branded_card_numbers,
     card_numbers,
     luhn_check_digit,

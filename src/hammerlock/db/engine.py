@@ -67,7 +67,7 @@ def create_database(settings: Settings, clock: Clock) -> Database:
             url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
-            pool_pre_ping=True,
+            pool_recycle=1800,
             pool_timeout=30,
         )
     return Database(engine, clock)

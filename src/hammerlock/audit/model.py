@@ -67,9 +67,11 @@ class AuditEvent:
         _check_safe_ints(self.details)
 
     def to_json_object(self) -> dict[str, Any]:
-        """The event as ``GET /v1/audit/events`` shows it, minus ``seq`` and ``leaf_hash``."""
+        """The event as ``GET /v1/audit/events`` shows it, minus ``seq`` and ``leaf_hash``.
+
+        Schema v1 has exactly these fields; the version is carried by the tree-head format.
+        """
         return {
-            "schema": SCHEMA_VERSION,
             "event_id": self.event_id,
             "ts": format_rfc3339(self.ts_us),
             "actor": {

@@ -30,15 +30,28 @@ log = structlog.get_logger("hammerlock.bootstrap")
 
 
 def _secret_file(path: Path, nbytes: int = 32) -> bytes:
-    """Read a secret file, creating it (mode 0600) on first use."""
+    """Read a secret file, creating it (mode 0600) on first use.
+
+    Creation is atomic: the secret is written to a private temporary file and hard-linked into
+    place, so a process starting at the same moment sees either no file or the whole secret.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(nbytes))
-    return bytes.fromhex(path.read_text().strip())
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(nbytes))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    secret = bytes.fromhex(path.read_text().strip())
+    if len(secret) < 16:
+        raise RuntimeError(f"{path} holds no usable secret; delete it to generate a new one")
+    return secret
 
 
 def load_pepper(settings: Settings) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -16,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import hammerlock
@@ -23,7 +25,7 @@ from hammerlock.audit import service as audit
 from hammerlock.audit.model import Actor, Context, Origin
 from hammerlock.bootstrap import Container
 from hammerlock.clock import format_rfc3339
-from hammerlock.db.migrate import MigrationResult, migrate
+from hammerlock.db.migrate import MigrationResult, current_revision, head_revision, migrate
 from hammerlock.logs import configure_logging
 from hammerlock.security import service as keys_service
 from hammerlock.security.errors import KeyNotFound
@@ -44,9 +46,13 @@ ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: lines are never broken at 80 columns when piped, so URLs, paths and keys stay whole.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+# A table printed to a pipe gets its natural width (up to this), not 80 columns: ids must reach
+# `keys revoke` whole, not cut to `key_9yyrn…`.
+_PIPED_TABLE_WIDTH = 1_000
 
 
 def _settings() -> Settings:
@@ -62,12 +68,18 @@ def _cli_context(container: Container) -> Context:
     )
 
 
-def _run(body: Callable[[Container], Awaitable[T]]) -> T:
+def _run(body: Callable[[Container], Awaitable[T]], *, needs_schema: bool = True) -> T:
     configure_logging("warning", "console")
 
     async def main() -> T:
         container = Container(_settings(), background=False)
         try:
+            if needs_schema and await current_revision(container.db) != head_revision():
+                err.print(
+                    "[red]the database schema is not up to date.[/red] "
+                    "Run [bold]hammerlock migrate[/bold] first."
+                )
+                raise typer.Exit(2)
             return await body(container)
         finally:
             await container.db.dispose()
@@ -101,7 +113,7 @@ def _safe_url(settings: Settings) -> str:
 @app.command("migrate")
 def migrate_cmd() -> None:
     """Bring the database schema up to date (also done by `serve`)."""
-    result = _run(_migrate)
+    result = _run(_migrate, needs_schema=False)
     settings = _settings()
     if result.changed:
         out.print(f"migrated {_safe_url(settings)}: {result.before or 'empty'} → {result.after}")
@@ -129,7 +141,7 @@ def serve_cmd(  # noqa: PLR0917 - Typer maps parameters to flags
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     if migrate_first:
-        result = _run(_migrate)
+        result = _run(_migrate, needs_schema=False)
         err.print(f"database {_safe_url(settings)} at revision {result.after}")
     if not no_vault:
         err.print(
@@ -149,18 +161,31 @@ def serve_cmd(  # noqa: PLR0917 - Typer maps parameters to flags
         log_level="warning",
         timeout_graceful_shutdown=10,
     )
-    out.print("admin key: hammerlock keys create --role admin --name <you>   (or: make admin-key)")
-    out.print(
-        f"hammerlock {hammerlock.__version__} API on {base} · docs at {base}/docs", soft_wrap=True
-    )
-    sys.stdout.flush()
+
+    def announce() -> None:
+        out.print(
+            "admin key: hammerlock keys create --role admin --name <you>   (or: make admin-key)"
+        )
+        out.print(f"hammerlock {hammerlock.__version__} API on {base} · docs at {base}/docs")
+        sys.stdout.flush()
+
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        sock = config.bind_socket()
+        sock = config.bind_socket()  # exits if the port is taken, before the announcement
+        announce()  # connections queue on the bound socket until the workers accept them
         Multiprocess(config, sockets=[sock]).run()
-    else:
-        uvicorn.Server(config).run()
+        return
+
+    class AnnouncingServer(uvicorn.Server):
+        """Names the docs URL once it serves them: never for a port it failed to bind."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # listening, and the app's lifespan startup succeeded
+                announce()
+
+    AnnouncingServer(config).run()
 
 
 @keys_app.command("create")
@@ -195,7 +220,7 @@ def keys_create(
                 expires_us=expires_us,
             )
 
-    created = _run(body)
+    created = _run(body, needs_schema=False)
     err.print(
         f"created {created.key.id} (role {created.key.role.value}, principal "
         f"{created.key.principal_id}); store the key now, it is not shown again:"
@@ -211,18 +236,21 @@ def keys_list(limit: Annotated[int, typer.Option(min=1, max=1000)] = 100) -> Non
         async with container.db.transaction(write=False) as uow:
             return await keys_service.list_keys(uow, after=None, limit=limit)
 
-    table = Table("id", "role", "principal", "name", "created", "expires", "revoked")
+    table = Table()
+    table.add_column("id", no_wrap=True)  # on a narrow terminal, the other columns give way
+    for heading in ("role", "principal", "name", "created", "expires", "revoked"):
+        table.add_column(heading)
     for k in _run(body):
-        table.add_row(
-            k.id,
+        table.add_row(  # names and ids are data, not Rich markup (a name "[/]" would raise)
+            escape(k.id),
             k.role.value,
-            k.principal_id,
-            k.name,
+            escape(k.principal_id),
+            escape(k.name),
             format_rfc3339(k.created_us),
             format_rfc3339(k.expires_us) if k.expires_us else "-",
             format_rfc3339(k.revoked_us) if k.revoked_us else "-",
         )
-    out.print(table)
+    (out if out.is_terminal else Console(width=_PIPED_TABLE_WIDTH)).print(table)
 
 
 @keys_app.command("revoke")
@@ -236,7 +264,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_�
     try:
         key = _run(body)
     except KeyNotFound:
-        err.print(f"[red]no key {key_id!r}[/red]: see `hammerlock keys list`")
+        err.print(f"[red]no key {escape(repr(key_id))}[/red]: see `hammerlock keys list`")
         raise typer.Exit(1) from None
     out.print(f"revoked {key.id} at {format_rfc3339(key.revoked_us or 0)}")
 

@@ -30,6 +30,7 @@ from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from hammerlock.db.engine import create_database
 from hammerlock.db.migrate import migrate
+from hammerlock.logs import configure_logging
 from hammerlock.security import service as keys_service
 from hammerlock.security.permissions import Role
 from hammerlock.settings import Settings
@@ -42,6 +43,10 @@ settings.register_profile(
     "long", max_examples=2_000, deadline=None, suppress_health_check=list(HealthCheck)
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# As the entry points do: JSON lines with redaction. structlog's unconfigured default renders
+# tracebacks with every local variable (an Authorization header included) and is slow.
+configure_logging("warning", "json")
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 PG_URL = os.environ.get(

@@ -21,8 +21,10 @@ from hammerlock.security.pan import redact_pans
 __all__ = ["configure_logging", "redact_event"]
 
 _SECRET_KEY = re.compile(
-    r"(pass(word)?|secret|token|cvc|cvv|authorization|api[_-]?key|pepper|pan|card[_-]?number"
-    r"|cookie|private[_-]?key|signature)",
+    r"(password|passwd|passphrase|secret|token|cvc|cvv|authorization|api[_-]?key|pepper"
+    r"|card[_-]?number|cookie|private[_-]?key|signature"
+    # Short words only as whole words, or "company", "span_id" and "passed" would be dropped.
+    r"|(?<![a-z])(?:pan|pass)(?![a-z]))",
     re.IGNORECASE,
 )
 _REDACTED = "[redacted]"

@@ -23,6 +23,7 @@ from hammerlock.api.route import domain_problem
 from hammerlock.api.routers import health, keys
 from hammerlock.errors import DomainError
 from hammerlock.ledger import router as ledger_router
+from hammerlock.security.errors import Unauthenticated
 
 if TYPE_CHECKING:
     from hammerlock.bootstrap import Container
@@ -31,7 +32,16 @@ __all__ = ["create_app"]
 
 log = structlog.get_logger("hammerlock.api")
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+# FastAPI raises a bare 400 only when json.loads fails with something other than a syntax
+# error (an integer of over 4,300 digits, nesting too deep for the parser): still bad JSON.
+_HTTP_CODES = {
+    400: "malformed_json",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+# RFC 9110 §11.6.1: a 401 response must say which authentication scheme to use.
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="hammerlock"'}
 _MAX_REPORTED_ERRORS = 50
 
 
@@ -107,7 +117,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_domain_error(_request: Request, exc: Exception) -> Response:
         exc = cast("DomainError", exc)
-        return domain_problem(exc)
+        response = domain_problem(exc)
+        if isinstance(exc, Unauthenticated):
+            response.headers.update(_CHALLENGE)
+        return response
 
     async def on_validation_error(_request: Request, exc: Exception) -> Response:
         exc = cast("RequestValidationError", exc)

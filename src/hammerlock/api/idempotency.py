@@ -56,10 +56,11 @@ _MAX_KEY_LENGTH = 255
 
 
 def validate_key(raw: str) -> str:
-    if not 1 <= len(raw) <= _MAX_KEY_LENGTH or not all(0x20 < ord(c) < 0x7F for c in raw):
+    # Printable ASCII is 0x20-0x7E, space included (the draft's key is a Structured Field
+    # string, which may hold spaces); HTTP parsers have already trimmed the outer whitespace.
+    if not 1 <= len(raw) <= _MAX_KEY_LENGTH or not all(0x20 <= ord(c) < 0x7F for c in raw):
         raise ApiError(
-            "idempotency_key_invalid",
-            "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+            "idempotency_key_invalid", "Idempotency-Key must be 1-255 printable ASCII characters"
         )
     return raw
 

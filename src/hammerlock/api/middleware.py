@@ -37,11 +37,13 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 MutableHeaders(scope=message)["X-Request-Id"] = request_id
             await send(message)
 
@@ -54,7 +56,20 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive, send_with_id)
+                try:
+                    await self.app(scope, receive, send_with_id)
+                except Exception as exc:
+                    # Answer here rather than in Starlette's ServerErrorMiddleware (which sits
+                    # outside this one): the log line and the 500 then carry the request id.
+                    if response_started:
+                        raise
+                    log.error("http.unhandled_error", path=scope["path"], exc_info=exc)
+                    response = problem_response(
+                        code="internal_error",
+                        detail="an unexpected error occurred; it has been logged with this "
+                        "request's id",
+                    )
+                    await response(scope, receive, send_with_id)
             log.info(
                 "http.request",
                 method=scope["method"],

@@ -140,9 +140,11 @@ def _strings(value: Any, depth: int = 0) -> Iterator[str]:
 
 
 def _pan_guard(request: Request, body: bytes) -> None:
-    """Card numbers never enter the API: refuse them in headers, query and JSON strings."""
-    found = any(contains_pan(v) for v in request.headers.values()) or contains_pan(
-        request.url.query
+    """Card numbers never enter the API: refuse them in headers, path, query and JSON strings."""
+    found = (
+        any(contains_pan(v) for v in request.headers.values())
+        or contains_pan(request.scope["path"])  # percent-decoded, unlike the raw query string
+        or any(contains_pan(k) or contains_pan(v) for k, v in request.query_params.multi_items())
     )
     if not found and body:
         try:

@@ -18,7 +18,13 @@ __all__ = [
 MAX_SAFE_INT = 2**53 - 1
 
 SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT, strict=True)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+# No control characters: PostgreSQL text cannot hold NUL, and names end up in logs and consoles.
+Name = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=200, strip_whitespace=True, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+]
 ShortText = Annotated[str, StringConstraints(max_length=1000)]
 
 T = TypeVar("T")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import rfc8785
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from sqlalchemy.exc import IntegrityError
 
 from hammerlock.api.deps import get_container, get_ctx
 from hammerlock.api.policy import BATCH_MAX_BODY_BYTES, policy
@@ -46,6 +47,7 @@ TransferFlagName = Literal[
     "linked", "pending", "post_pending", "void_pending", "balancing_debit", "balancing_credit"
 ]
 _MAX_METADATA_BYTES = 1024
+_CREATE_ATTEMPTS = 3
 
 
 def _canonical_metadata(value: dict[str, Any] | None) -> str:
@@ -244,7 +246,7 @@ class StatementLine(TransferOut):
     balance_after: BalancesOut
 
 
-IdPath = Annotated[str, Path(max_length=128)]
+IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9:_.-]{1,128}$")]  # the form of LedgerId
 
 
 @router.post(
@@ -255,10 +257,18 @@ async def create_accounts(request: Request, body: AccountsIn) -> Results:
     """Create accounts; one result per account (`ok`, `exists`, `exists_with_different_*`,
     `account_reserved`)."""
     container = get_container(request)
-    async with container.db.transaction() as uow:
-        results = await service.create_accounts(
-            uow, get_ctx(request), [a.to_input() for a in body.accounts]
-        )
+    inputs = [a.to_input() for a in body.accounts]
+    for attempt in range(1, _CREATE_ATTEMPTS + 1):
+        try:
+            async with container.db.transaction() as uow:
+                results = await service.create_accounts(uow, get_ctx(request), inputs)
+            break
+        except IntegrityError:
+            # PostgreSQL: a concurrent request inserted one of these ids after our lock-read
+            # saw none (FOR UPDATE cannot lock a missing row). Everything rolled back; run
+            # again and the ids answer `exists`.
+            if attempt == _CREATE_ATTEMPTS:
+                raise
     return Results(results=[ItemResult(id=r.id, result=r.result) for r in results])
 
 
@@ -281,7 +291,9 @@ async def account_statement(
     request: Request,
     account_id: IdPath,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^[0-9]+$")] = None,
+    # At most 18 digits: the cursor is a BIGINT sequence number (a 19- or 20-digit one would
+    # overflow the database's integer type, a 500 instead of a 422).
+    cursor: Annotated[str | None, Query(max_length=18, pattern=r"^[0-9]+$")] = None,
 ) -> ListEnvelope[StatementLine]:
     """The account's transfers in commit order, each with the account's balances after it."""
     async with get_container(request).db.transaction(write=False) as uow:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -20,6 +20,9 @@ from hammerlock.security.permissions import Permission, Role
 
 router = APIRouter(route_class=HammerlockRoute, tags=["keys"], prefix="/v1/keys")
 
+_LATEST_EXPIRY_US = to_us(datetime(9999, 1, 1, tzinfo=UTC))
+
+_KEY_ID = r"^[a-z0-9_]{1,64}$"  # key ids are "key_" + 16 of [a-z0-9] (security/keys.py)
 PrincipalId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9:_.-]{1,128}$")]
 
 
@@ -60,7 +63,7 @@ class KeyCreate(ApiModel):
 async def list_keys(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(pattern=_KEY_ID)] = None,
 ) -> ListEnvelope[KeyOut]:
     container = get_container(request)
     async with container.db.transaction(write=False) as uow:
@@ -78,6 +81,12 @@ async def create_key(request: Request, body: KeyCreate) -> CreatedKeyOut:
         if body.expires_at.tzinfo is None:
             raise ApiError("validation_error", "expires_at needs a timezone (e.g. Z)")
         expires_us = to_us(body.expires_at)
+        # Checked before the write: an instant that cannot be formatted back (before year 1 or
+        # after 9999 in UTC) would otherwise be stored and break every later listing.
+        if not container.clock.now_us() < expires_us <= _LATEST_EXPIRY_US:
+            raise ApiError(
+                "validation_error", "expires_at must be in the future and before year 9999"
+            )
     async with container.db.transaction() as uow:
         created = await service.create_key(
             uow,
@@ -93,7 +102,7 @@ async def create_key(request: Request, body: KeyCreate) -> CreatedKeyOut:
 
 @router.post("/{key_id}/revoke", openapi_extra=policy(Permission.KEYS_MANAGE))
 async def revoke_key(
-    request: Request, key_id: Annotated[str, StringConstraints(max_length=64)]
+    request: Request, key_id: Annotated[str, StringConstraints(pattern=_KEY_ID)]
 ) -> KeyOut:
     container = get_container(request)
     async with container.db.transaction() as uow:

@@ -24,6 +24,8 @@ import orjson
 import rfc8785
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
@@ -90,6 +92,11 @@ class _Stored:
         return Response(content=self.body, status_code=self.status_code, headers=headers)
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 class IdempotencyStore:
     def __init__(self, db: Database, *, ttl_s: int, lease_s: int) -> None:
         self._db = db
@@ -113,10 +120,10 @@ class IdempotencyStore:
         try:
             response = await handler()
         except BaseException:
-            renewer.cancel()
+            await _stop(renewer)
             await asyncio.shield(self._release(scope, key, token))
             raise
-        renewer.cancel()
+        await _stop(renewer)
         if response.status_code >= 500:
             # The handler did not decide anything; let a retry run afresh.
             await self._release(scope, key, token)
@@ -124,7 +131,36 @@ class IdempotencyStore:
         await self._complete(scope, key, token, response)
         return response
 
+    def _lease(self, fp: str, now: int) -> dict[str, object]:
+        return {
+            "fingerprint": fp,
+            "state": "in_flight",
+            "lease_token": secrets.token_hex(16),
+            "lease_expires_us": now + self._lease_us,
+            "status_code": None,
+            "headers": None,
+            "body": None,
+            "created_us": now,
+            "expires_us": now + self._ttl_us,
+        }
+
+    async def _try_insert(self, scope: str, key: str, fp: str) -> str | None:
+        """The common case in one statement: a new key. ``None`` when the key exists."""
+        t = idempotency_keys
+        async with self._db.single_statement() as uow:
+            lease = self._lease(fp, uow.clock.now_us())
+            insert = pg_insert(t) if uow.is_postgres else sqlite_insert(t)
+            inserted = await uow.conn.execute(
+                insert.values(scope=scope, key=key, **lease)
+                .on_conflict_do_nothing(index_elements=[t.c.scope, t.c.key])
+                .returning(t.c.key)
+            )
+            return str(lease["lease_token"]) if inserted.first() is not None else None
+
     async def _begin(self, scope: str, key: str, fp: str) -> _Stored | str:
+        token = await self._try_insert(scope, key, fp)
+        if token is not None:
+            return token
         for _ in range(5):
             try:
                 async with self._db.transaction() as uow:
@@ -139,18 +175,8 @@ class IdempotencyStore:
                         .mappings()
                         .first()
                     )
-                    token = secrets.token_hex(16)
-                    lease = {
-                        "fingerprint": fp,
-                        "state": "in_flight",
-                        "lease_token": token,
-                        "lease_expires_us": now + self._lease_us,
-                        "status_code": None,
-                        "headers": None,
-                        "body": None,
-                        "created_us": now,
-                        "expires_us": now + self._ttl_us,
-                    }
+                    lease = self._lease(fp, now)
+                    token = str(lease["lease_token"])
                     if row is None:
                         await uow.conn.execute(t.insert().values(scope=scope, key=key, **lease))
                         return token
@@ -198,7 +224,7 @@ class IdempotencyStore:
         while True:
             await asyncio.sleep(self._renew_every_s)
             with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
-                async with self._db.transaction() as uow:
+                async with self._db.single_statement() as uow:
                     await uow.conn.execute(
                         t.update()
                         .where(t.c.scope == scope, t.c.key == key, t.c.lease_token == token)
@@ -210,7 +236,7 @@ class IdempotencyStore:
         headers = {
             name: response.headers[name] for name in _REPLAYED_HEADERS if name in response.headers
         }
-        async with self._db.transaction() as uow:
+        async with self._db.single_statement() as uow:
             done = await uow.conn.execute(
                 t.update()
                 .where(t.c.scope == scope, t.c.key == key, t.c.lease_token == token)
@@ -229,7 +255,7 @@ class IdempotencyStore:
 
     async def _release(self, scope: str, key: str, token: str) -> None:
         t = idempotency_keys
-        async with self._db.transaction() as uow:
+        async with self._db.single_statement() as uow:
             await uow.conn.execute(
                 t.delete().where(
                     t.c.scope == scope,

@@ -182,7 +182,7 @@ async def _authorize(
     try:
         if scheme.lower() != "bearer" or not presented.strip():
             raise Unauthenticated("send your API key as `Authorization: Bearer hl_…`")
-        async with container.db.transaction(write=False) as uow:
+        async with container.db.single_statement(write=False) as uow:
             key = await keys_service.authenticate(
                 uow, pepper=container.pepper, presented=presented.strip()
             )

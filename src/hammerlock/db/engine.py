@@ -46,6 +46,22 @@ class Database:
             async with conn.begin():
                 yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
 
+    @asynccontextmanager
+    async def single_statement(self, *, write: bool = True) -> AsyncIterator[UnitOfWork]:
+        """For work that is one statement (atomic by itself): no BEGIN/COMMIT round trips.
+
+        On PostgreSQL the connection runs in autocommit, saving two network round trips per use
+        (key checks, idempotency leases). On SQLite, where round trips are free, it is an
+        ordinary transaction. Never use it for more than one dependent statement.
+        """
+        if not self.is_postgres:
+            async with self.transaction(write=write) as uow:
+                yield uow
+            return
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

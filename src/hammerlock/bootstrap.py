@@ -18,6 +18,8 @@ from fastapi import FastAPI
 
 from hammerlock.api.app import create_app
 from hammerlock.api.idempotency import IdempotencyStore
+from hammerlock.audit.sequencer import Sequencer
+from hammerlock.audit.signing import AuditSigner
 from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.ledger import service as ledger_service
@@ -79,6 +81,17 @@ class Container:
             max_transfers=settings.ledger_batch_max_transfers,
             linger_ms=settings.ledger_batch_linger_ms,
         )
+        self.audit_signer = AuditSigner.load_or_create(
+            settings.audit_signing_key_file
+            or settings.data_dir / "keys" / "audit_signing_ed25519.pem"
+        )
+        self.sequencer = Sequencer(
+            self.db,
+            self.audit_signer,
+            node=self.node_name,
+            archive_dir=settings.data_dir / "audit",
+            head_interval_s=settings.audit_head_interval_s,
+        )
         self._background = background
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -87,6 +100,12 @@ class Container:
             await self.ledger_writer.start()
         if self._background:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="ledger-sweeper"))
+            self._tasks.append(
+                asyncio.create_task(
+                    self.sequencer.run_forever(self.settings.audit_sequencer_interval_s),
+                    name="audit-sequencer",
+                )
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -94,6 +113,9 @@ class Container:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._background:
+            with contextlib.suppress(Exception):  # best effort: the lease lapses anyway
+                await self.sequencer.release()
         await self.ledger_writer.stop()
         await self.db.dispose()
 

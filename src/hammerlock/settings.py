@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     )
     ledger_sweep_interval_s: float = Field(default=1.0, ge=0.05, le=3_600)
 
+    audit_signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) that signs audit tree heads. Default: generated "
+        "once into <data_dir>/keys/audit_signing_ed25519.pem (mode 0600).",
+    )
+    audit_sequencer_interval_s: float = Field(default=0.2, ge=0.01, le=10)
+    audit_head_interval_s: float = Field(default=1.0, ge=0.05, le=60)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

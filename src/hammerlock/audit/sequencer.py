@@ -1,0 +1,275 @@
+"""The sequencer: committed outbox events → gap-free ``seq`` → ``audit_log`` + Merkle tree.
+
+Business transactions only INSERT into ``audit_outbox`` (no global lock, no hashing on their
+path). The sequencer, leader of a lease in ``audit_state`` so it runs once across processes,
+repeatedly takes the oldest committed outbox rows and, in one transaction:
+
+1. gives each the next ``seq`` (the Merkle leaf index), renders the event exactly as
+   ``GET /v1/audit/events`` serves it (minus ``leaf_hash``), canonicalises it (RFC 8785) and
+   hashes it (RFC 9162 leaf hash);
+2. appends the rows to ``audit_log``, deletes them from the outbox, stores every completed
+   256-leaf tile root (``audit_tree_tiles``, for O(log n) proofs) and the tree's compact frontier
+   (``audit_state``), so a restart resumes without re-reading the log;
+3. signs a tree head (Ed25519, once per head, never per event) at least every second while events
+   arrive, and appends it to ``audit_tree_heads`` — and, after commit, to the archive file
+   ``<data_dir>/audit/tree_heads.jsonl`` outside the database.
+
+An outbox row that commits late (a lower id than rows already sequenced) simply gets the next
+``seq``: the log stays gap-free and in commit order as the sequencer saw it. The lease row is also
+the fence: a sequencer whose lease was taken over fails its conditional UPDATE and rolls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import rfc8785
+import sqlalchemy as sa
+import structlog
+
+from hammerlock.audit.merkle import CompactTree, leaf_hash, root_from_leaf_hashes, sign_tree_head
+from hammerlock.audit.signing import AuditSigner
+from hammerlock.audit.storage import (
+    audit_log,
+    audit_outbox,
+    audit_signing_keys,
+    audit_state,
+    audit_tree_heads,
+    audit_tree_tiles,
+)
+from hammerlock.clock import format_rfc3339
+from hammerlock.db.engine import Database
+from hammerlock.db.uow import UnitOfWork
+
+__all__ = ["TILE_LEVEL", "TILE_SIZE", "Sequencer", "TreeHead", "canonical_event"]
+
+log = structlog.get_logger("hammerlock.audit.sequencer")
+
+TILE_LEVEL = 8
+TILE_SIZE = 1 << TILE_LEVEL
+_STATE = "sequencer"
+
+
+def canonical_event(event: dict[str, Any], seq: int) -> bytes:
+    """The leaf's bytes: RFC 8785 JCS of the event as served, with its ``seq``."""
+    return rfc8785.dumps({**event, "seq": seq})
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    size: int
+    root_hash: str
+    timestamp: str
+    key_id: str
+    signature: str  # base64 (RFC 4648 §4) of the raw 64-byte signature
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "root_hash": self.root_hash,
+            "timestamp": self.timestamp,
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
+
+
+class Sequencer:
+    def __init__(
+        self,
+        db: Database,
+        signer: AuditSigner,
+        *,
+        node: str,
+        archive_dir: Path | None = None,
+        batch_max: int = 5_000,
+        lease_s: float = 10,
+        head_interval_s: float = 1.0,
+    ) -> None:
+        self._db = db
+        self._signer = signer
+        self._archive_dir = archive_dir
+        self._batch_max = batch_max
+        self._lease_us = int(lease_s * 1_000_000)
+        self._head_interval_us = int(head_interval_s * 1_000_000)
+        self.owner = f"{node}:{os.getpid()}:{secrets.token_hex(4)}"[:128]
+
+    async def run_once(self) -> int:
+        """Sequence what is committed now (up to ``batch_max``); the number of events appended."""
+        async with self._db.transaction() as uow:
+            now = uow.clock.now_us()
+            state = await self._claim(uow, now)
+            if state is None:
+                return 0
+            rows = (
+                await uow.conn.execute(
+                    sa.select(audit_outbox.c.id, audit_outbox.c.ts_us, audit_outbox.c.event)
+                    .order_by(audit_outbox.c.id)
+                    .limit(self._batch_max)
+                )
+            ).all()
+            start = int(state["position"])
+            tree = CompactTree.from_state(
+                start, [bytes.fromhex(h) for h in orjson.loads(state["frontier"])]
+            )
+            log_rows, hashes = self._render(rows, start)
+            tree.extend(hashes)
+            if log_rows:
+                await uow.conn.execute(audit_log.insert(), log_rows)
+                await uow.conn.execute(
+                    audit_outbox.delete().where(audit_outbox.c.id.in_([r.id for r in rows]))
+                )
+                await self._store_tiles(uow, start, hashes)
+            head = None
+            last_head_us = int(state["last_head_us"])
+            head_due = now - last_head_us >= self._head_interval_us or len(rows) < self._batch_max
+            if log_rows and head_due:
+                head = await self._sign_head(uow, tree, now)
+                last_head_us = now
+            fenced = await uow.conn.execute(
+                audit_state.update()
+                .where(audit_state.c.name == _STATE, audit_state.c.owner == self.owner)
+                .values(
+                    position=tree.size,
+                    frontier=orjson.dumps([h.hex() for h in tree.to_state()]).decode(),
+                    last_head_us=last_head_us,
+                    updated_us=now,
+                )
+            )
+            if fenced.rowcount != 1:
+                raise RuntimeError("audit sequencer lost its lease mid-batch; rolled back")
+        if head is not None:
+            self._archive_head(head)
+        return len(log_rows)
+
+    async def run_forever(self, interval_s: float = 0.2) -> None:
+        while True:
+            try:
+                appended = await self.run_once()
+            except Exception:  # the loop must outlive a transient DB error; logged with trace
+                log.exception("audit.sequencer_failed")
+                appended = 0
+            if appended < self._batch_max:
+                await asyncio.sleep(interval_s)
+
+    async def release(self) -> None:
+        """Give up the lease (on shutdown) so another process takes over at once."""
+        async with self._db.transaction() as uow:
+            await uow.conn.execute(
+                audit_state.update()
+                .where(audit_state.c.name == _STATE, audit_state.c.owner == self.owner)
+                .values(owner=None, lease_expires_us=0)
+            )
+
+    async def _claim(self, uow: UnitOfWork, now: int) -> sa.RowMapping | None:
+        s = audit_state.c
+        claimed = await uow.conn.execute(
+            audit_state.update()
+            .where(
+                s.name == _STATE,
+                sa.or_(s.owner == self.owner, s.owner.is_(None), s.lease_expires_us < now),
+            )
+            .values(owner=self.owner, lease_expires_us=now + self._lease_us)
+        )
+        if claimed.rowcount != 1:
+            return None
+        return (
+            (await uow.conn.execute(sa.select(audit_state).where(s.name == _STATE)))
+            .mappings()
+            .one()
+        )
+
+    def _render(self, rows: Sequence[Any], start: int) -> tuple[list[dict[str, Any]], list[bytes]]:
+        log_rows: list[dict[str, Any]] = []
+        hashes: list[bytes] = []
+        for seq, row in enumerate(rows, start):
+            event = orjson.loads(row.event)
+            canonical = canonical_event(event, seq)
+            digest = leaf_hash(canonical)
+            hashes.append(digest)
+            actor = event.get("actor") or {}
+            resource = event.get("resource") or {}
+            log_rows.append(
+                {
+                    "seq": seq,
+                    "event_id": event["event_id"],
+                    "ts_us": int(row.ts_us),
+                    "action": event["action"],
+                    "actor_id": actor.get("principal_id"),
+                    "resource_type": resource.get("type"),
+                    "resource_id": resource.get("id"),
+                    "canonical": canonical.decode(),
+                    "leaf_hash": digest.hex(),
+                }
+            )
+        return log_rows, hashes
+
+    async def _store_tiles(self, uow: UnitOfWork, start: int, hashes: list[bytes]) -> None:
+        end = start + len(hashes)
+        first_tile, last_tile = start // TILE_SIZE, end // TILE_SIZE
+        tiles = []
+        for tile in range(first_tile, last_tile):
+            lo, hi = tile * TILE_SIZE, (tile + 1) * TILE_SIZE
+            leaves: list[bytes] = []
+            if lo < start:  # the tile began in an earlier batch
+                earlier = await uow.conn.execute(
+                    sa.select(audit_log.c.leaf_hash)
+                    .where(audit_log.c.seq >= lo, audit_log.c.seq < start)
+                    .order_by(audit_log.c.seq)
+                )
+                leaves.extend(bytes.fromhex(h) for (h,) in earlier)
+            leaves.extend(hashes[max(lo, start) - start : hi - start])
+            if len(leaves) != TILE_SIZE:
+                raise RuntimeError(f"audit tile {tile} has {len(leaves)} leaves")
+            tiles.append(
+                {"level": TILE_LEVEL, "idx": tile, "hash": root_from_leaf_hashes(leaves).hex()}
+            )
+        if tiles:
+            await uow.conn.execute(audit_tree_tiles.insert(), tiles)
+
+    async def _sign_head(self, uow: UnitOfWork, tree: CompactTree, now: int) -> TreeHead:
+        await self._register_key(uow, now)
+        root_hex = tree.root().hex()
+        timestamp = format_rfc3339(now)
+        signature = sign_tree_head(self._signer.private_key, tree.size, root_hex, timestamp)
+        head = TreeHead(
+            size=tree.size,
+            root_hash=root_hex,
+            timestamp=timestamp,
+            key_id=self._signer.key_id,
+            signature=base64.b64encode(signature).decode(),
+        )
+        await uow.conn.execute(audit_tree_heads.insert(), [{**head.as_json(), "ts_us": now}])
+        return head
+
+    async def _register_key(self, uow: UnitOfWork, now: int) -> None:
+        known = await uow.conn.execute(
+            sa.select(audit_signing_keys.c.key_id).where(
+                audit_signing_keys.c.key_id == self._signer.key_id
+            )
+        )
+        if known.first() is None:
+            await uow.conn.execute(
+                audit_signing_keys.insert().values(
+                    key_id=self._signer.key_id,
+                    algorithm="ed25519",
+                    public_key=self._signer.public_b64,
+                    created_us=now,
+                )
+            )
+
+    def _archive_head(self, head: TreeHead) -> None:
+        if self._archive_dir is None:
+            return
+        self._archive_dir.mkdir(parents=True, exist_ok=True)
+        with (self._archive_dir / "tree_heads.jsonl").open("ab") as fh:
+            fh.write(orjson.dumps(head.as_json()) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())

@@ -1,0 +1,117 @@
+"""The sequencer: outbox → gap-free seq → audit_log, tiles, signed heads; once across processes."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from hammerlock.audit import service as audit
+from hammerlock.audit.merkle import (
+    CompactTree,
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_tree_head,
+)
+from hammerlock.audit.model import Context
+from hammerlock.audit.sequencer import TILE_SIZE, Sequencer
+from hammerlock.audit.storage import audit_log, audit_outbox, audit_tree_heads, audit_tree_tiles
+from hammerlock.bootstrap import Container
+from hammerlock.clock import FixedClock
+
+
+async def _emit(container: Container, n: int, prefix: str = "e") -> None:
+    ctx = Context.system("tests")
+    async with container.db.transaction() as uow:
+        await audit.record_many(
+            uow,
+            [
+                ctx.event(
+                    "test.event",
+                    resource_type="thing",
+                    resource_id=f"{prefix}{i}",
+                    ts_us=uow.clock.now_us(),
+                    details={"i": i},
+                )
+                for i in range(n)
+            ],
+        )
+
+
+async def _rows(
+    container: Container, table: sa.Table, order: sa.ColumnElement[int]
+) -> list[sa.RowMapping]:
+    async with container.db.transaction(write=False) as uow:
+        return list((await uow.conn.execute(sa.select(table).order_by(order))).mappings())
+
+
+async def test_sequences_gap_free_with_tiles_and_signed_heads(
+    container: Container, clock: FixedClock
+) -> None:
+    await _emit(container, 300)
+    assert await container.sequencer.run_once() == 300
+    clock.advance(2)
+    await _emit(container, 300, prefix="f")
+    assert await container.sequencer.run_once() == 300
+    assert await container.sequencer.run_once() == 0
+
+    rows = await _rows(container, audit_log, audit_log.c.seq)
+    assert [r["seq"] for r in rows] == list(range(600))
+    for row in rows:
+        event = orjson.loads(row["canonical"])
+        assert event["seq"] == row["seq"]
+        assert leaf_hash(row["canonical"].encode()).hex() == row["leaf_hash"]
+    assert await _rows(container, audit_outbox, audit_outbox.c.id) == []
+
+    hashes = [bytes.fromhex(r["leaf_hash"]) for r in rows]
+    tiles = await _rows(container, audit_tree_tiles, audit_tree_tiles.c.idx)
+    assert [t["idx"] for t in tiles] == [0, 1]
+    for t in tiles:
+        lo = t["idx"] * TILE_SIZE
+        assert t["hash"] == root_from_leaf_hashes(hashes[lo : lo + TILE_SIZE]).hex()
+
+    heads = await _rows(container, audit_tree_heads, audit_tree_heads.c.size)
+    assert [h["size"] for h in heads] == [300, 600]
+    public = Ed25519PublicKey.from_public_bytes(container.audit_signer.public_raw)
+    for h in heads:
+        assert h["root_hash"] == root_from_leaf_hashes(hashes[: h["size"]]).hex()
+        assert verify_tree_head(
+            public, h["size"], h["root_hash"], h["timestamp"], base64.b64decode(h["signature"])
+        )
+    archived = (container.settings.data_dir / "audit" / "tree_heads.jsonl").read_text().splitlines()
+    assert [orjson.loads(line)["size"] for line in archived] == [300, 600]
+
+
+async def test_resumes_from_its_frontier_and_runs_once(container: Container) -> None:
+    await _emit(container, 10)
+    assert await container.sequencer.run_once() == 10
+    # A second sequencer (another process) cannot take the live lease ...
+    other = Sequencer(container.db, container.audit_signer, node="other")
+    await _emit(container, 5)
+    assert await other.run_once() == 0
+    # ... until the first lets go; then it resumes from the stored frontier.
+    await container.sequencer.release()
+    assert await other.run_once() == 5
+    rows = await _rows(container, audit_log, audit_log.c.seq)
+    tree = CompactTree()
+    tree.extend(bytes.fromhex(r["leaf_hash"]) for r in rows)
+    heads = await _rows(container, audit_tree_heads, audit_tree_heads.c.size)
+    assert heads[-1]["size"] == 15
+    assert heads[-1]["root_hash"] == tree.root().hex()
+
+
+async def test_log_and_heads_are_append_only(container: Container) -> None:
+    await _emit(container, 3)
+    await container.sequencer.run_once()
+    for statement in (
+        "UPDATE audit_log SET action = 'x' WHERE seq = 0",
+        "DELETE FROM audit_log WHERE seq = 2",
+        "UPDATE audit_tree_heads SET root_hash = 'x'",
+        "DELETE FROM audit_tree_heads",
+    ):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            async with container.db.transaction() as uow:
+                await uow.conn.execute(sa.text(statement))

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from hammerlock.api.app import create_app
+from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from hammerlock.db.engine import create_database
@@ -197,8 +198,6 @@ class Keys:
         self.by_role: dict[str, dict[str, str]] = {}
 
     async def create(self, role: Role, principal_id: str | None = None) -> dict[str, Any]:
-        from hammerlock.audit.model import Context
-
         async with self.container.db.transaction() as uow:
             created = await keys_service.create_key(
                 uow,

@@ -6,8 +6,14 @@ private to it (prefix them with the section name or ``_``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from hypothesis import strategies as st
 
+from hammerlock.ledger.model import AccountFlag as _AccountFlag
+from hammerlock.ledger.model import AccountInput as _AccountInput
+from hammerlock.ledger.model import TransferFlag as _TransferFlag
+from hammerlock.ledger.model import TransferInput as _TransferInput
 from hammerlock.money import ISO_4217_EXPONENTS, MAX_API_AMOUNT, Money, Rounding
 
 # ================================================================================================
@@ -132,3 +138,254 @@ def separated_card_numbers(draw: st.DrawFn) -> str:
 def text_without_digits() -> st.SearchStrategy[str]:
     """Generate text without ASCII digits (other Unicode digits are not card digits)."""
     return st.text(st.characters(exclude_characters="0123456789"))
+
+
+# ================================================================================================
+# SECTION ledger: strategies for hammerlock.ledger (tests/integration/test_ledger_*.py)
+# ================================================================================================
+#
+# Small amounts, few accounts and two currencies, so limits bite, holds collide and currencies
+# mismatch often. Transfers are drawn against a ``LedgerScene`` (what exists so far), so most are
+# plausible and a steady share are deliberately wrong (one rule broken at a time).
+
+LEDGER_CURRENCIES = ("USD", "EUR")
+LEDGER_METADATA = ("{}", '{"note":"a"}')
+LEDGER_MAX_AMOUNT = 150
+LEDGER_TIMEOUTS_S = (0, 1, 2, 3, 5, 10)
+_LEDGER_LIMITS = (
+    _AccountFlag(0),
+    _AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    _AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS,
+)
+_LEDGER_KINDS = (
+    "plain",
+    "fund",
+    "pending",
+    "post",
+    "void",
+    "balancing",
+    "retry",
+    "malformed",
+    "pending",
+    "post",
+)
+_LEDGER_MALFORMED = (
+    "pending_and_post",
+    "balancing_and_void",
+    "same_accounts",
+    "pending_id_on_plain",
+    "post_without_pending_id",
+    "timeout_on_plain",
+    "zero_amount",
+    "unknown_debit",
+    "unknown_credit",
+    "other_currency",
+)
+_LEDGER_MUTATIONS = (  # what a retry changes: mostly nothing (a true retry), else one field
+    None,
+    None,
+    None,
+    None,
+    "flags",
+    "pending_id",
+    "timeout_s",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "currency",
+    "code",
+    "metadata",
+)
+
+
+@dataclass(frozen=True)
+class LedgerScene:
+    """What a drawn transfer may refer to: accounts ``(id, currency)``, unlimited accounts that
+    fund the others, transfer ids worth posting or voiding, past sends, an id nothing uses."""
+
+    accounts: tuple[tuple[str, str], ...]
+    funders: tuple[str, ...] = ()
+    pending_ids: tuple[str, ...] = ()
+    sent: tuple[_TransferInput, ...] = ()
+    missing: str = "no-such-id"
+
+
+def ledger_amounts(max_amount: int = LEDGER_MAX_AMOUNT) -> st.SearchStrategy[int]:
+    """Generate positive amounts, small so that limits bite, the edges drawn often."""
+    return st.one_of(st.integers(1, max_amount), st.sampled_from([1, max_amount]))
+
+
+@st.composite
+def ledger_account_inputs(
+    draw: st.DrawFn, account_id: str, *, currency: str | None = None
+) -> _AccountInput:
+    """Generate an account: any currency of ``LEDGER_CURRENCIES``, maybe a limit flag."""
+    return _AccountInput(
+        id=account_id,
+        currency=currency or draw(st.sampled_from(LEDGER_CURRENCIES)),
+        code=draw(st.sampled_from(("wallet", "escrow", "fees"))),
+        flags=draw(st.sampled_from(_LEDGER_LIMITS)),
+        metadata=draw(st.sampled_from(LEDGER_METADATA)),
+    )
+
+
+@st.composite
+def ledger_account_variants(draw: st.DrawFn, account: _AccountInput) -> _AccountInput:
+    """Generate a re-creation of ``account``: the same body, or one field changed."""
+    field = draw(st.sampled_from((None, "currency", "code", "flags", "metadata")))
+    if field == "currency":
+        return replace(account, currency="EUR" if account.currency == "USD" else "USD")
+    if field == "code":
+        return replace(account, code=account.code + ".x")
+    if field == "flags":
+        return replace(account, flags=account.flags ^ _AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS)
+    if field == "metadata":
+        return replace(account, metadata='{"other":true}')
+    return account
+
+
+def _ledger_pair(draw: st.DrawFn, scene: LedgerScene, *, fund: bool) -> tuple[str, str, str]:
+    """A debit and a different credit account of one currency (when the scene has two)."""
+    funders = [a for a in scene.accounts if a[0] in scene.funders]
+    debit, currency = draw(st.sampled_from(funders if fund and funders else scene.accounts))
+    same = [a for a, c in scene.accounts if c == currency and a != debit] or [debit]
+    return debit, draw(st.sampled_from(same)), currency
+
+
+@st.composite
+def ledger_transfers(draw: st.DrawFn, transfer_id: str, scene: LedgerScene) -> _TransferInput:
+    """Generate one transfer against ``scene``: mostly plausible, sometimes wrong on purpose.
+
+    Kinds: plain, funding (from an unlimited account), pending (a hold, maybe with a timeout),
+    post and void of a known (or unknown) hold, partial or not, balancing, a retry of an earlier
+    transfer (same body, or one field changed), and malformed ones (one rule of the result list
+    broken each).
+    """
+    kind = draw(st.sampled_from(_LEDGER_KINDS))
+    if kind == "retry" and scene.sent:
+        return _ledger_retry(draw, scene)
+    if kind in ("post", "void"):
+        return _ledger_resolve(draw, transfer_id, scene, kind)
+    debit, credit, currency = _ledger_pair(draw, scene, fund=kind == "fund")
+    flags = _TransferFlag(0)
+    timeout_s = 0
+    if kind == "pending" or (kind == "balancing" and draw(st.booleans())):
+        flags |= _TransferFlag.PENDING
+        timeout_s = draw(st.sampled_from(LEDGER_TIMEOUTS_S))
+    if kind == "balancing":
+        flags |= draw(
+            st.sampled_from(
+                (
+                    _TransferFlag.BALANCING_DEBIT,
+                    _TransferFlag.BALANCING_CREDIT,
+                    _TransferFlag.BALANCING_DEBIT | _TransferFlag.BALANCING_CREDIT,
+                )
+            )
+        )
+    transfer = _TransferInput(
+        id=transfer_id,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=draw(ledger_amounts()),
+        currency=currency,
+        code="pay",
+        flags=flags,
+        timeout_s=timeout_s,
+        metadata=draw(st.sampled_from(LEDGER_METADATA)),
+    )
+    if kind == "malformed":
+        return _ledger_malformed(draw, transfer, scene)
+    return transfer
+
+
+def _ledger_resolve(
+    draw: st.DrawFn, transfer_id: str, scene: LedgerScene, kind: str
+) -> _TransferInput:
+    """Post (all, or part, or too much) or void a hold; now and then naming an account, the
+    currency or (for a void) an amount, which may or may not match the hold's."""
+    posting = kind == "post"
+    t = _TransferInput(
+        id=transfer_id,
+        debit_account_id=None,
+        credit_account_id=None,
+        amount=draw(st.none() | ledger_amounts()) if posting else None,
+        currency=None,
+        code=draw(st.sampled_from((None, "capture"))),
+        flags=_TransferFlag.POST_PENDING if posting else _TransferFlag.VOID_PENDING,
+        pending_id=draw(st.sampled_from((*scene.pending_ids, scene.missing))),
+    )
+    named = draw(st.sampled_from((None, None, None, "debit", "credit", "currency", "amount")))
+    account = st.sampled_from([a for a, _ in scene.accounts])
+    if named == "debit":
+        return replace(t, debit_account_id=draw(account))
+    if named == "credit":
+        return replace(t, credit_account_id=draw(account))
+    if named == "currency":
+        return replace(t, currency=draw(st.sampled_from(LEDGER_CURRENCIES)))
+    if named == "amount":
+        return replace(t, amount=draw(ledger_amounts()))
+    return t
+
+
+def _ledger_retry(draw: st.DrawFn, scene: LedgerScene) -> _TransferInput:
+    old = draw(st.sampled_from(scene.sent))
+    field = draw(st.sampled_from(_LEDGER_MUTATIONS))
+    other_account = draw(st.sampled_from([a for a, _ in scene.accounts]))
+    changes: dict[str, object] = {
+        "flags": old.flags ^ _TransferFlag.PENDING,
+        "pending_id": None if old.pending_id else scene.missing,
+        "timeout_s": old.timeout_s + 1,
+        "debit_account_id": other_account,
+        "credit_account_id": other_account,
+        "amount": (old.amount or 0) + 1,
+        "currency": "EUR" if old.currency == "USD" else "USD",
+        "code": "other",
+        "metadata": '{"other":true}',
+    }
+    return old if field is None else replace(old, **{field: changes[field]})
+
+
+def _ledger_malformed(draw: st.DrawFn, t: _TransferInput, scene: LedgerScene) -> _TransferInput:
+    how = draw(st.sampled_from(_LEDGER_MALFORMED))
+    others = {
+        "pending_and_post": {"flags": _TransferFlag.PENDING | _TransferFlag.POST_PENDING},
+        "balancing_and_void": {
+            "flags": _TransferFlag.BALANCING_DEBIT | _TransferFlag.VOID_PENDING,
+            "pending_id": draw(st.sampled_from((*scene.pending_ids, scene.missing))),
+        },
+        "same_accounts": {"credit_account_id": t.debit_account_id},
+        "pending_id_on_plain": {"pending_id": scene.missing},
+        "post_without_pending_id": {"flags": _TransferFlag.POST_PENDING},
+        "timeout_on_plain": {"timeout_s": draw(st.integers(1, 5))},
+        "zero_amount": {"amount": 0},
+        "unknown_debit": {"debit_account_id": scene.missing},
+        "unknown_credit": {"credit_account_id": scene.missing},
+        "other_currency": {"currency": "EUR" if t.currency == "USD" else "USD"},
+    }
+    return replace(t, **others[how])  # type: ignore[arg-type]
+
+
+@st.composite
+def ledger_requests(
+    draw: st.DrawFn, id_prefix: str, scene: LedgerScene, *, max_size: int = 5
+) -> list[_TransferInput]:
+    """Generate one request: transfers ``id_prefix + k``, some linked into chains; rarely the
+    last one linked too (an open chain). Retries keep the flags they were first sent with; now
+    and then a transfer repeats an earlier one of the same request (a duplicate in the batch)."""
+    # mostly short, so that a batch leaves most accounts (and their expired holds) alone
+    size = min(max_size, draw(st.sampled_from((1, 1, 1, 2, 2, 3, 5))))
+    transfers: list[_TransferInput] = []
+    for k in range(size):
+        if transfers and draw(st.integers(0, 9)) == 0:
+            transfers.append(draw(st.sampled_from(transfers)))
+            continue
+        t = draw(ledger_transfers(f"{id_prefix}{k}", scene))
+        if _TransferFlag.PENDING in t.flags:  # later ones may post or void it
+            scene = replace(scene, pending_ids=(*scene.pending_ids, t.id))
+        if t.id == f"{id_prefix}{k}":  # not a retry
+            # ~30% linked to the next; the last one rarely (an open chain).
+            threshold = 9 if k == size - 1 else 7
+            if draw(st.integers(0, 9)) >= threshold:
+                t = replace(t, flags=t.flags | _TransferFlag.LINKED)
+        transfers.append(t)
+    return transfers

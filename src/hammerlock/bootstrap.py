@@ -18,8 +18,12 @@ from fastapi import FastAPI
 
 from hammerlock.api.app import create_app
 from hammerlock.api.idempotency import IdempotencyStore
+from hammerlock.audit.alerts import AlertEngine, AlertRules
+from hammerlock.audit.notifiers import ChannelNotifier, LogNotifier, Notifier, WebhookNotifier
+from hammerlock.audit.relay import Relay, build_relays
 from hammerlock.audit.sequencer import Sequencer
 from hammerlock.audit.signing import AuditSigner
+from hammerlock.audit.sinks.alerts import AlertSink
 from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.ledger import service as ledger_service
@@ -92,6 +96,37 @@ class Container:
             archive_dir=settings.data_dir / "audit",
             head_interval_s=settings.audit_head_interval_s,
         )
+        self.alert_channel = ChannelNotifier()
+        self.alert_sink = AlertSink(
+            AlertEngine(AlertRules(heartbeat_timeout_s=settings.audit_alert_heartbeat_timeout_s)),
+            self._notifiers(settings),
+            clock=self.clock,
+        )
+        self.relays = build_relays(
+            self.db,
+            node=self.node_name,
+            nats_url=settings.audit_nats_url,
+            kafka_bootstrap=settings.audit_kafka_bootstrap,
+            archive_dir=settings.audit_archive_dir or settings.data_dir / "audit" / "archive",
+            lag_alert_threshold=settings.audit_relay_lag_alert,
+            jetstream_stream=settings.audit_nats_stream,
+            jetstream_duplicate_window_s=settings.audit_nats_duplicate_window_s,
+            kafka_topic=settings.audit_kafka_topic,
+            archive_segment_events=settings.audit_archive_segment_events,
+            archive_segment_age_s=settings.audit_archive_segment_age_s,
+            page_size=settings.audit_relay_page_size,
+            on_lag=self.alert_sink.lag_hook(settings.audit_relay_lag_alert),
+        )
+        self.alert_relay: Relay | None = None
+        if settings.audit_alert_enabled:
+            self.alert_relay = Relay(
+                self.db,
+                self.alert_sink,
+                node=self.node_name,
+                lag_alert_threshold=settings.audit_relay_lag_alert,
+                on_lag=self.alert_sink.lag_hook(settings.audit_relay_lag_alert),
+            )
+        self._stop = asyncio.Event()
         self._background = background
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -106,8 +141,26 @@ class Container:
                     name="audit-sequencer",
                 )
             )
+            for relay in self.relays:
+                self._tasks.append(
+                    asyncio.create_task(relay.run_forever(), name=f"audit-relay-{relay.state}")
+                )
+            if self.alert_relay is not None:
+                alert_relay = self.alert_relay
+                self._tasks.append(
+                    asyncio.create_task(alert_relay.run_forever(), name="audit-alerts")
+                )
+                self._tasks.append(
+                    asyncio.create_task(
+                        self.alert_sink.watch_heartbeat(
+                            self._stop, active=lambda: alert_relay.is_leader
+                        ),
+                        name="audit-heartbeat-watch",
+                    )
+                )
 
     async def stop(self) -> None:
+        self._stop.set()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -116,8 +169,23 @@ class Container:
         if self._background:
             with contextlib.suppress(Exception):  # best effort: the lease lapses anyway
                 await self.sequencer.release()
+        for relay in [*self.relays, *([self.alert_relay] if self.alert_relay else [])]:
+            with contextlib.suppress(Exception):  # best effort: the lease lapses anyway
+                await relay.close()
         await self.ledger_writer.stop()
         await self.db.dispose()
+
+    def _notifiers(self, settings: Settings) -> list[Notifier]:
+        notifiers: list[Notifier] = [LogNotifier(), self.alert_channel]
+        if settings.audit_alert_webhook_url and settings.audit_alert_webhook_secret:
+            notifiers.append(
+                WebhookNotifier(
+                    settings.audit_alert_webhook_url,
+                    settings.audit_alert_webhook_secret.get_secret_value(),
+                    clock=self.clock,
+                )
+            )
+        return notifiers
 
     async def _sweep_forever(self) -> None:
         """Expire due holds and purge old idempotency records, about once a second."""

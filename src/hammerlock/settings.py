@@ -67,6 +67,41 @@ class Settings(BaseSettings):
     audit_sequencer_interval_s: float = Field(default=0.2, ge=0.01, le=10)
     audit_head_interval_s: float = Field(default=1.0, ge=0.05, le=60)
 
+    audit_nats_url: str | None = Field(
+        default=None, description="Relay the audit log to NATS JetStream here (off when unset)."
+    )
+    audit_nats_stream: str = Field(default="HAMMERLOCK_AUDIT", max_length=64)
+    audit_nats_duplicate_window_s: float = Field(default=7_200, ge=60, le=7 * 86_400)
+    audit_kafka_bootstrap: str | None = Field(
+        default=None, description="Relay the audit log to Kafka here (off when unset)."
+    )
+    audit_kafka_topic: str = Field(default="hammerlock.audit", max_length=200)
+    audit_archive_dir: Path | None = Field(
+        default=None, description="Sealed audit segments. Default: <data_dir>/audit/archive."
+    )
+    audit_archive_segment_events: int = Field(default=10_000, ge=10, le=1_000_000)
+    audit_archive_segment_age_s: float = Field(default=60, ge=1, le=86_400)
+    audit_relay_lag_alert: int = Field(default=10_000, ge=1)
+    audit_relay_page_size: int = Field(default=1_000, ge=1, le=10_000)
+
+    audit_alert_enabled: bool = Field(
+        default=True, description="Run the alert rules over the audit log."
+    )
+    audit_alert_webhook_url: str | None = Field(
+        default=None, description="POST alerts here, signed (docs/audit.md); off when unset."
+    )
+    audit_alert_webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret for alert webhooks (at least 16 characters)."
+    )
+    audit_alert_heartbeat_timeout_s: float = Field(default=180, ge=10, le=86_400)
+
+    @field_validator("audit_alert_webhook_secret")
+    @classmethod
+    def _webhook_secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("HAMMERLOCK_AUDIT_ALERT_WEBHOOK_SECRET needs at least 16 characters")
+        return value
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

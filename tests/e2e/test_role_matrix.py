@@ -31,6 +31,7 @@ ADMIN = frozenset({"admin"})
 LEDGER_WRITERS = frozenset({"admin", "operator", "service"})
 LEDGER_READERS = frozenset({"admin", "operator", "service", "auditor"})
 ACCOUNT_CLOSERS = frozenset({"admin", "operator"})
+AUDITORS = frozenset({"admin", "auditor"})  # issue #4: "auditor and admin only"
 
 # (method, path template) -> (who may call it, the status an allowed call answers here)
 MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
@@ -48,6 +49,12 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
     ("GET", "/v1/ledger/accounts/{account_id}/transfers"): (LEDGER_READERS, 200),
     ("POST", "/v1/ledger/transfers"): (LEDGER_WRITERS, 200),
     ("GET", "/v1/ledger/transfers/{transfer_id}"): (LEDGER_READERS, 200),
+    ("GET", "/v1/audit/events"): (AUDITORS, 200),
+    ("GET", "/v1/audit/tree_head"): (AUDITORS, 200),
+    ("GET", "/v1/audit/tree_heads"): (AUDITORS, 200),
+    ("GET", "/v1/audit/proof/inclusion"): (AUDITORS, 200),
+    ("GET", "/v1/audit/proof/consistency"): (AUDITORS, 200),
+    ("GET", "/v1/audit/public_keys"): (AUDITORS, 200),
 }
 
 
@@ -95,6 +102,7 @@ class World:
         self.keys = keys
         self.counter = itertools.count()
         self.victims: dict[str, str] = {}
+        self.head_size = 0
 
     async def setup(self) -> None:
         accounts = [
@@ -110,6 +118,9 @@ class World:
             )
         for caller in EVERYONE:
             self.victims[caller] = (await self.keys.create(Role.BIDDER))["key"].id
+        # A signed tree head for the audit routes to answer about (reads only add to the outbox).
+        self.head_size = await self.container.sequencer.run_once()
+        assert self.head_size > 0
 
     def call(self, method: str, path: str, caller: str) -> Call:
         n = next(self.counter)
@@ -160,6 +171,17 @@ class World:
             ("GET", "/v1/ledger/transfers/{transfer_id}"): lambda: Call(
                 "GET", "/v1/ledger/transfers/m:t0"
             ),
+            ("GET", "/v1/audit/events"): lambda: Call("GET", "/v1/audit/events?limit=5"),
+            ("GET", "/v1/audit/tree_head"): lambda: Call("GET", "/v1/audit/tree_head"),
+            ("GET", "/v1/audit/tree_heads"): lambda: Call("GET", "/v1/audit/tree_heads"),
+            ("GET", "/v1/audit/proof/inclusion"): lambda: Call(
+                "GET", f"/v1/audit/proof/inclusion?seq=0&tree_size={self.head_size}"
+            ),
+            ("GET", "/v1/audit/proof/consistency"): lambda: Call(
+                "GET",
+                f"/v1/audit/proof/consistency?first={self.head_size}&second={self.head_size}",
+            ),
+            ("GET", "/v1/audit/public_keys"): lambda: Call("GET", "/v1/audit/public_keys"),
         }
         return calls[(method, path)]()
 

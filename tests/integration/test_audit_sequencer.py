@@ -115,3 +115,23 @@ async def test_log_and_heads_are_append_only(container: Container) -> None:
         with pytest.raises(sa.exc.DBAPIError, match="append-only"):
             async with container.db.transaction() as uow:
                 await uow.conn.execute(sa.text(statement))
+
+
+async def test_the_running_loop_records_start_heartbeat_and_stop(
+    container: Container, clock: FixedClock
+) -> None:
+    sequencer = container.sequencer
+    sequencer._lifecycle = True  # what run_forever switches on
+    await sequencer.run_once()  # becomes leader: start
+    clock.advance(30)
+    await sequencer.run_once()  # too early for a heartbeat
+    clock.advance(31)
+    await sequencer.run_once()  # heartbeat
+    await sequencer.release()  # stop (sequenced by whoever leads next)
+    await sequencer.run_once()
+    rows = await _rows(container, audit_log, audit_log.c.seq)
+    assert [r["action"] for r in rows] == [
+        "audit.sequencer.start",
+        "audit.heartbeat",
+        "audit.sequencer.stop",
+    ]

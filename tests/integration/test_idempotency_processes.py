@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from hammerlock.api.idempotency import fingerprint, idempotency_keys
 from hammerlock.audit.model import Context
-from hammerlock.audit.storage import audit_outbox
+from hammerlock.audit.storage import audit_log, audit_outbox
 from hammerlock.clock import SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.ledger import service as ledger_service
@@ -176,14 +176,24 @@ async def _statement_ids(client: httpx.AsyncClient, deployment: Deployment) -> l
 
 
 async def _executions(db: Database, transfer_id: str) -> int:
-    """How many times a handler ran for ``transfer_id``: one audit event per execution."""
-    t = audit_outbox
-    async with db.transaction(write=False) as uow:
-        events = (
+    """How many times a handler ran for ``transfer_id``: one audit event per execution, in the
+    outbox or already moved into the log by the servers' sequencer (read in one snapshot)."""
+    async with db.snapshot() as uow:
+        pending = (
             await uow.conn.execute(
-                sa.select(t.c.event).where(t.c.action == "ledger.transfers.create")
+                sa.select(audit_outbox.c.event).where(
+                    audit_outbox.c.action == "ledger.transfers.create"
+                )
             )
         ).scalars()
+        logged = (
+            await uow.conn.execute(
+                sa.select(audit_log.c.canonical).where(
+                    audit_log.c.action == "ledger.transfers.create"
+                )
+            )
+        ).scalars()
+        events = [*pending, *logged]
         return sum(1 for e in events if orjson.loads(e)["resource"]["id"] == transfer_id)
 
 

@@ -21,6 +21,7 @@ from hammerlock.api.middleware import RequestContextMiddleware
 from hammerlock.api.problems import ApiError, problem_response
 from hammerlock.api.route import domain_problem
 from hammerlock.api.routers import health, keys
+from hammerlock.audit import router as audit_router
 from hammerlock.errors import DomainError
 from hammerlock.ledger import router as ledger_router
 from hammerlock.security.errors import Unauthenticated
@@ -70,6 +71,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(ledger_router.router)
+    app.include_router(audit_router.router)
     _declare_security_scheme(app)
     return app
 

@@ -45,6 +45,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "transfer_not_found": 404,
     "account_reserved": 403,
     "ledger_busy": 503,
+    # audit
+    "tree_head_not_found": 404,
+    "audit_proof_unavailable": 404,
+    "invalid_range": 422,
     # generic
     "service_unavailable": 503,
     "internal_error": 500,

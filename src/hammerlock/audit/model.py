@@ -15,7 +15,20 @@ from typing import Any
 
 from hammerlock.clock import format_rfc3339
 
-__all__ = ["SCHEMA_VERSION", "Actor", "AuditEvent", "Context", "Origin", "Outcome", "new_event_id"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Actor",
+    "AuditEvent",
+    "ConsistencyProof",
+    "Context",
+    "EventFilter",
+    "InclusionProof",
+    "Origin",
+    "Outcome",
+    "SigningKey",
+    "TreeHead",
+    "new_event_id",
+]
 
 SCHEMA_VERSION = 1
 MAX_DETAILS_BYTES = 4096
@@ -142,3 +155,62 @@ class Context:
             request_id=self.request_id,
             details=details or {},
         )
+
+
+# --------------------------------------------------------------------------------------------
+# The log as readers see it (GET /v1/audit/*, hammerlock audit verify)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """A signed tree head: Ed25519 over ``hammerlock.tree_head.v1\\n<size>\\n<root>\\n<ts>\\n``."""
+
+    size: int
+    root_hash: str  # 64 lowercase hex characters
+    timestamp: str  # RFC 3339 UTC, exactly as signed
+    key_id: str
+    signature: str  # base64 (RFC 4648 §4) of the raw 64-byte signature
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "root_hash": self.root_hash,
+            "timestamp": self.timestamp,
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    key_id: str
+    algorithm: str  # "ed25519"
+    public_key: str  # base64 (RFC 4648 §4) of the raw 32-byte public key
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Filters of the event listing; ``None`` means "any". ``since`` inclusive, ``until``
+    exclusive, both microseconds since the epoch (the event's ``ts``)."""
+
+    since_us: int | None = None
+    until_us: int | None = None
+    actor_id: str | None = None
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    leaf_index: int
+    tree_size: int
+    path: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyProof:
+    first: int
+    second: int
+    path: tuple[bytes, ...]

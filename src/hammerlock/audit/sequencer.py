@@ -26,7 +26,6 @@ import base64
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,13 @@ import rfc8785
 import sqlalchemy as sa
 import structlog
 
+from hammerlock.audit import service as audit_service
 from hammerlock.audit.merkle import CompactTree, leaf_hash, root_from_leaf_hashes, sign_tree_head
+from hammerlock.audit.model import AuditEvent, Context, TreeHead
 from hammerlock.audit.signing import AuditSigner
 from hammerlock.audit.storage import (
+    TILE_LEVEL,
+    TILE_SIZE,
     audit_log,
     audit_outbox,
     audit_signing_keys,
@@ -53,32 +56,12 @@ __all__ = ["TILE_LEVEL", "TILE_SIZE", "Sequencer", "TreeHead", "canonical_event"
 
 log = structlog.get_logger("hammerlock.audit.sequencer")
 
-TILE_LEVEL = 8
-TILE_SIZE = 1 << TILE_LEVEL
 _STATE = "sequencer"
 
 
 def canonical_event(event: dict[str, Any], seq: int) -> bytes:
     """The leaf's bytes: RFC 8785 JCS of the event as served, with its ``seq``."""
     return rfc8785.dumps({**event, "seq": seq})
-
-
-@dataclass(frozen=True, slots=True)
-class TreeHead:
-    size: int
-    root_hash: str
-    timestamp: str
-    key_id: str
-    signature: str  # base64 (RFC 4648 §4) of the raw 64-byte signature
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "root_hash": self.root_hash,
-            "timestamp": self.timestamp,
-            "key_id": self.key_id,
-            "signature": self.signature,
-        }
 
 
 class Sequencer:
@@ -100,6 +83,12 @@ class Sequencer:
         self._lease_us = int(lease_s * 1_000_000)
         self._head_interval_us = int(head_interval_s * 1_000_000)
         self.owner = f"{node}:{os.getpid()}:{secrets.token_hex(4)}"[:128]
+        self._ctx = Context.system("audit.sequencer", node=node)
+        # Lifecycle events (start, heartbeat, stop) are recorded by the long-running loop only,
+        # so direct run_once() calls (tests, tools) sequence exactly what was committed.
+        self._lifecycle = False
+        self._heartbeat_us: int | None = None
+        self.heartbeat_interval_us = 60_000_000
 
     async def run_once(self) -> int:
         """Sequence what is committed now (up to ``batch_max``); the number of events appended."""
@@ -107,7 +96,10 @@ class Sequencer:
             now = uow.clock.now_us()
             state = await self._claim(uow, now)
             if state is None:
+                self._heartbeat_us = None  # not the leader (any more)
                 return 0
+            if self._lifecycle:
+                await self._record_lifecycle(uow, now)
             rows = (
                 await uow.conn.execute(
                     sa.select(audit_outbox.c.id, audit_outbox.c.ts_us, audit_outbox.c.event)
@@ -150,6 +142,7 @@ class Sequencer:
         return len(log_rows)
 
     async def run_forever(self, interval_s: float = 0.2) -> None:
+        self._lifecycle = True
         while True:
             try:
                 appended = await self.run_once()
@@ -162,11 +155,33 @@ class Sequencer:
     async def release(self) -> None:
         """Give up the lease (on shutdown) so another process takes over at once."""
         async with self._db.transaction() as uow:
-            await uow.conn.execute(
+            released = await uow.conn.execute(
                 audit_state.update()
                 .where(audit_state.c.name == _STATE, audit_state.c.owner == self.owner)
                 .values(owner=None, lease_expires_us=0)
             )
+            if released.rowcount == 1 and self._lifecycle:
+                await audit_service.record(uow, self._lifecycle_event("audit.sequencer.stop", uow))
+
+    def _lifecycle_event(self, action: str, uow: UnitOfWork) -> AuditEvent:
+        return self._ctx.event(
+            action,
+            resource_type="audit_sequencer",
+            resource_id=self.owner,
+            ts_us=uow.clock.now_us(),
+        )
+
+    async def _record_lifecycle(self, uow: UnitOfWork, now: int) -> None:
+        """Start when this process becomes leader, then a heartbeat every minute (the alert
+        rules' dead-man's switch watches for them)."""
+        if self._heartbeat_us is None:
+            action = "audit.sequencer.start"
+        elif now - self._heartbeat_us >= self.heartbeat_interval_us:
+            action = "audit.heartbeat"
+        else:
+            return
+        await audit_service.record(uow, self._lifecycle_event(action, uow))
+        self._heartbeat_us = now
 
     async def _claim(self, uow: UnitOfWork, now: int) -> sa.RowMapping | None:
         s = audit_state.c

@@ -1,4 +1,4 @@
-"""The ``hammerlock`` command: serve, migrate, keys, ledger, demo.
+"""The ``hammerlock`` command: serve, migrate, keys, ledger, audit, demo.
 
 Commands that touch the database act as the local operator (``cli:<user>``) and are audited
 like any other actor. Settings come from ``HAMMERLOCK_*`` variables; flags override them.
@@ -11,8 +11,10 @@ import getpass
 import os
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -43,8 +45,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(audit_app, name="audit")
 
 # soft_wrap: lines are never broken at 80 columns when piped, so URLs, paths and keys stay whole.
 out = Console(soft_wrap=True)
@@ -280,6 +284,105 @@ def ledger_check(
     for line in report.lines():
         out.print(line, highlight=False)
     raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    public_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--public-key",
+            help="A tree-head signing public key held out of band (PEM, or base64 of the raw 32 "
+            "bytes); repeat for rotated keys. Default: trust the keys in the database.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes that check rows; 1 checks them in this process [default: CPUs - 1, "
+            "1 to 8: this process rebuilds the tree meanwhile]",
+        ),
+    ] = max(1, min((os.cpu_count() or 1) - 1, 8)),
+) -> None:
+    """Re-hash every audit event, rebuild the Merkle tree, check every signed tree head;
+    exit 1 naming the first bad seq (or tree head) if anything was changed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from hammerlock.audit import verify as audit_verify_module
+    from hammerlock.audit.signing import load_public_key
+
+    anchor = None
+    if public_key:
+        keys = []
+        for path in public_key:
+            try:
+                keys.append(load_public_key(path.read_bytes()))
+            except ValueError as exc:
+                raise typer.BadParameter(
+                    f"{path}: not an Ed25519 public key ({exc})", param_hint="--public-key"
+                ) from None
+        anchor = audit_verify_module.TrustAnchor.out_of_band(
+            keys, ", ".join(str(p) for p in public_key)
+        )
+
+    async def body(container: Container) -> audit_verify_module.Report:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("verifying the audit log", total=None)
+
+            def progress(done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=total)
+
+            workers = audit_verify_module.Workers(container.settings, jobs)
+            report = await audit_verify_module.verify(
+                container.db, anchor=anchor, progress=progress, workers=workers
+            )
+        async with container.db.transaction() as uow:
+            await audit_verify_module.record_result(
+                uow, _cli_context(container), report, out_of_band=anchor is not None
+            )
+        return report
+
+    started = time.perf_counter()
+    report = _run(body)
+    elapsed_s = time.perf_counter() - started
+    out.print(f"trust anchor: {escape(report.anchor)}", highlight=False)
+    out.print(
+        f"checked {report.events:,} events, {report.heads:,} signed tree heads and "
+        f"{report.tiles:,} tiles in {elapsed_s:.1f} s",
+        highlight=False,
+    )
+    if report.ok:
+        out.print(
+            "[green]intact[/green]: every event hashes to its leaf, the rebuilt tree matches "
+            "every signed tree head, and consecutive heads are consistent",
+            highlight=False,
+        )
+        if report.unsigned_tail:
+            out.print(
+                f"{report.unsigned_tail:,} newest event(s) are not yet covered by a signed tree "
+                "head (heads are signed about every second while events arrive)",
+                highlight=False,
+            )
+        raise typer.Exit(0)
+    first = report.first_problem
+    out.print(f"[red]TAMPERED[/red]: {escape(str(first))}", highlight=False)
+    for problem in report.problems[1:]:
+        out.print(f"  {escape(str(problem))}", highlight=False)
+    if report.problem_count > len(report.problems):
+        out.print(f"  … and {report.problem_count - len(report.problems):,} more", highlight=False)
+    raise typer.Exit(1)
 
 
 @app.command("version")

@@ -62,6 +62,23 @@ class Database:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[UnitOfWork]:
+        """A read-only transaction in which every statement sees one consistent snapshot.
+
+        PostgreSQL: REPEATABLE READ (READ COMMITTED, the default, gives each statement its own).
+        SQLite: a deferred transaction, which under WAL reads one snapshot from its first read.
+        For long reads that must not see concurrent writes halfway (``audit verify``).
+        """
+        if not self.is_postgres:
+            async with self.transaction(write=False) as uow:
+                yield uow
+            return
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

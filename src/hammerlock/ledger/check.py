@@ -1,7 +1,8 @@
 """``hammerlock ledger check``: recompute the ledger's invariants from its immutable records.
 
 1. per currency, Σ debits = Σ credits (posted and pending);
-2. each account's balances equal the sums of its transfers (posted) and open holds (pending);
+2. each account's balances equal the sums of its transfers: posted, and pending (the holds no
+   transfer resolved and that did not expire), and each hold's stored state agrees with them;
 3. ledger_transfers refuses UPDATE and DELETE (its triggers are installed);
 4. no limited account is over its limit, pending included.
 
@@ -79,6 +80,15 @@ async def run_check(db: Database, *, limit: int = 20) -> CheckReport:
                 f"cp={row['credits_pending']} cpo={row['credits_posted']}, from transfers "
                 f"dp={row['expected_debits_pending']} dpo={row['expected_debits_posted']} "
                 f"cp={row['expected_credits_pending']} cpo={row['expected_credits_posted']}"
+            )
+        for row in await storage.hold_mismatches(uow, limit):
+            resolution = (
+                f"{row['resolved_as']} by {row['resolved_by']}"
+                if row["resolved_by"]
+                else "resolved by no transfer"
+            )
+            report.problems.append(
+                f"invariant 2: hold {row['id']}: stored as {row['state']}, {resolution}"
             )
     if not await _triggers_installed(db):
         report.problems.append("invariant 3: ledger_transfers lacks its append-only triggers")

@@ -226,10 +226,11 @@ class Hold:
 class Snapshot:
     """What one request (or one group-commit batch) may read and change.
 
-    ``accounts`` holds every account a transfer names that exists; ``transfers`` the stored
-    transfers whose ids the batch uses (as ids or as ``pending_id``); ``holds`` every hold those
-    reference plus every due hold touching a locked account. Changes are collected in the
-    ``new_*``/``changed_*`` fields for storage to write.
+    ``accounts`` holds every account a transfer names that exists (and the accounts of the
+    holds below); ``transfers`` the stored transfers whose ids the batch uses (as ids or as
+    ``pending_id``); ``holds`` every hold those reference plus every due hold touching one of
+    those accounts. Changes are collected in the ``new_*``/``changed_*`` fields for storage to
+    write.
     """
 
     now_us: int
@@ -380,8 +381,15 @@ def apply_request(
             if outcome[i] not in ("ok", "exists"):
                 failed = i
                 break
-        if failed is None and len(chain) > 1 and {outcome[i] for i in chain} == {"ok", "exists"}:
-            failed = next(i for i in chain if outcome[i] == "exists")  # never half new
+        if failed is None and len(chain) > 1 and "ok" in outcome.values():
+            # Never half new: a member that existed before the chain fails a chain that also
+            # creates. A repeat of a member created earlier in this same chain does not (its
+            # `exists` must not outlive a rollback that would erase what it refers to).
+            created = set(tracking.undo.transfer_ids)
+            failed = next(
+                (i for i in chain if outcome[i] == "exists" and transfers[i].id not in created),
+                None,
+            )
         if failed is None:
             for i in chain:
                 results[i] = outcome[i]

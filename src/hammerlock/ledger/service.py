@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hammerlock.audit import service as audit
@@ -69,31 +69,52 @@ def _transfers_digest(transfers: Sequence[TransferInput]) -> str:
     return digest.hexdigest()
 
 
+def _accounts_of(holds: Iterable[Hold]) -> set[str]:
+    return {a for h in holds for a in (h.debit_account_id, h.credit_account_id)}
+
+
+async def _holds_in_reach(
+    uow: UnitOfWork, named: set[str], pending_ids: set[str], now_us: int
+) -> tuple[dict[str, Hold], set[str]]:
+    """The holds a batch must see — those it posts or voids, and the due ones touching the
+    accounts it decides on (to release them first) — and every account those holds touch."""
+    holds = await storage.fetch_holds(uow, pending_ids)
+    decided = named | _accounts_of(holds.values())
+    holds.update(await storage.due_holds_touching(uow, decided, now_us))
+    return holds, decided | _accounts_of(holds.values())
+
+
 async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) -> Snapshot:
-    """Lock every account the batch can touch, then read what it needs under those locks."""
+    """Lock every account the batch can touch, then read what it needs under those locks.
+
+    All the locks are taken by one statement, in id order, so two batches (or a batch and the
+    sweeper) never deadlock. Which accounts that is depends on holds read before locking (the
+    ones named by ``pending_id``, and the due ones whose partner accounts must be locked too to
+    release them); if the reads under the locks name an account more (a hold committed
+    meanwhile), the locks are given back (rolling back a savepoint) and all taken again, in id
+    order: locking the newcomer alone, out of order, is what deadlocks.
+    """
     now_us = uow.clock.now_us()
     ids = {t.id for t in transfers}
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
-    wanted = {a for t in transfers for a in (t.debit_account_id, t.credit_account_id) if a}
-    for hold in (await storage.fetch_holds(uow, pending_ids)).values():
-        wanted.update((hold.debit_account_id, hold.credit_account_id))
-    locked: dict[str, AccountState] = {}
-    for _ in range(_MAX_LOCK_ROUNDS):
-        # Lock the new ones in id order. A later round (rare: a hold appeared between the first
-        # read and the lock) may lock out of order; PostgreSQL then reports a deadlock, which
-        # the caller retries.
-        locked.update(await storage.lock_accounts(uow, wanted - locked.keys()))
-        holds = await storage.fetch_holds(uow, pending_ids)
-        holds.update(await storage.due_holds_touching(uow, locked.keys(), now_us))
-        extra = {
-            a
-            for h in holds.values()
-            for a in (h.debit_account_id, h.credit_account_id)
-            if a not in locked and a not in wanted
-        }
-        if not extra:
+    named = {a for t in transfers for a in (t.debit_account_id, t.credit_account_id) if a}
+    wanted = named | (await _holds_in_reach(uow, named, pending_ids, now_us))[1]
+    for attempt in range(1, _MAX_LOCK_ROUNDS + 1):
+        last = attempt == _MAX_LOCK_ROUNDS
+        savepoint = await uow.conn.begin_nested() if uow.is_postgres and not last else None
+        locked = await storage.lock_accounts(uow, wanted)
+        holds, needed = await _holds_in_reach(uow, named, pending_ids, now_us)
+        if needed <= wanted or last:
+            if savepoint is not None:
+                await savepoint.commit()  # RELEASE SAVEPOINT: the locks stay taken
             break
-        wanted |= extra
+        if savepoint is not None:
+            await savepoint.rollback()  # gives the row locks back
+        wanted |= needed
+    if not needed <= wanted:
+        # Still racing after every round: lock the newcomers out of order after all. PostgreSQL
+        # may then report a deadlock, which run_with_retries retries.
+        locked.update(await storage.lock_accounts(uow, needed - wanted))
     existing = await storage.fetch_transfers(uow, ids | pending_ids)
     return Snapshot(now_us=now_us, accounts=locked, transfers=existing, holds=holds)
 
@@ -165,7 +186,16 @@ async def create_accounts(
             to_insert.append(a)
             existing[a.id] = AccountState(a.id, a.currency, a.code, a.flags, a.metadata, Balances())
     now_us = uow.clock.now_us()
-    await storage.insert_accounts(uow, to_insert, now_us)
+    inserted = await storage.insert_accounts(uow, to_insert, now_us)
+    if lost := {a.id for a in to_insert} - inserted:
+        # A concurrent request created some of them first: answer as if it had been earlier.
+        winners = await storage.lock_accounts(uow, lost)
+        results = [
+            AccountResult(r.id, account_result(winners[a.id], a, reserved=False))
+            if a.id in lost
+            else r
+            for a, r in zip(new, results, strict=True)
+        ]
     if ctx is not None:
         await audit.record(
             uow,
@@ -174,7 +204,7 @@ async def create_accounts(
                 resource_type="ledger_account_batch",
                 resource_id=new[0].id if new else None,
                 ts_us=now_us,
-                details={"count": len(new), "created": len(to_insert)},
+                details={"count": len(new), "created": len(inserted)},
             ),
         )
     return results

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
@@ -95,6 +97,10 @@ holds = sa.Table(
     sa.Column("state", sa.String(8), nullable=False),
     sa.Column("resolved_us", BIG, nullable=True),
 )
+
+
+# The transfers that post or void a hold, joined to the hold's own (pending) transfer.
+_resolutions = transfers.alias("resolution")
 
 
 def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
@@ -191,10 +197,10 @@ async def due_holds_touching(
     pending = holds.c.state == HoldState.PENDING.value
     due = holds.c.expires_us <= now_us
     for chunk in _chunks(account_ids):
-        for column in (holds.c.debit_account_id, holds.c.credit_account_id):
-            rows = await uow.conn.execute(sa.select(holds).where(pending, due, column.in_(chunk)))
-            for row in rows.mappings():
-                found[row["transfer_id"]] = _hold(row)
+        touching = sa.or_(holds.c.debit_account_id.in_(chunk), holds.c.credit_account_id.in_(chunk))
+        rows = await uow.conn.execute(sa.select(holds).where(pending, due, touching))
+        for row in rows.mappings():
+            found[row["transfer_id"]] = _hold(row)
     return found
 
 
@@ -247,11 +253,14 @@ async def statement(
 # --- writes -------------------------------------------------------------------------------
 
 
-async def insert_accounts(uow: UnitOfWork, new: Sequence[AccountInput], now_us: int) -> None:
+async def insert_accounts(uow: UnitOfWork, new: Sequence[AccountInput], now_us: int) -> set[str]:
+    """Insert the accounts whose ids are free; returns the ids inserted. An id a concurrent
+    transaction took first (after our read found it free) is skipped, not an error."""
     if not new:
-        return
-    await uow.conn.execute(
-        accounts.insert(),
+        return set()
+    insert = pg_insert(accounts) if uow.is_postgres else sqlite_insert(accounts)
+    rows = await uow.conn.execute(
+        insert.on_conflict_do_nothing(index_elements=[accounts.c.id]).returning(accounts.c.id),
         [
             {
                 "id": a.id,
@@ -264,6 +273,7 @@ async def insert_accounts(uow: UnitOfWork, new: Sequence[AccountInput], now_us: 
             for a in new
         ],
     )
+    return set(rows.scalars())
 
 
 async def set_account_flags(uow: UnitOfWork, account_id: str, flags: AccountFlag) -> None:
@@ -407,18 +417,24 @@ async def recomputed_mismatches(uow: UnitOfWork, limit: int) -> list[RowMapping]
         )
         .subquery()
     )
+    # Pending from the transfers too: a hold no transfer resolved, unless it expired (the one
+    # resolution that is no transfer; `hold_mismatches` vouches for the expired rows).
+    held = (
+        sa.select(t.c.debit_account_id, t.c.credit_account_id, t.c.amount)
+        .where(
+            t.c.flags.op("&")(int(TransferFlag.PENDING)) != 0,
+            ~sa.exists().where(_resolutions.c.pending_id == t.c.id),
+            ~sa.exists().where(h.c.transfer_id == t.c.id, h.c.state == HoldState.EXPIRED.value),
+        )
+        .cte("held")
+    )
     pending = (
         sa.select(
-            h.c.debit_account_id.label("account_id"),
-            h.c.amount.label("dp"),
+            held.c.debit_account_id.label("account_id"),
+            held.c.amount.label("dp"),
             sa.literal(0).label("cp"),
         )
-        .where(h.c.state == HoldState.PENDING.value)
-        .union_all(
-            sa.select(h.c.credit_account_id, sa.literal(0), h.c.amount).where(
-                h.c.state == HoldState.PENDING.value
-            )
-        )
+        .union_all(sa.select(held.c.credit_account_id, sa.literal(0), held.c.amount))
         .subquery()
     )
     posted_sum = (
@@ -478,6 +494,50 @@ async def recomputed_mismatches(uow: UnitOfWork, limit: int) -> list[RowMapping]
             )
         )
         .order_by(a.c.id)
+        .limit(limit)
+    )
+    return list((await uow.conn.execute(query)).mappings())
+
+
+async def hold_mismatches(uow: UnitOfWork, limit: int) -> list[RowMapping]:
+    """Holds whose state the transfers contradict: resolved by no (or the other kind of)
+    transfer, open though a transfer resolved them, expired before their time, or missing."""
+    t, h, r = transfers, holds, _resolutions
+    post, void = int(TransferFlag.POST_PENDING), int(TransferFlag.VOID_PENDING)
+    resolved_as = sa.case(
+        (r.c.flags.op("&")(post) != 0, HoldState.POSTED.value),
+        (r.c.flags.op("&")(void) != 0, HoldState.VOIDED.value),
+        else_=None,
+    )
+    state = sa.func.coalesce(h.c.state, "missing")
+    wrong = sa.or_(
+        h.c.transfer_id.is_(None),
+        sa.and_(
+            h.c.state.in_([HoldState.PENDING.value, HoldState.EXPIRED.value]),
+            r.c.id.is_not(None),
+        ),
+        sa.and_(
+            h.c.state.in_([HoldState.POSTED.value, HoldState.VOIDED.value]),
+            sa.or_(r.c.id.is_(None), resolved_as != h.c.state),
+        ),
+        sa.and_(
+            h.c.state == HoldState.EXPIRED.value,
+            sa.or_(h.c.expires_us.is_(None), h.c.resolved_us < h.c.expires_us),
+        ),
+        h.c.amount != t.c.amount,
+    )
+    query = (
+        sa.select(
+            t.c.id,
+            state.label("state"),
+            r.c.id.label("resolved_by"),
+            sa.func.coalesce(resolved_as, "").label("resolved_as"),
+        )
+        .select_from(
+            t.outerjoin(h, h.c.transfer_id == t.c.id).outerjoin(r, r.c.pending_id == t.c.id)
+        )
+        .where(t.c.flags.op("&")(int(TransferFlag.PENDING)) != 0, wrong)
+        .order_by(t.c.id)
         .limit(limit)
     )
     return list((await uow.conn.execute(query)).mappings())

@@ -32,6 +32,7 @@ class Permission(enum.StrEnum):
     LEDGER_READ = "ledger.read"
     LEDGER_WRITE = "ledger.write"
     LEDGER_ACCOUNTS_CLOSE = "ledger.accounts.close"
+    AUDIT_READ = "audit.read"  # the audit trail, tree heads, proofs, signing keys
 
 
 _ALL = frozenset(Permission) - {Permission.PUBLIC}
@@ -42,7 +43,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OPERATOR: _ANY_KEY
     | {Permission.LEDGER_READ, Permission.LEDGER_WRITE, Permission.LEDGER_ACCOUNTS_CLOSE},
     Role.REVIEWER: _ANY_KEY,
-    Role.AUDITOR: _ANY_KEY | {Permission.LEDGER_READ},
+    Role.AUDITOR: _ANY_KEY | {Permission.LEDGER_READ, Permission.AUDIT_READ},
     Role.SELLER: _ANY_KEY,
     Role.BIDDER: _ANY_KEY,
     Role.SERVICE: _ANY_KEY | {Permission.LEDGER_READ, Permission.LEDGER_WRITE},

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     audit_relay_lag_alert: int = Field(default=10_000, ge=1)
     audit_relay_page_size: int = Field(default=1_000, ge=1, le=10_000)
 
+    audit_outbox_high_water: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="/readyz reports degraded when more events than this await sequencing.",
+    )
     audit_alert_enabled: bool = Field(
         default=True, description="Run the alert rules over the audit log."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -135,3 +136,18 @@ async def test_the_running_loop_records_start_heartbeat_and_stop(
         "audit.heartbeat",
         "audit.sequencer.stop",
     ]
+
+
+async def test_readyz_reports_a_backlog_over_the_high_water_mark(
+    container: Container, client: httpx.AsyncClient
+) -> None:
+    assert (await client.get("/readyz")).json()["status"] == "ok"
+    await _emit(container, 3)
+    assert not await audit.outbox_over(container.db, 3)
+    assert await audit.outbox_over(container.db, 2)
+    container.settings = container.settings.model_copy(update={"audit_outbox_high_water": 2})
+    r = await client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "degraded"
+    await container.sequencer.run_once()
+    assert (await client.get("/readyz")).json()["status"] == "ok"

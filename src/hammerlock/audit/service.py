@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import rfc8785
+import sqlalchemy as sa
 
 from hammerlock.audit import proofs, storage
 from hammerlock.audit.errors import AuditError, InvalidRange, ProofUnavailable, TreeHeadNotFound
@@ -38,6 +39,7 @@ from hammerlock.audit.model import (
 )
 from hammerlock.audit.storage import StoredEvent, audit_outbox
 from hammerlock.clock import format_rfc3339
+from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
 
 __all__ = [
@@ -241,3 +243,13 @@ async def public_keys(uow: UnitOfWork, ctx: Context) -> list[SigningKey]:
     keys = await storage.signing_keys(uow)
     await _record_read(uow, ctx, _Read.PUBLIC_KEYS, {"count": len(keys)})
     return keys
+
+
+async def outbox_over(db: Database, high_water: int) -> bool:
+    """Whether more than ``high_water`` events await the sequencer (bounded work: it reads at
+    most one row past the mark, never counts the whole backlog)."""
+    async with db.transaction(write=False) as uow:
+        beyond = await uow.conn.execute(
+            sa.select(audit_outbox.c.id).order_by(audit_outbox.c.id).offset(high_water).limit(1)
+        )
+        return beyond.first() is not None

@@ -102,6 +102,10 @@ def create_database(settings: Settings, clock: Clock) -> Database:
             max_overflow=settings.db_pool_size,
             pool_recycle=1800,
             pool_timeout=30,
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+            # generic plan made while a table was small (a sequential scan on ledger_transfers
+            # for `id IN (…)` that never goes away as the table grows). Plan each run instead.
+            connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
         )
     return Database(engine, clock)
 

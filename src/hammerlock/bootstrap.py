@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import socket
 from pathlib import Path
@@ -28,6 +27,7 @@ from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.writer import LedgerWriter
+from hammerlock.secret_files import create_once
 from hammerlock.settings import Settings
 
 __all__ = ["Container", "build_app", "load_pepper"]
@@ -36,24 +36,8 @@ log = structlog.get_logger("hammerlock.bootstrap")
 
 
 def _secret_file(path: Path, nbytes: int = 32) -> bytes:
-    """Read a secret file, creating it (mode 0600) on first use.
-
-    Creation is atomic: the secret is written to a private temporary file and hard-linked into
-    place, so a process starting at the same moment sees either no file or the whole secret.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(nbytes))
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    """Read a hex secret file, creating it (0600, atomically) on first use."""
+    create_once(path, secrets.token_hex(nbytes).encode())
     secret = bytes.fromhex(path.read_text().strip())
     if len(secret) < 16:
         raise RuntimeError(f"{path} holds no usable secret; delete it to generate a new one")

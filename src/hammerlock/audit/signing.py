@@ -8,15 +8,14 @@ should hold the public key out of band (``hammerlock audit verify --public-key F
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from hammerlock.secret_files import create_once
 
 __all__ = ["AuditSigner", "key_id_for", "load_public_key"]
 
@@ -50,24 +49,15 @@ class AuditSigner:
 
     @classmethod
     def load_or_create(cls, path: Path) -> AuditSigner:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
+            create_once(
+                path,
+                Ed25519PrivateKey.generate().private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
             )
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(pem)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                with contextlib.suppress(FileExistsError):
-                    os.link(tmp, path)  # atomic: a concurrent starter sees all of it or none
-            finally:
-                tmp.unlink(missing_ok=True)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 private key")

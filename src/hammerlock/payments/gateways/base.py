@@ -7,9 +7,9 @@ number, committed with the intent's ``processing`` state *before* the call, and 
 gateway as its idempotency key, so that
 
 * a retry with the same key never makes a second charge (the gateway answers with the first), and
-* after a crash or a timeout, :meth:`Gateway.retrieve_by_idempotency_key` asks the gateway what happened under that
-  key; ``None`` means the gateway has no record of it: the charge never happened, and the caller
-  re-sends with the *same* key.
+* after a crash or a timeout, :meth:`Gateway.retrieve_by_idempotency_key` asks the gateway
+  what happened under that key; ``None`` means the gateway has no record of it: the charge
+  never happened, and the caller re-sends with the *same* key.
 
 Outcomes a bank decides (declines, 3-D Secure, authorizations) come back as a :class:`Charge`;
 only transport-level trouble raises :class:`GatewayError`. Amounts are integer minor units.

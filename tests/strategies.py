@@ -15,6 +15,11 @@ from hammerlock.ledger.model import AccountInput as _AccountInput
 from hammerlock.ledger.model import TransferFlag as _TransferFlag
 from hammerlock.ledger.model import TransferInput as _TransferInput
 from hammerlock.money import ISO_4217_EXPONENTS, MAX_API_AMOUNT, Money, Rounding
+from hammerlock.risk.model import CountryMismatchRule as _CountryMismatchRule
+from hammerlock.risk.model import NewCustomerRule as _NewCustomerRule
+from hammerlock.risk.model import RiskInput as _RiskInput
+from hammerlock.risk.model import RiskRules as _RiskRules
+from hammerlock.risk.model import VelocityRule as _VelocityRule
 
 # ================================================================================================
 # SECTION money: strategies for hammerlock.money
@@ -389,3 +394,68 @@ def ledger_requests(
                 t = replace(t, flags=t.flags | _TransferFlag.LINKED)
         transfers.append(t)
     return transfers
+
+
+# ================================================================================================
+# SECTION risk: strategies for hammerlock.risk.model
+# ================================================================================================
+
+_RISK_CURRENCIES = ("USD", "EUR", "JPY", "GBP")
+_RISK_COUNTRIES = ("US", "GB", "DE", "FR", "us")
+
+
+@st.composite
+def risk_inputs(draw: st.DrawFn) -> _RiskInput:
+    """Any charge or refund: amounts around the default thresholds, known and unknown currencies."""
+    kind = draw(st.sampled_from(("charge", "charge", "deposit", "refund")))
+    amount = draw(
+        st.one_of(
+            st.integers(1, 2**53 - 1),
+            st.sampled_from((999_999, 1_000_000, 1_000_001, 9_999_999, 10_000_000, 19_350_000)),
+            st.integers(1, 20_000_000),
+        )
+    )
+    return _RiskInput(
+        amount_minor=amount,
+        currency=draw(st.sampled_from(_RISK_CURRENCIES)),
+        is_deposit=kind == "deposit",
+        is_refund=kind == "refund",
+        customer_id=draw(st.none() | st.sampled_from(("cus_1", "cus_2"))),
+        customer_is_new=draw(st.booleans()),
+        card_fingerprint=draw(st.none() | st.sampled_from(("fp_a", "fp_b"))),
+        card_country=draw(st.none() | st.sampled_from(_RISK_COUNTRIES)),
+        billing_country=draw(st.none() | st.sampled_from(_RISK_COUNTRIES)),
+        fingerprint_payments_in_window=draw(st.integers(0, 20)),
+        customer_payments_in_window=draw(st.integers(0, 20)),
+    )
+
+
+def _risk_amounts() -> st.SearchStrategy[dict[str, int]]:
+    return st.dictionaries(st.sampled_from(_RISK_CURRENCIES), st.integers(1, 30_000_000))
+
+
+@st.composite
+def risk_rules(draw: st.DrawFn) -> _RiskRules:
+    """Any valid rules: thresholds in any currency (four-eyes never below review), rules on or
+    off, any points and score threshold."""
+    review = draw(_risk_amounts())
+    four_eyes = {c: max(v, review.get(c, 0)) for c, v in draw(_risk_amounts()).items()}
+
+    def velocity() -> _VelocityRule:
+        return _VelocityRule(
+            draw(st.booleans()), draw(st.integers(1, 10)), draw(st.integers(0, 100))
+        )
+
+    return _RiskRules(
+        review_thresholds_minor=review,
+        four_eyes_thresholds_minor=four_eyes,
+        velocity_window_s=draw(st.integers(1, 86_400)),
+        card_velocity=velocity(),
+        customer_velocity=velocity(),
+        new_customer=_NewCustomerRule(
+            draw(st.booleans()), draw(_risk_amounts()), draw(st.integers(0, 100))
+        ),
+        country_mismatch=_CountryMismatchRule(draw(st.booleans()), draw(st.integers(0, 100))),
+        score_review_enabled=draw(st.booleans()),
+        score_threshold=draw(st.integers(0, 300)),
+    )

@@ -18,17 +18,28 @@ from fastapi import FastAPI
 from hammerlock.api.app import create_app
 from hammerlock.api.idempotency import IdempotencyStore
 from hammerlock.audit.alerts import AlertEngine, AlertRules
+from hammerlock.audit.model import Context
 from hammerlock.audit.notifiers import ChannelNotifier, LogNotifier, Notifier, WebhookNotifier
 from hammerlock.audit.relay import Relay, build_relays
 from hammerlock.audit.sequencer import Sequencer
 from hammerlock.audit.signing import AuditSigner
 from hammerlock.audit.sinks.alerts import AlertSink
+from hammerlock.audit.tamper import TamperGuard
 from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.writer import LedgerWriter
+from hammerlock.payments.gateways.base import Gateway
+from hammerlock.payments.service import Payments, PaymentsConfig
+from hammerlock.risk.rules import load_rules
+from hammerlock.risk.service import RulesAssessor
 from hammerlock.secret_files import create_once
 from hammerlock.settings import Settings
+from hammerlock.vault.client import VaultClient, VaultGateway
+from hammerlock.vault.puller import AuditPuller
+from hammerlock.vault.signing import InternalKeyring
+from hammerlock.webhooks.deliverer import WebhookDeliverer
+from hammerlock.webhooks.model import Backoff
 
 __all__ = ["Container", "build_app", "load_pepper"]
 
@@ -80,6 +91,8 @@ class Container:
             archive_dir=settings.data_dir / "audit",
             head_interval_s=settings.audit_head_interval_s,
         )
+        self.tamper_guard = TamperGuard(self.db, node=self.node_name)
+        self.tamper_guard.install()
         self.alert_channel = ChannelNotifier()
         self.alert_sink = AlertSink(
             AlertEngine(AlertRules(heartbeat_timeout_s=settings.audit_alert_heartbeat_timeout_s)),
@@ -98,6 +111,11 @@ class Container:
             kafka_topic=settings.audit_kafka_topic,
             archive_segment_events=settings.audit_archive_segment_events,
             archive_segment_age_s=settings.audit_archive_segment_age_s,
+            archive_s3_bucket=settings.audit_archive_s3_bucket,
+            archive_s3_prefix=settings.audit_archive_s3_prefix,
+            archive_s3_endpoint_url=settings.audit_archive_s3_endpoint_url,
+            archive_s3_region=settings.audit_archive_s3_region,
+            archive_s3_object_lock_days=settings.audit_archive_s3_object_lock_days,
             page_size=settings.audit_relay_page_size,
             on_lag=self.alert_sink.lag_hook(settings.audit_relay_lag_alert),
         )
@@ -109,7 +127,27 @@ class Container:
                 node=self.node_name,
                 lag_alert_threshold=settings.audit_relay_lag_alert,
                 on_lag=self.alert_sink.lag_hook(settings.audit_relay_lag_alert),
+                start="end",  # first run: alert from now on, never replay the history
             )
+        self.webhook_deliverer = self._webhook_deliverer(settings)
+        # Payments (issue #5). Gateways are reached through the card vault (``self.vault``).
+        self.vault: VaultClient | None = self._vault_client(settings)
+        self.gateways: dict[str, Gateway] = {}
+        self.vault_audit: AuditPuller | None = None
+        if self.vault is not None:
+            for name in settings.vault_gateway_names:
+                self.gateways[name] = VaultGateway(self.vault, name)
+            self.vault_audit = AuditPuller(self.db, self.vault)
+        self.payments = Payments(
+            self.db,
+            self.gateways,
+            config=PaymentsConfig(
+                default_gateway=settings.payments_gateway,
+                janitor_grace_s=settings.payments_janitor_grace_s,
+                three_ds_above=dict(settings.payments_three_ds_force_above),
+            ),
+            risk=RulesAssessor(load_rules(settings.risk_rules_file)),
+        )
         self._stop = asyncio.Event()
         self._background = background
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,6 +166,29 @@ class Container:
             for relay in self.relays:
                 self._tasks.append(
                     asyncio.create_task(relay.run_forever(), name=f"audit-relay-{relay.state}")
+                )
+            self._tasks.append(
+                asyncio.create_task(
+                    self.tamper_guard.watch_forever(
+                        self._stop, self.settings.audit_guard_interval_s
+                    ),
+                    name="audit-tamper-guard",
+                )
+            )
+            self._tasks.append(
+                asyncio.create_task(self._payments_janitor_forever(), name="payments-janitor")
+            )
+            if self.vault_audit is not None:
+                self._tasks.append(
+                    asyncio.create_task(
+                        self.vault_audit.run_forever(self._stop), name="vault-audit-puller"
+                    )
+                )
+            if self.webhook_deliverer is not None:
+                self._tasks.append(
+                    asyncio.create_task(
+                        self.webhook_deliverer.run_forever(self._stop), name="webhook-deliverer"
+                    )
                 )
             if self.alert_relay is not None:
                 alert_relay = self.alert_relay
@@ -156,8 +217,37 @@ class Container:
         for relay in [*self.relays, *([self.alert_relay] if self.alert_relay else [])]:
             with contextlib.suppress(Exception):  # best effort: the lease lapses anyway
                 await relay.close()
+        if self.webhook_deliverer is not None:
+            await self.webhook_deliverer.close()
+        await self.tamper_guard.flush()
         await self.ledger_writer.stop()
+        if self.vault is not None:
+            await self.vault.aclose()
         await self.db.dispose()
+
+    def _vault_client(self, settings: Settings) -> VaultClient | None:
+        """The card vault, when one is configured (``serve`` sets HAMMERLOCK_VAULT_URL)."""
+        if not settings.vault_url:
+            return None
+        return VaultClient(
+            settings.vault_url,
+            InternalKeyring(settings.effective_vault_internal_key_file),
+            clock=self.clock,
+            timeout_s=settings.vault_timeout_s,
+        )
+
+    def _webhook_deliverer(self, settings: Settings) -> WebhookDeliverer | None:
+        if settings.webhook_url is None or settings.webhook_secret is None:
+            return None  # events are still recorded; nothing is sent
+        return WebhookDeliverer(
+            self.db,
+            url=settings.webhook_url,
+            secret=settings.webhook_secret.get_secret_value().encode(),
+            node=self.node_name,
+            timeout_s=settings.webhook_timeout_s,
+            batch_size=settings.webhook_batch_size,
+            backoff=Backoff(max_age_s=settings.webhook_max_age_s),
+        )
 
     def _notifiers(self, settings: Settings) -> list[Notifier]:
         notifiers: list[Notifier] = [LogNotifier(), self.alert_channel]
@@ -170,6 +260,19 @@ class Container:
                 )
             )
         return notifiers
+
+    async def _payments_janitor_forever(self) -> None:
+        """Resolve stuck gateway calls, poll 3-D Secure challenges, expire reviews and holds."""
+        ctx = Context.system("payments-janitor", node=self.node_name)
+        while True:
+            await asyncio.sleep(self.settings.payments_janitor_interval_s)
+            try:
+                counts = await self.payments.janitor_pass(ctx)
+            except Exception:
+                log.exception("payments.janitor_failed")
+                continue
+            if any(counts.values()):
+                log.info("payments.janitor", **counts)
 
     async def _sweep_forever(self) -> None:
         """Expire due holds and purge old idempotency records, about once a second."""

@@ -20,8 +20,12 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.model import AccountFlag, AccountInput, TransferInput
+from hammerlock.payments.model import CaptureMethod, RefundReason
+from hammerlock.payments.service import NewIntent, NewRefund
 from hammerlock.security.permissions import Role
+from hammerlock.webhooks import service as webhooks_service
 from tests.conftest import Keys
+from tests.payments.fake_gateway import FakeGateway
 
 PROBLEM = "application/problem+json"
 
@@ -32,6 +36,12 @@ LEDGER_WRITERS = frozenset({"admin", "operator", "service"})
 LEDGER_READERS = frozenset({"admin", "operator", "service", "auditor"})
 ACCOUNT_CLOSERS = frozenset({"admin", "operator"})
 AUDITORS = frozenset({"admin", "auditor"})  # issue #4: "auditor and admin only"
+PAYERS = frozenset({"admin", "service"})
+PAYMENT_READERS = frozenset({"admin", "operator", "reviewer", "service"})
+REFUNDERS = frozenset({"admin", "operator", "service"})
+REVIEW_READERS = frozenset({"admin", "operator", "reviewer"})
+REVIEW_DECIDERS = frozenset({"admin", "reviewer"})
+WEBHOOK_READERS = frozenset({"admin", "operator"})  # issue #5: an admin route; operators run it
 
 # (method, path template) -> (who may call it, the status an allowed call answers here)
 MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
@@ -55,6 +65,23 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
     ("GET", "/v1/audit/proof/inclusion"): (AUDITORS, 200),
     ("GET", "/v1/audit/proof/consistency"): (AUDITORS, 200),
     ("GET", "/v1/audit/public_keys"): (AUDITORS, 200),
+    ("GET", "/v1/webhook_events"): (WEBHOOK_READERS, 200),
+    ("GET", "/v1/webhook_events/{event_id}"): (WEBHOOK_READERS, 200),
+    ("POST", "/v1/payment_intents"): (PAYERS, 200),
+    ("GET", "/v1/payment_intents/{intent_id}"): (PAYMENT_READERS, 200),
+    ("POST", "/v1/payment_intents/{intent_id}/confirm"): (PAYERS, 200),
+    ("POST", "/v1/payment_intents/{intent_id}/capture"): (PAYERS, 200),
+    ("POST", "/v1/payment_intents/{intent_id}/cancel"): (PAYERS, 200),
+    ("POST", "/v1/refunds"): (REFUNDERS, 200),
+    ("GET", "/v1/refunds/{refund_id}"): (PAYMENT_READERS, 200),
+    ("GET", "/v1/reviews"): (REVIEW_READERS, 200),
+    ("GET", "/v1/reviews/{review_id}"): (REVIEW_READERS, 200),
+    ("POST", "/v1/reviews/{review_id}/approve"): (REVIEW_DECIDERS, 200),
+    ("POST", "/v1/reviews/{review_id}/reject"): (REVIEW_DECIDERS, 200),
+    # Public, but verified by the gateway's signature: an unsigned call is 400 for everyone.
+    ("POST", "/v1/webhooks/{gateway}"): (EVERYONE, 400),
+    # Admin only; this test runs without a card vault, so the allowed call answers 503.
+    ("GET", "/v1/sandbox/charges"): (ADMIN, 503),
 }
 
 
@@ -103,6 +130,11 @@ class World:
         self.counter = itertools.count()
         self.victims: dict[str, str] = {}
         self.head_size = 0
+        self.webhook_event_id = ""
+        self.intent_id = ""
+        self.refund_id = ""
+        self.per_caller: dict[str, dict[str, str]] = {}
+        container.gateways["sandbox"] = FakeGateway()  # type: ignore[assignment]
 
     async def setup(self) -> None:
         accounts = [
@@ -118,12 +150,49 @@ class World:
             )
         for caller in EVERYONE:
             self.victims[caller] = (await self.keys.create(Role.BIDDER))["key"].id
+        async with self.container.db.transaction() as uow:
+            event = await webhooks_service.enqueue(
+                uow, "payment_intent.succeeded", {"id": "pi_matrix"}, ts_us=uow.clock.now_us()
+            )
+        self.webhook_event_id = event.id
+        await self._payments()
         # A signed tree head for the audit routes to answer about (reads only add to the outbox).
         self.head_size = await self.container.sequencer.run_once()
         assert self.head_size > 0
 
+    async def _payments(self) -> None:
+        """Per caller: an intent to confirm, one to capture, one to cancel, one to refund, and
+        two reviews to decide; plus one intent and one refund anyone allowed may read."""
+        payments = self.container.payments
+        ctx = Context.system("tests")
+
+        async def intent(amount: int = 5000, **kw: Any) -> Any:
+            new = NewIntent(amount=amount, currency="USD", payment_method="tok_ok_matrix", **kw)
+            return await payments.create(ctx, new, idempotency_key=None)
+
+        manual = CaptureMethod.MANUAL
+        self.intent_id = (await intent(confirm=True)).id
+        self.refund_id = (
+            await payments.refund(
+                ctx,
+                NewRefund(self.intent_id, 1, RefundReason.REQUESTED_BY_CUSTOMER),
+                idempotency_key=None,
+            )
+        ).id
+        for caller in EVERYONE:
+            self.per_caller[caller] = {
+                "confirm": (await intent()).id,
+                "capture": (await intent(confirm=True, capture_method=manual)).id,
+                "cancel": (await intent()).id,
+                "refund": (await intent(confirm=True)).id,
+                "approve": (await intent(1_200_000, confirm=True)).review_id or "",
+                "reject": (await intent(1_200_000, confirm=True)).review_id or "",
+            }
+
     def call(self, method: str, path: str, caller: str) -> Call:
         n = next(self.counter)
+        mine = self.per_caller.get(caller, {})
+        idem = {"Idempotency-Key": f"matrix-{n}"}
         calls: dict[tuple[str, str], Callable[[], Call]] = {
             ("GET", "/healthz"): lambda: Call("GET", "/healthz"),
             ("GET", "/readyz"): lambda: Call("GET", "/readyz"),
@@ -182,6 +251,51 @@ class World:
                 f"/v1/audit/proof/consistency?first={self.head_size}&second={self.head_size}",
             ),
             ("GET", "/v1/audit/public_keys"): lambda: Call("GET", "/v1/audit/public_keys"),
+            ("GET", "/v1/webhook_events"): lambda: Call("GET", "/v1/webhook_events"),
+            ("GET", "/v1/webhook_events/{event_id}"): lambda: Call(
+                "GET", f"/v1/webhook_events/{self.webhook_event_id}"
+            ),
+            ("POST", "/v1/payment_intents"): lambda: Call(
+                "POST",
+                "/v1/payment_intents",
+                {"amount": 100, "currency": "USD", "payment_method": "tok_ok", "confirm": True},
+                idem,
+            ),
+            ("GET", "/v1/payment_intents/{intent_id}"): lambda: Call(
+                "GET", f"/v1/payment_intents/{self.intent_id}"
+            ),
+            ("POST", "/v1/payment_intents/{intent_id}/confirm"): lambda: Call(
+                "POST", f"/v1/payment_intents/{mine['confirm']}/confirm", {}, idem
+            ),
+            ("POST", "/v1/payment_intents/{intent_id}/capture"): lambda: Call(
+                "POST", f"/v1/payment_intents/{mine['capture']}/capture", {}, idem
+            ),
+            ("POST", "/v1/payment_intents/{intent_id}/cancel"): lambda: Call(
+                "POST", f"/v1/payment_intents/{mine['cancel']}/cancel", {}, idem
+            ),
+            ("POST", "/v1/refunds"): lambda: Call(
+                "POST",
+                "/v1/refunds",
+                {"payment_intent": mine["refund"], "reason": "requested_by_customer"},
+                idem,
+            ),
+            ("GET", "/v1/refunds/{refund_id}"): lambda: Call(
+                "GET", f"/v1/refunds/{self.refund_id}"
+            ),
+            ("GET", "/v1/reviews"): lambda: Call("GET", "/v1/reviews?status=open"),
+            ("GET", "/v1/reviews/{review_id}"): lambda: Call(
+                "GET", f"/v1/reviews/{mine['approve']}"
+            ),
+            ("POST", "/v1/reviews/{review_id}/approve"): lambda: Call(
+                "POST", f"/v1/reviews/{mine['approve']}/approve", {}, idem
+            ),
+            ("POST", "/v1/reviews/{review_id}/reject"): lambda: Call(
+                "POST", f"/v1/reviews/{mine['reject']}/reject", {}, idem
+            ),
+            ("POST", "/v1/webhooks/{gateway}"): lambda: Call(
+                "POST", "/v1/webhooks/sandbox", {"id": "evt_1", "type": "charge.captured"}
+            ),
+            ("GET", "/v1/sandbox/charges"): lambda: Call("GET", "/v1/sandbox/charges"),
         }
         return calls[(method, path)]()
 

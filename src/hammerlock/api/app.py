@@ -24,7 +24,10 @@ from hammerlock.api.routers import health, keys
 from hammerlock.audit import router as audit_router
 from hammerlock.errors import DomainError
 from hammerlock.ledger import router as ledger_router
+from hammerlock.payments import router as payments_router
+from hammerlock.risk import router as risk_router
 from hammerlock.security.errors import Unauthenticated
+from hammerlock.webhooks import router as webhooks_router
 
 if TYPE_CHECKING:
     from hammerlock.bootstrap import Container
@@ -72,6 +75,9 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(ledger_router.router)
     app.include_router(audit_router.router)
+    app.include_router(webhooks_router.router)
+    app.include_router(payments_router.router)
+    app.include_router(risk_router.router)
     _declare_security_scheme(app)
     return app
 

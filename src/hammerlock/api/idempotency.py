@@ -33,7 +33,13 @@ from hammerlock.api.problems import ApiError
 from hammerlock.db.engine import Database
 from hammerlock.db.metadata import metadata
 
-__all__ = ["IdempotencyStore", "fingerprint", "idempotency_keys", "validate_key"]
+__all__ = [
+    "PENDING_HEADER",
+    "IdempotencyStore",
+    "fingerprint",
+    "idempotency_keys",
+    "validate_key",
+]
 
 log = structlog.get_logger("hammerlock.idempotency")
 
@@ -54,6 +60,9 @@ idempotency_keys = sa.Table(
 )
 
 _REPLAYED_HEADERS = ("content-type", "location")
+# A handler whose outcome is not final yet answers with this header set to "pending"; such an
+# answer is never stored for replay (a retry resumes the work instead).
+PENDING_HEADER = "hammerlock-outcome"
 _MAX_KEY_LENGTH = 255
 
 
@@ -124,8 +133,9 @@ class IdempotencyStore:
             await asyncio.shield(self._release(scope, key, token))
             raise
         await _stop(renewer)
-        if response.status_code >= 500:
-            # The handler did not decide anything; let a retry run afresh.
+        if response.status_code >= 500 or response.headers.get(PENDING_HEADER) == "pending":
+            # The handler did not decide anything (or its outcome is not known yet, as when a
+            # gateway timed out): let a retry run afresh, and resume what is pending.
             await self._release(scope, key, token)
             return response
         await self._complete(scope, key, token, response)

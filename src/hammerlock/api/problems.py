@@ -49,6 +49,31 @@ STATUS_BY_CODE: dict[str, int] = {
     "tree_head_not_found": 404,
     "audit_proof_unavailable": 404,
     "invalid_range": 422,
+    # payments and reviews
+    "payment_intent_not_found": 404,
+    "refund_not_found": 404,
+    "review_not_found": 404,
+    "invalid_state_transition": 409,
+    "payment_method_required": 422,
+    "payment_method_invalid": 422,
+    "amount_too_large": 422,
+    "charge_already_refunded": 409,
+    "unknown_gateway": 422,
+    "already_approved": 409,
+    "self_review_forbidden": 403,
+    "webhook_signature_invalid": 400,
+    # card vault (docs/security.md "Card vault")
+    "invalid_number": 422,
+    "invalid_expiry": 422,
+    "invalid_cvc": 422,
+    "unsupported_brand": 422,
+    "rate_limited": 429,
+    "token_not_found": 404,
+    "gateway_not_found": 404,
+    "charge_not_found": 404,
+    "gateway_timeout": 504,
+    "gateway_unavailable": 503,
+    "gateway_rejected": 422,
     # generic
     "service_unavailable": 503,
     "internal_error": 500,
@@ -64,8 +89,10 @@ TITLES: dict[int, str] = {
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Unprocessable content",
+    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
+    504: "Gateway timeout",
 }
 
 

@@ -33,6 +33,9 @@ admin_route_denied   critical ``auth.denied`` on a route under ``/v1/keys`` or `
 security_change      warning  ``keys.*``, ``roles.*``, ``config.*`` with outcome ``success``
                               (reads — last segment ``read``, ``list``, ``get`` — excluded)
 audit_verify_failed  critical ``audit.verify`` with outcome ``failure``
+audit_tamper         critical ``audit.tamper_attempt`` (a refused UPDATE/DELETE/TRUNCATE of an
+                              append-only audit table) or ``audit.guard_missing`` (an
+                              append-only trigger dropped or disabled): PCI DSS 10.3.4
 sink_lagging         warning  :meth:`AlertEngine.lag`: a sink's lag above its threshold
 heartbeat_missing    critical :meth:`AlertEngine.check_heartbeat`: no event for over 120 s
 event_unreadable     critical :meth:`AlertEngine.unreadable`: a relayed event did not parse
@@ -103,6 +106,7 @@ class Rule(enum.StrEnum):
     ADMIN_ROUTE_DENIED = "admin_route_denied"
     SECURITY_CHANGE = "security_change"
     AUDIT_VERIFY_FAILED = "audit_verify_failed"
+    AUDIT_TAMPER = "audit_tamper"
     SINK_LAGGING = "sink_lagging"
     HEARTBEAT_MISSING = "heartbeat_missing"
     EVENT_UNREADABLE = "event_unreadable"
@@ -198,6 +202,7 @@ class _Event:
     resource_id: str | None
     ip: str | None
     details: Mapping[str, Any]
+    request_id: str | None = None
 
 
 def _section(event: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -320,6 +325,7 @@ class AlertEngine:
             (Rule.ADMIN_ROUTE_DENIED, self._admin_route_denied),
             (Rule.SECURITY_CHANGE, self._security_change),
             (Rule.AUDIT_VERIFY_FAILED, self._audit_verify_failed),
+            (Rule.AUDIT_TAMPER, self._audit_tamper),
         ]
         self._checks = [check for rule, check in checks if rule not in r.disabled]
 
@@ -432,6 +438,7 @@ class AlertEngine:
             resource_id=_text(resource, "id"),
             ip=_text(_section(raw, "origin"), "ip"),
             details=_section(raw, "details"),
+            request_id=raw.get("request_id") if isinstance(raw.get("request_id"), str) else None,
         )
 
     def _is_repeat(self, seq: Any, event_id: str) -> bool:
@@ -576,6 +583,32 @@ class AlertEngine:
                 "problems": problems if type(problems) is int else None,
                 "first_problem": _clip(first),
                 "trust_anchor": _clip(_text(e.details, "trust_anchor")),
+            },
+        )
+
+    def _audit_tamper(self, e: _Event) -> Alert | None:
+        if e.action == "audit.tamper_attempt":
+            operation = _clip(_text(e.details, "operation")) or "a change"
+            summary = f"refused {operation} on {_clip(e.resource_type) or 'an audit table'}"
+        elif e.action == "audit.guard_missing":
+            summary = "the audit trail's append-only guard is missing or disabled"
+        else:
+            return None
+        missing = e.details.get("missing")
+        return Alert(
+            Rule.AUDIT_TAMPER,
+            Severity.CRITICAL,
+            summary,
+            (e.event_id,),
+            e.ts,
+            {
+                "action": e.action,
+                "table": _clip(e.resource_type),
+                "operation": _clip(_text(e.details, "operation")),
+                "missing": [_clip(m) for m in missing[:20] if isinstance(m, str)]
+                if isinstance(missing, list)
+                else None,
+                "request_id": _clip(e.request_id),
             },
         )
 

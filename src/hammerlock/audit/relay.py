@@ -41,7 +41,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 import structlog
@@ -108,6 +108,7 @@ class Relay:
         lag_alert_repeat_s: float = 60.0,
         on_lag: LagHook | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        start: Literal["beginning", "end"] = "beginning",
     ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
@@ -129,6 +130,7 @@ class Relay:
         self._lag_repeat_s = lag_alert_repeat_s
         self._on_lag = on_lag or log_lag
         self._monotonic = monotonic
+        self._start = start
         self._lease_deadline = 0.0  # monotonic time by which this relay stops publishing
         self._row_ready = False
         self._alerted_at: float | None = None
@@ -277,12 +279,18 @@ class Relay:
         return self.position
 
     async def _insert_row(self, uow: UnitOfWork) -> None:
+        """The relay's row on first use: at seq 0, or at the log's end with ``start="end"`` (a
+        sink that only acts on what happens from now on, like the alert rules, must not replay
+        a history it was never running for). An existing row is never moved."""
         insert = pg_insert(audit_state) if uow.is_postgres else sqlite_insert(audit_state)
-        await uow.conn.execute(
+        position = 0 if self._start == "beginning" else await _log_size(uow)
+        inserted = await uow.conn.execute(
             insert.values(
-                name=self.state, owner=None, lease_expires_us=0, position=0
+                name=self.state, owner=None, lease_expires_us=0, position=position
             ).on_conflict_do_nothing(index_elements=[audit_state.c.name])
         )
+        if inserted.rowcount == 1 and position:
+            log.info("audit.relay_starts_at_log_end", sink=self.sink.name, position=position)
         self._row_ready = True
 
     async def _page_at(self, position: int) -> list[RelayedEvent]:
@@ -427,6 +435,11 @@ def build_relays(
     kafka_topic: str = "hammerlock.audit",
     archive_segment_events: int = 10_000,
     archive_segment_age_s: float = 60.0,
+    archive_s3_bucket: str | None = None,
+    archive_s3_prefix: str = "",
+    archive_s3_endpoint_url: str | None = None,
+    archive_s3_region: str | None = None,
+    archive_s3_object_lock_days: int | None = None,
     page_size: int = 1_000,
     **relay_options: Any,
 ) -> list[Relay]:
@@ -434,7 +447,9 @@ def build_relays(
 
     The composition root calls this with its settings and runs each relay's ``run_forever``
     as a task; on shutdown it cancels the task and awaits :meth:`Relay.close`. Sink modules are
-    imported only when configured, so a deployment without Kafka never loads librdkafka.
+    imported only when configured, so a deployment without Kafka never loads librdkafka (nor
+    boto3 without ``archive_s3_bucket``). With a bucket, sealed segments go there and only the
+    open one spools under ``archive_dir/.spool``.
     """
     sinks: list[AuditSink] = []
     if nats_url:
@@ -452,15 +467,29 @@ def build_relays(
     if archive_dir is not None:
         from hammerlock.audit.sinks.archive import (  # noqa: PLC0415 - optional
             ArchiveSink,
+            ArchiveStore,
             LocalArchiveStore,
         )
 
         async def heads(size: int) -> TreeHead | None:
             return await tree_head_covering(db, size)
 
+        store: ArchiveStore = LocalArchiveStore(archive_dir)
+        if archive_s3_bucket:
+            from hammerlock.audit.sinks.archive_s3 import (  # noqa: PLC0415 - optional
+                S3ArchiveStore,
+            )
+
+            store = S3ArchiveStore(
+                archive_s3_bucket,
+                prefix=archive_s3_prefix,
+                endpoint_url=archive_s3_endpoint_url,
+                region=archive_s3_region,
+                object_lock_days=archive_s3_object_lock_days,
+            )
         sinks.append(
             ArchiveSink(
-                LocalArchiveStore(archive_dir),
+                store,
                 archive_dir / ".spool",
                 heads,
                 segment_events=archive_segment_events,

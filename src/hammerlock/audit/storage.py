@@ -6,7 +6,9 @@ auditors point their own tools at them. Only the audit package imports this modu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -30,12 +32,14 @@ __all__ = [
     "audit_tree_tiles",
     "count_stray_tiles",
     "leaf_hashes",
+    "log_pages_sqlite",
     "log_rows",
     "log_rows_raw",
     "max_seq",
     "select_events",
     "sequencer_state",
     "signing_keys",
+    "sqlite_file",
     "tile_roots",
     "tiles_page",
     "tree_head_at",
@@ -304,6 +308,43 @@ async def log_rows_raw(
     # One hop to aiosqlite's thread for the query and its rows, which then build there while
     # this thread works on the previous page (sqlite3 releases the GIL while it steps).
     return list(await driver.execute_fetchall(sql, (low, high, limit)))
+
+
+def sqlite_file(uow: UnitOfWork) -> Path | None:
+    """The SQLite database file behind ``uow`` (None on PostgreSQL or an in-memory database)."""
+    if uow.is_postgres:
+        return None
+    name = uow.conn.engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name)
+
+
+_LOG_BLOB_SQL = (
+    "SELECT seq, CAST(canonical AS BLOB), leaf_hash, event_id, ts_us, action, actor_id,"
+    " resource_type, resource_id FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?"
+)
+
+
+def log_pages_sqlite(path: Path, lo: int, hi: int, page_rows: int) -> Iterator[list[Any]]:
+    """Pages of whole ``audit_log`` rows with ``lo <= seq < hi`` (from the very first row when
+    ``lo`` is 0, so a negative seq is seen) read by plain blocking ``sqlite3`` on a read-only
+    connection of its own, ``canonical`` as the bytes stored (no decode and re-encode).
+
+    For ``audit verify`` in a worker thread: one thread that reads and checks its rows holds
+    the GIL undisturbed, where a driver thread handing rows to the event loop's thread makes
+    the two trade it per row. Its snapshot is its own, not the caller's: the rows below the
+    caller's last seq are append-only, so both read the same ones.
+    """
+    low = _BIGINT_MIN if lo == 0 else lo
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("BEGIN")
+        while rows := conn.execute(_LOG_BLOB_SQL, (low, hi - 1, page_rows)).fetchall():
+            yield rows
+            low = rows[-1][0] + 1
+    finally:
+        conn.close()
 
 
 async def max_seq(uow: UnitOfWork) -> int | None:

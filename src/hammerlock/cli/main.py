@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -34,6 +34,11 @@ from hammerlock.security.errors import KeyNotFound
 from hammerlock.security.keys import ApiKey
 from hammerlock.security.permissions import Role
 from hammerlock.settings import Settings
+from hammerlock.vault.cli import start_embedded_vault, stop_embedded_vault, vault_app
+
+if TYPE_CHECKING:
+    from hammerlock.audit.sinks.archive import ArchiveStore
+    from hammerlock.audit.verify import Report, TrustAnchor
 
 __all__ = ["app"]
 
@@ -49,6 +54,9 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(audit_app, name="audit")
+app.add_typer(vault_app, name="vault")
+payments_app = typer.Typer(help="Payment intents: the janitor.", no_args_is_help=True)
+app.add_typer(payments_app, name="payments")
 
 # soft_wrap: lines are never broken at 80 columns when piped, so URLs, paths and keys stay whole.
 out = Console(soft_wrap=True)
@@ -136,9 +144,8 @@ def serve_cmd(  # noqa: PLR0917 - Typer maps parameters to flags
     ] = False,
     migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
 ) -> None:
-    """Run the API (migrating first). The last startup line names the docs URL."""
-    import uvicorn
-
+    """Run the API (migrating first) and the card vault beside it. The last startup line names
+    the docs URL."""
     for name, value in (("HOST", host), ("PORT", port), ("VAULT_PORT", vault_port)):
         if value is not None:
             os.environ[f"HAMMERLOCK_{name}"] = str(value)
@@ -147,10 +154,28 @@ def serve_cmd(  # noqa: PLR0917 - Typer maps parameters to flags
     if migrate_first:
         result = _run(_migrate, needs_schema=False)
         err.print(f"database {_safe_url(settings)} at revision {result.after}")
-    if not no_vault:
-        err.print(
-            f"card vault: not part of this release yet (port {settings.vault_port} stays free)"
-        )
+    vault = None
+    if settings.vault_url:
+        err.print(f"card vault: {settings.vault_url} (running elsewhere)")
+    elif no_vault:
+        err.print("card vault: off (--no-vault); payments need one (HAMMERLOCK_VAULT_URL)")
+    else:
+        try:
+            vault, vault_url = start_embedded_vault(settings)  # stopped in the finally below
+        except RuntimeError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        os.environ["HAMMERLOCK_VAULT_URL"] = vault_url
+        err.print(f"card vault on {vault_url} (pid {vault.pid})")
+    try:
+        _serve_api(settings, workers)
+    finally:
+        stop_embedded_vault(vault)
+
+
+def _serve_api(settings: Settings, workers: int) -> None:
+    import uvicorn
+
     base = f"http://{settings.host}:{settings.port}"
     config = uvicorn.Config(
         "hammerlock.api.factory:app_from_env",
@@ -308,6 +333,15 @@ def audit_verify(
             "1 to 8: this process rebuilds the tree meanwhile]",
         ),
     ] = max(1, min((os.cpu_count() or 1) - 1, 8)),
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive",
+            metavar="DIR|s3://BUCKET/PREFIX",
+            help="Check an archive of sealed segments on its own instead of the database (with "
+            "--public-key no database is opened).",
+        ),
+    ] = None,
 ) -> None:
     """Re-hash every audit event, rebuild the Merkle tree, check every signed tree head;
     exit 1 naming the first bad seq (or tree head) if anything was changed."""
@@ -329,6 +363,8 @@ def audit_verify(
         anchor = audit_verify_module.TrustAnchor.out_of_band(
             keys, ", ".join(str(p) for p in public_key)
         )
+    if archive is not None:
+        _audit_verify_archive(archive, anchor)
 
     async def body(container: Container) -> audit_verify_module.Report:
         with Progress(
@@ -376,16 +412,129 @@ def audit_verify(
                 highlight=False,
             )
         raise typer.Exit(0)
+    _print_problems(report)
+    raise typer.Exit(1)
+
+
+def _audit_verify_archive(location: str, anchor: TrustAnchor | None) -> None:
+    """``audit verify --archive``: the archive's segments and heads, without the database when
+    the trust anchor is given out of band."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from hammerlock.audit.archive_verify import ArchiveReport, verify_archive
+    from hammerlock.audit.verify import TrustAnchor
+
+    configure_logging("warning", "console")
+    settings = _settings()
+    store = _archive_store(location, settings)
+
+    async def check(trust: TrustAnchor) -> ArchiveReport:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("verifying archived segments", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return await verify_archive(store, anchor=trust, progress=progress)
+
+    async def with_database_keys(container: Container) -> ArchiveReport:
+        from hammerlock.audit import storage as audit_storage
+
+        async with container.db.transaction(write=False) as uow:
+            keys = await audit_storage.signing_keys(uow)
+        return await check(TrustAnchor.from_database(keys))
+
+    started = time.perf_counter()
+    try:
+        result = _run(with_database_keys) if anchor is None else asyncio.run(check(anchor))
+    except OSError as exc:
+        err.print(f"[red]cannot read the archive[/red] {escape(location)}: {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    elapsed_s = time.perf_counter() - started
+    report = result.report
+    out.print(f"trust anchor: {escape(report.anchor)}", highlight=False)
+    out.print(
+        f"checked {result.segments:,} segments, {report.events:,} events and "
+        f"{report.heads:,} signed tree heads in {elapsed_s:.1f} s",
+        highlight=False,
+    )
+    if result.heads_beyond:
+        out.print(
+            f"{result.heads_beyond:,} head(s) sign more events than the archive holds yet: "
+            "signature checked, root not",
+            highlight=False,
+        )
+    if report.ok:
+        out.print(
+            "[green]intact[/green]: every archived event hashes to its leaf, segments follow "
+            "each other without gap, and the rebuilt tree matches every signed tree head",
+            highlight=False,
+        )
+        raise typer.Exit(0)
+    _print_problems(report)
+    raise typer.Exit(1)
+
+
+def _archive_store(location: str, settings: Settings) -> ArchiveStore:
+    from hammerlock.audit.sinks.archive import LocalArchiveStore
+
+    if not location.startswith("s3://"):
+        path = Path(location)
+        if not path.is_dir():
+            raise typer.BadParameter(f"{location} is not a folder", param_hint="--archive")
+        return LocalArchiveStore(path)
+    from hammerlock.audit.sinks.archive_s3 import S3ArchiveStore
+
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise typer.BadParameter("s3://BUCKET/PREFIX needs a bucket", param_hint="--archive")
+    return S3ArchiveStore(
+        bucket,
+        prefix=prefix,
+        endpoint_url=settings.audit_archive_s3_endpoint_url,
+        region=settings.audit_archive_s3_region,
+    )
+
+
+def _print_problems(report: Report) -> None:
     first = report.first_problem
     out.print(f"[red]TAMPERED[/red]: {escape(str(first))}", highlight=False)
     for problem in report.problems[1:]:
         out.print(f"  {escape(str(problem))}", highlight=False)
     if report.problem_count > len(report.problems):
         out.print(f"  … and {report.problem_count - len(report.problems):,} more", highlight=False)
-    raise typer.Exit(1)
 
 
 @app.command("version")
 def version_cmd() -> None:
     """Print the version."""
     out.print(hammerlock.__version__)
+
+
+@payments_app.command("janitor")
+def payments_janitor(
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep running, one pass per janitor interval")
+    ] = False,
+) -> None:
+    """Resolve payments left `processing` (asking the gateway by their key), poll 3-D Secure
+    challenges, expire open reviews and lapsing authorizations, finish pending refunds."""
+
+    async def body(container: Container) -> None:
+        ctx = Context.system("payments-janitor", node=container.node_name)
+        while True:
+            counts = await container.payments.janitor_pass(ctx)
+            line = ", ".join(f"{name} {count}" for name, count in counts.items())
+            out.print(f"payments janitor: {line}")
+            if not watch:
+                return
+            await asyncio.sleep(container.settings.payments_janitor_interval_s)
+
+    _run(body)

@@ -33,6 +33,13 @@ class Permission(enum.StrEnum):
     LEDGER_WRITE = "ledger.write"
     LEDGER_ACCOUNTS_CLOSE = "ledger.accounts.close"
     AUDIT_READ = "audit.read"  # the audit trail, tree heads, proofs, signing keys
+    WEBHOOKS_READ = "webhooks.read"  # outbound webhook events and their delivery attempts
+    PAYMENTS_READ = "payments.read"  # payment intents and refunds
+    PAYMENTS_WRITE = "payments.write"  # create, confirm, capture, cancel payment intents
+    REFUNDS_CREATE = "refunds.create"
+    REVIEWS_READ = "reviews.read"  # the risk review queue
+    REVIEWS_DECIDE = "reviews.decide"  # approve or reject a review (never one's own payment)
+    SANDBOX_READ = "sandbox.read"  # the sandbox gateway's charge records (no card data)
 
 
 _ALL = frozenset(Permission) - {Permission.PUBLIC}
@@ -41,12 +48,28 @@ _ANY_KEY = frozenset({Permission.AUTHENTICATED})
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: _ALL,
     Role.OPERATOR: _ANY_KEY
-    | {Permission.LEDGER_READ, Permission.LEDGER_WRITE, Permission.LEDGER_ACCOUNTS_CLOSE},
-    Role.REVIEWER: _ANY_KEY,
+    | {
+        Permission.LEDGER_READ,
+        Permission.LEDGER_WRITE,
+        Permission.LEDGER_ACCOUNTS_CLOSE,
+        Permission.WEBHOOKS_READ,
+        Permission.PAYMENTS_READ,
+        Permission.REFUNDS_CREATE,
+        Permission.REVIEWS_READ,
+    },
+    Role.REVIEWER: _ANY_KEY
+    | {Permission.PAYMENTS_READ, Permission.REVIEWS_READ, Permission.REVIEWS_DECIDE},
     Role.AUDITOR: _ANY_KEY | {Permission.LEDGER_READ, Permission.AUDIT_READ},
     Role.SELLER: _ANY_KEY,
     Role.BIDDER: _ANY_KEY,
-    Role.SERVICE: _ANY_KEY | {Permission.LEDGER_READ, Permission.LEDGER_WRITE},
+    Role.SERVICE: _ANY_KEY
+    | {
+        Permission.LEDGER_READ,
+        Permission.LEDGER_WRITE,
+        Permission.PAYMENTS_READ,
+        Permission.PAYMENTS_WRITE,
+        Permission.REFUNDS_CREATE,
+    },
 }
 
 

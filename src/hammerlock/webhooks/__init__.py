@@ -1,0 +1,1 @@
+"""Outbound webhooks: events recorded with the change they announce, delivered signed, retried."""

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HAMMERLOCK_DATA_DIR ?= ./var
 
-.PHONY: run test test-long lint format demo admin-key bench-ledger clean help
+.PHONY: run test test-long lint format demo admin-key bench-ledger bench-audit clean help
 
 help:
 	@echo "make run          set up and start hammerlock on http://127.0.0.1:8000 (docs at /docs)"
@@ -15,6 +15,7 @@ help:
 	@echo "make admin-key    print a new admin API key"
 	@echo "make test-long    long property and soak runs"
 	@echo "make bench-ledger ledger throughput against pgbench in the same run"
+	@echo "make bench-audit  audit append rate, outbox cost per transfer, audit verify over 1M events"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -50,6 +51,15 @@ test-long: $(STAMP)
 
 bench-ledger: $(STAMP)
 	$(BIN)/python bench/ledger_bench.py
+
+# Each script measures its baseline in the same run and appends its table to docs/benchmarks.md.
+# Needs PostgreSQL on 127.0.0.1:5432 (HAMMERLOCK_BENCH_POSTGRES). Never part of `make test`.
+bench-audit: $(STAMP)
+	$(BIN)/python bench/audit_append_bench.py --doc
+	$(BIN)/python bench/audit_outbox_bench.py --doc
+	$(BIN)/python bench/audit_verify_bench.py --doc
+	$(BIN)/python bench/audit_verify_bench.py --doc \
+		--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/hl_audit_verify_bench
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -29,13 +30,15 @@ from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.writer import LedgerWriter
-from hammerlock.payments.gateways.base import Gateway
+from hammerlock.payments.gateways.base import Gateway, WebhookEvent
+from hammerlock.payments.gateways.braintree import BraintreeGateway
+from hammerlock.payments.gateways.stripe import StripeGateway
 from hammerlock.payments.service import Payments, PaymentsConfig
 from hammerlock.risk.rules import load_rules
 from hammerlock.risk.service import RulesAssessor
 from hammerlock.secret_files import create_once
 from hammerlock.settings import Settings
-from hammerlock.vault.client import VaultClient, VaultGateway
+from hammerlock.vault.client import VaultClient, VaultGateway, sandbox_webhook_verifier
 from hammerlock.vault.puller import AuditPuller
 from hammerlock.vault.signing import InternalKeyring
 from hammerlock.webhooks.deliverer import WebhookDeliverer
@@ -134,9 +137,12 @@ class Container:
         self.vault: VaultClient | None = self._vault_client(settings)
         self.gateways: dict[str, Gateway] = {}
         self.vault_audit: AuditPuller | None = None
+        self._webhook_adapters: list[Gateway] = []
         if self.vault is not None:
-            for name in settings.vault_gateway_names:
-                self.gateways[name] = VaultGateway(self.vault, name)
+            for name in self._gateway_names(settings):
+                self.gateways[name] = VaultGateway(
+                    self.vault, name, webhooks=self._webhook_verifier(settings, name)
+                )
             self.vault_audit = AuditPuller(self.db, self.vault)
         self.payments = Payments(
             self.db,
@@ -223,7 +229,39 @@ class Container:
         await self.ledger_writer.stop()
         if self.vault is not None:
             await self.vault.aclose()
+        for adapter in self._webhook_adapters:
+            aclose = getattr(adapter, "aclose", None)
+            if aclose is not None:
+                await aclose()
         await self.db.dispose()
+
+    @staticmethod
+    def _gateway_names(settings: Settings) -> list[str]:
+        names = list(settings.vault_gateway_names)
+        if settings.stripe_api_key is not None and "stripe" not in names:
+            names.append("stripe")
+        if settings.braintree_merchant_id and "braintree" not in names:
+            names.append("braintree")
+        return names
+
+    def _webhook_verifier(
+        self, settings: Settings, name: str
+    ) -> Callable[[Mapping[str, str], bytes], WebhookEvent] | None:
+        """Inbound webhooks carry no card data: the API verifies them itself, with the
+        gateway's own scheme (Stripe-style signature for the sandbox and Stripe; Braintree's
+        ``bt_signature``)."""
+        if name == "sandbox" and settings.sandbox_webhook_secret is not None:
+            secret = settings.sandbox_webhook_secret.get_secret_value().encode()
+            return sandbox_webhook_verifier(secret, self.clock)
+        adapter: Gateway | None = None
+        if name == "stripe" and settings.stripe_webhook_secret is not None:
+            adapter = StripeGateway.from_settings(settings)
+        elif name == "braintree" and settings.braintree_private_key is not None:
+            adapter = BraintreeGateway.from_settings(settings)
+        if adapter is None:
+            return None
+        self._webhook_adapters.append(adapter)
+        return adapter.parse_webhook
 
     def _vault_client(self, settings: Settings) -> VaultClient | None:
         """The card vault, when one is configured (``serve`` sets HAMMERLOCK_VAULT_URL)."""

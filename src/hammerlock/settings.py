@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     braintree_merchant_account_id: str | None = Field(
         default=None, max_length=64, description="Merchant account (a sub-merchant) for sales."
     )
+    braintree_currency: str = Field(
+        default="USD", pattern=r"^[A-Z]{3}$", description="The merchant account's currency."
+    )
     braintree_timeout_s: float = Field(default=30, ge=0.1, le=300)
     gateway_retries: int = Field(default=3, ge=0, le=10)
     gateway_breaker_threshold: int = Field(default=5, ge=1, le=1_000)

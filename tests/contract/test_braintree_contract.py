@@ -38,8 +38,14 @@ from hammerlock.payments.gateways.base import (
     PaymentSource,
     PayoutRequest,
 )
-from hammerlock.payments.gateways.braintree import BraintreeGateway, from_amount, to_amount
+from hammerlock.payments.gateways.braintree import (
+    BraintreeGateway,
+    custom_environment,
+    from_amount,
+    to_amount,
+)
 from hammerlock.payments.gateways.resilience import ResilientGateway
+from hammerlock.settings import Settings
 from tests.contract.gateway_contract import GatewayContract, GatewayHarness, Scenario
 from tests.fakes.braintree_fake import (
     MERCHANT_ID,
@@ -57,7 +63,8 @@ CARDS = {
     Scenario.THREE_D_SECURE: "4000002760003184",
     Scenario.PROCESSING_ERROR: "4000000000000119",
 }
-UNANSWERED_DELAY_S = 2.0
+UNANSWERED_DELAY_S = 3.0
+CLIENT_TIMEOUT_S = 1.0  # long enough for any other call on a loaded machine
 RECORDED_TIMEOUT_S = 5.0
 
 
@@ -85,7 +92,7 @@ class BraintreeHarness:
 
     async def authorize_unanswered(self, request: AuthorizeRequest) -> None:
         self.fake.delay_next(UNANSWERED_DELAY_S, "create")
-        short = braintree_gateway(self.fake, timeout_s=0.3)
+        short = braintree_gateway(self.fake, timeout_s=CLIENT_TIMEOUT_S)
         with pytest.raises(GatewayTimeout):
             await short.authorize(request)
         deadline = time.monotonic() + RECORDED_TIMEOUT_S
@@ -180,10 +187,13 @@ def _live(fake: BraintreeFake, key: str) -> list[str]:
 
 
 async def test_timeout_then_retry_makes_exactly_one_charge(braintree_fake: BraintreeFake) -> None:
-    braintree_fake.delay_next(2.0, "create")
+    braintree_fake.delay_next(UNANSWERED_DELAY_S, "create")
     sleep = _NoWait()
     gateway = ResilientGateway(
-        braintree_gateway(braintree_fake, timeout_s=0.3), retries=3, base_delay_s=0.01, sleep=sleep
+        braintree_gateway(braintree_fake, timeout_s=CLIENT_TIMEOUT_S),
+        retries=3,
+        base_delay_s=0.01,
+        sleep=sleep,
     )
     charge = await gateway.authorize(_request("pi_t:1", capture=True))
     assert charge.status is ChargeStatus.CAPTURED
@@ -206,18 +216,52 @@ async def test_two_processes_racing_on_one_key_make_one_live_charge(
     assert len(_live(braintree_fake, "pi_race:1")) == 1
 
 
+def _sale_behind_our_back(fake: BraintreeFake, order_id: str) -> str:
+    """What a second process does when its search ran before the first sale existed."""
+    sdk = braintree.BraintreeGateway(
+        braintree.Configuration(custom_environment(fake.host), MERCHANT_ID, PUBLIC_KEY, PRIVATE_KEY)
+    )
+    sale = {"amount": "50.00", "order_id": order_id, "payment_method_nonce": "fake-valid-nonce"}
+    result = sdk.transaction.sale(sale)
+    assert result.is_success
+    return str(result.transaction.id)
+
+
+async def test_a_sale_rejected_as_duplicate_answers_with_the_first(
+    braintree_fake: BraintreeFake,
+) -> None:
+    """The search ran before the first sale was visible; Braintree's duplicate check catches
+    the second sale, and the adapter answers with the first."""
+    first_id = await asyncio.to_thread(_sale_behind_our_back, braintree_fake, "pi_dupchk:1")
+    braintree_fake.blind_searches = 1
+    charge = await braintree_gateway(braintree_fake).authorize(_request("pi_dupchk:1"))
+    assert charge.charge_id == first_id
+    statuses = sorted(t["status"] for t in braintree_fake.transactions_for("pi_dupchk:1"))
+    assert statuses == ["authorized", "gateway_rejected"]
+
+
+async def test_a_duplicate_rejection_before_the_first_is_visible_is_a_timeout(
+    braintree_fake: BraintreeFake,
+) -> None:
+    await asyncio.to_thread(_sale_behind_our_back, braintree_fake, "pi_dupchk:2")
+    braintree_fake.blind_searches = 2  # still invisible when the adapter looks again
+    with pytest.raises(GatewayTimeout):
+        await braintree_gateway(braintree_fake).authorize(_request("pi_dupchk:2"))
+    found = await braintree_gateway(braintree_fake).retrieve_by_idempotency_key("pi_dupchk:2")
+    assert found is not None
+    assert found.status is ChargeStatus.AUTHORIZED
+
+
 async def test_a_duplicate_past_every_check_is_voided_when_found() -> None:
     fake = BraintreeFake(duplicate_window_s=0).start()  # duplicate checking turned off
     try:
-        one, two = braintree_gateway(fake), braintree_gateway(fake)
-        first, second = await asyncio.gather(
-            one.authorize(_request("pi_dup:1")), two.authorize(_request("pi_dup:1"))
-        )
-        assert first.charge_id != second.charge_id  # the residual race: two charges
+        first = await braintree_gateway(fake).authorize(_request("pi_dup:1"))
+        second_id = await asyncio.to_thread(_sale_behind_our_back, fake, "pi_dup:1")
+        assert first.charge_id != second_id  # the residual race: two charges
         janitor = braintree_gateway(fake)  # what the janitor does for a stuck intent
         kept = await janitor.retrieve_by_idempotency_key("pi_dup:1")
         assert kept is not None
-        assert kept.charge_id == min(first.charge_id, second.charge_id)  # the earliest
+        assert kept.charge_id == first.charge_id  # the earliest
         assert _live(fake, "pi_dup:1") == [kept.charge_id]
         statuses = sorted(t["status"] for t in fake.transactions_for("pi_dup:1"))
         assert statuses == ["authorized", "voided"]
@@ -455,3 +499,82 @@ async def test_replayed_webhook_has_the_same_event_id(braintree_fake: BraintreeF
 def test_malformed_webhook_is_rejected(braintree_fake: BraintreeFake, body: bytes) -> None:
     with pytest.raises(GatewayRejected):
         braintree_gateway(braintree_fake).parse_webhook({}, body)
+
+
+async def test_a_currency_the_merchant_account_does_not_settle_in_is_refused(
+    braintree_fake: BraintreeFake,
+) -> None:
+    gateway = braintree_gateway(braintree_fake)  # a USD account
+    request = AuthorizeRequest("pi_eur:1", 5_000, "EUR", GatewayToken("fake-valid-nonce"))
+    with pytest.raises(GatewayRejected) as refused:
+        await gateway.authorize(request)
+    assert refused.value.code == "currency_unsupported"
+    assert braintree_fake.state.requests == []
+
+
+async def test_a_misconfigured_account_currency_voids_the_sale(
+    braintree_fake: BraintreeFake,
+) -> None:
+    gateway = BraintreeGateway(
+        MERCHANT_ID, PUBLIC_KEY, PRIVATE_KEY, host=braintree_fake.host, currency="EUR"
+    )
+    request = AuthorizeRequest("pi_eur:2", 5_000, "EUR", GatewayToken("fake-valid-nonce"))
+    with pytest.raises(GatewayRejected) as refused:
+        await gateway.authorize(request)
+    assert refused.value.code == "currency_mismatch"
+    assert [t["status"] for t in braintree_fake.transactions_for("pi_eur:2")] == ["voided"]
+
+
+async def test_a_full_refund_made_by_voiding_replays(braintree_fake: BraintreeFake) -> None:
+    braintree_fake.settle_immediately = False
+    gateway = braintree_gateway(braintree_fake)
+    await gateway.authorize(_request("pi_rv:1", capture=True))
+    first = await gateway.refund("pi_rv:1", "rf_rv", 5_000)
+    again = await braintree_gateway(braintree_fake).refund("pi_rv:1", "rf_rv", 5_000)
+    assert again == first
+
+
+async def test_an_unreversible_duplicate_is_reported_not_ignored() -> None:
+    fake = BraintreeFake(duplicate_window_s=0).start()
+    try:
+        await braintree_gateway(fake).authorize(_request("pi_stuck:1"))
+        await asyncio.to_thread(_sale_behind_our_back, fake, "pi_stuck:1")
+        fake.fail_next(422, "void")  # Braintree answers the void with an unexpected status
+        with pytest.raises(GatewayError):
+            await braintree_gateway(fake).retrieve_by_idempotency_key("pi_stuck:1")
+        kept = await braintree_gateway(fake).retrieve_by_idempotency_key("pi_stuck:1")
+        assert kept is not None
+        assert len(_live(fake, "pi_stuck:1")) == 1
+    finally:
+        fake.stop()
+
+
+def test_built_from_settings_without_leaking_the_private_key(
+    braintree_fake: BraintreeFake,
+) -> None:
+    settings = Settings(
+        braintree_merchant_id=MERCHANT_ID,
+        braintree_public_key=PUBLIC_KEY,
+        braintree_private_key=PRIVATE_KEY,  # type: ignore[arg-type]
+        braintree_host=braintree_fake.host,
+        braintree_merchant_account_id=SUB_MERCHANT_ID,
+    )
+    gateway = BraintreeGateway.from_settings(settings, timeout_s=3)
+    assert PRIVATE_KEY not in repr(gateway)
+    assert PRIVATE_KEY not in repr(settings)
+    with pytest.raises(ValueError, match="BRAINTREE"):
+        BraintreeGateway.from_settings(Settings())
+
+
+async def test_built_from_settings_it_works(braintree_fake: BraintreeFake) -> None:
+    settings = Settings(
+        braintree_merchant_id=MERCHANT_ID,
+        braintree_public_key=PUBLIC_KEY,
+        braintree_private_key=PRIVATE_KEY,  # type: ignore[arg-type]
+        braintree_host=braintree_fake.host,
+        gateway_retries=1,
+    )
+    gateway = ResilientGateway.from_settings(BraintreeGateway.from_settings(settings), settings)
+    charge = await gateway.authorize(_request("pi_settings:1"))
+    assert charge.status is ChargeStatus.AUTHORIZED
+    await gateway.aclose()

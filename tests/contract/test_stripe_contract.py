@@ -33,6 +33,7 @@ from hammerlock.payments.gateways.stripe import (
     decline_codes,
     map_error,
 )
+from hammerlock.settings import Settings
 from tests.contract.gateway_contract import GatewayContract, GatewayHarness, Scenario
 from tests.fakes.stripe_fake import API_KEY, StripeFake
 from tests.servers import free_port
@@ -52,7 +53,8 @@ PAYMENT_METHODS = {
     Scenario.THREE_D_SECURE: "pm_card_authenticationRequired",
     Scenario.PROCESSING_ERROR: "pm_card_chargeDeclinedProcessingError",
 }
-UNANSWERED_DELAY_S = 2.0
+UNANSWERED_DELAY_S = 3.0
+CLIENT_TIMEOUT_S = 1.0  # long enough for any other call on a loaded machine
 RECORDED_TIMEOUT_S = 5.0
 
 
@@ -80,7 +82,10 @@ class StripeHarness:
     async def authorize_unanswered(self, request: AuthorizeRequest) -> None:
         self.fake.delay_next(UNANSWERED_DELAY_S, "/v1/payment_intents")
         short = StripeGateway(
-            API_KEY, webhook_secret=WEBHOOK_SECRET, api_base=self.fake.base_url, timeout_s=0.3
+            API_KEY,
+            webhook_secret=WEBHOOK_SECRET,
+            api_base=self.fake.base_url,
+            timeout_s=CLIENT_TIMEOUT_S,
         )
         try:
             with pytest.raises(GatewayTimeout):
@@ -157,9 +162,12 @@ class _NoWait:
 
 
 async def test_timeout_then_retry_makes_exactly_one_charge(stripe_fake: StripeFake) -> None:
-    stripe_fake.delay_next(2.0, "/v1/payment_intents")
+    stripe_fake.delay_next(UNANSWERED_DELAY_S, "/v1/payment_intents")
     inner = StripeGateway(
-        API_KEY, webhook_secret=WEBHOOK_SECRET, api_base=stripe_fake.base_url, timeout_s=0.3
+        API_KEY,
+        webhook_secret=WEBHOOK_SECRET,
+        api_base=stripe_fake.base_url,
+        timeout_s=CLIENT_TIMEOUT_S,
     )
     sleep = _NoWait()
     gateway = ResilientGateway(inner, retries=3, base_delay_s=0.01, sleep=sleep)
@@ -406,3 +414,21 @@ def test_signed_garbage_is_rejected_as_payload() -> None:
     with pytest.raises(GatewayRejected) as refused:
         _webhook_gateway().parse_webhook(headers, body)
     assert refused.value.code == "invalid_payload"
+
+
+async def test_built_from_settings_without_leaking_secrets(stripe_fake: StripeFake) -> None:
+    settings = Settings(
+        stripe_api_key=API_KEY,  # type: ignore[arg-type]
+        stripe_webhook_secret=WEBHOOK_SECRET,  # type: ignore[arg-type]
+        stripe_api_base=stripe_fake.base_url,
+        stripe_timeout_s=3,
+    )
+    gateway = ResilientGateway.from_settings(StripeGateway.from_settings(settings), settings)
+    try:
+        assert API_KEY not in repr(gateway.inner)
+        charge = await gateway.authorize(_request("pi_settings:1"))
+        assert charge.status is ChargeStatus.AUTHORIZED
+    finally:
+        await gateway.aclose()
+    with pytest.raises(ValueError, match="STRIPE"):
+        StripeGateway.from_settings(Settings())

@@ -111,6 +111,7 @@ class BraintreeFake:
         self.settle_immediately = settle_immediately
         self.duplicate_window = timedelta(seconds=duplicate_window_s)
         self.state = FakeState()
+        self.blind_searches = 0  # the next N searches find nothing (a search racing a write)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         base = "/merchants/{merchant}/transactions"
@@ -455,6 +456,9 @@ class BraintreeFake:
     async def _search_ids(self, request: Request) -> Response:
         def action(_r: Request, params: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
             ids = [t["id"] for t in self._matching(params.get("search") or {})]
+            if self.blind_searches > 0:
+                self.blind_searches -= 1
+                ids = []
             return "search_results", {"page_size": 50, "ids": ids}, 200
 
         return await self._handle(request, action, "search")

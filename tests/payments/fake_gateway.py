@@ -151,7 +151,7 @@ class FakeGateway:
     async def release_from_escrow(self, gateway_key: str) -> Charge:
         raise GatewayRejected(f"no escrow for {gateway_key}")
 
-    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:  # noqa: ARG002
         raise GatewayRejected("fake gateway sends no webhooks")
 
     def authorizations(self) -> int:

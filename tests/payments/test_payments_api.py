@@ -27,7 +27,7 @@ async def _pay(
     client: httpx.AsyncClient,
     headers: dict[str, str],
     *,
-    token: str = "tok_ok1",
+    token: str = "tok_ok1",  # noqa: S107 - a vault token id, not a secret
     amount: int = 5000,
     idem: dict[str, str] | None = None,
     **extra: Any,

@@ -173,7 +173,7 @@ class PaymentsMachine(RuleBasedStateMachine):
 
     @rule(intent=intents, who=st.sampled_from([0, 1]), approve=st.booleans())
     def decide(self, intent: str, who: int, approve: bool) -> None:
-        current, review = self.env.run(self.payments.get(intent))
+        _, review = self.env.run(self.payments.get(intent))
         if review is None or review.status is not ReviewStatus.OPEN:
             return
         self._try(

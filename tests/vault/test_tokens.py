@@ -153,3 +153,13 @@ async def test_rate_limit_per_card_and_failed_attempts(
             assert "retry-after" in blocked.headers
     finally:
         await container.stop()
+
+
+async def test_public_bodies_are_small(vault: Vault) -> None:
+    response = await vault.browser.post(
+        "/v1/tokens",
+        content=b'{"number": "' + b"4" * 20_000 + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"

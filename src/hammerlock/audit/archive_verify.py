@@ -260,7 +260,11 @@ async def verify_archive(
         if (signature := _signature_problem(head, anchor)) is not None:
             report.add(Problem(signature, head_size=head.size))
     report.unsigned_tail = run.tree.size - run.last_signed
-    report.problems = [_naming_segment(p, sealing) for p in report.problems]
+    # In log order (a segment file without a manifest is found before the pass), so the first
+    # names the first bad seq or segment.
+    report.problems = sorted(
+        (_naming_segment(p, sealing) for p in report.problems), key=lambda p: p.order
+    )
     return result
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import secrets
 from collections.abc import Sequence
@@ -30,23 +31,25 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import rfc8785
 import sqlalchemy as sa
 import structlog
 
 from hammerlock.audit import service as audit_service
-from hammerlock.audit.merkle import CompactTree, leaf_hash, root_from_leaf_hashes, sign_tree_head
+from hammerlock.audit.jcs import canonical_json
+from hammerlock.audit.merkle import CompactTree, root_from_leaf_hashes, sign_tree_head
 from hammerlock.audit.model import AuditEvent, Context, TreeHead
 from hammerlock.audit.signing import AuditSigner
 from hammerlock.audit.storage import (
     TILE_LEVEL,
     TILE_SIZE,
+    append_log,
     audit_log,
-    audit_outbox,
     audit_signing_keys,
     audit_state,
     audit_tree_heads,
     audit_tree_tiles,
+    delete_outbox,
+    outbox_batch,
 )
 from hammerlock.clock import format_rfc3339
 from hammerlock.db.engine import Database
@@ -59,9 +62,14 @@ log = structlog.get_logger("hammerlock.audit.sequencer")
 _STATE = "sequencer"
 
 
-def canonical_event(event: dict[str, Any], seq: int) -> bytes:
-    """The leaf's bytes: RFC 8785 JCS of the event as served, with its ``seq``."""
-    return rfc8785.dumps({**event, "seq": seq})
+def canonical_event(event: dict[str, Any], seq: int, *, parsed_from: bytes | None = None) -> bytes:
+    """The leaf's bytes: RFC 8785 JCS of the event as served, with its ``seq`` (``parsed_from``:
+    the outbox text ``event`` was parsed from, see :func:`~hammerlock.audit.jcs.canonical_json`;
+    then ``event`` is the caller's to change, and gets its ``seq`` in place)."""
+    if parsed_from is None:
+        return canonical_json({**event, "seq": seq})
+    event["seq"] = seq
+    return canonical_json(event, parsed_from=parsed_from)
 
 
 class Sequencer:
@@ -100,13 +108,7 @@ class Sequencer:
                 return 0
             if self._lifecycle:
                 await self._record_lifecycle(uow, now)
-            rows = (
-                await uow.conn.execute(
-                    sa.select(audit_outbox.c.id, audit_outbox.c.ts_us, audit_outbox.c.event)
-                    .order_by(audit_outbox.c.id)
-                    .limit(self._batch_max)
-                )
-            ).all()
+            rows = await outbox_batch(uow, self._batch_max)
             start = int(state["position"])
             tree = CompactTree.from_state(
                 start, [bytes.fromhex(h) for h in orjson.loads(state["frontier"])]
@@ -114,10 +116,8 @@ class Sequencer:
             log_rows, hashes = self._render(rows, start)
             tree.extend(hashes)
             if log_rows:
-                await uow.conn.execute(audit_log.insert(), log_rows)
-                await uow.conn.execute(
-                    audit_outbox.delete().where(audit_outbox.c.id.in_([r.id for r in rows]))
-                )
+                await append_log(uow, log_rows)
+                await delete_outbox(uow, [r[0] for r in rows])
                 await self._store_tiles(uow, start, hashes)
             head = None
             last_head_us = int(state["last_head_us"])
@@ -201,28 +201,32 @@ class Sequencer:
             .one()
         )
 
-    def _render(self, rows: Sequence[Any], start: int) -> tuple[list[dict[str, Any]], list[bytes]]:
-        log_rows: list[dict[str, Any]] = []
+    def _render(self, rows: Sequence[Any], start: int) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+        """``audit_log`` rows (in :data:`~hammerlock.audit.storage.LOG_COLUMNS` order) and leaf
+        hashes for outbox rows given seqs from ``start``."""
+        log_rows: list[tuple[Any, ...]] = []
         hashes: list[bytes] = []
-        for seq, row in enumerate(rows, start):
-            event = orjson.loads(row.event)
-            canonical = canonical_event(event, seq)
-            digest = leaf_hash(canonical)
+        sha256 = hashlib.sha256
+        for seq, (_id, ts_us, stored) in enumerate(rows, start):
+            text = stored.encode()
+            event = orjson.loads(text)
+            canonical = canonical_event(event, seq, parsed_from=text)
+            digest = sha256(b"\x00" + canonical).digest()  # merkle.leaf_hash, inlined
             hashes.append(digest)
             actor = event.get("actor") or {}
             resource = event.get("resource") or {}
             log_rows.append(
-                {
-                    "seq": seq,
-                    "event_id": event["event_id"],
-                    "ts_us": int(row.ts_us),
-                    "action": event["action"],
-                    "actor_id": actor.get("principal_id"),
-                    "resource_type": resource.get("type"),
-                    "resource_id": resource.get("id"),
-                    "canonical": canonical.decode(),
-                    "leaf_hash": digest.hex(),
-                }
+                (
+                    seq,
+                    event["event_id"],
+                    int(ts_us),
+                    event["action"],
+                    actor.get("principal_id"),
+                    resource.get("type"),
+                    resource.get("id"),
+                    canonical.decode(),
+                    digest.hex(),
+                )
             )
         return log_rows, hashes
 

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import rfc8785
 import sqlalchemy as sa
 
 from hammerlock.audit import proofs, storage
 from hammerlock.audit.errors import AuditError, InvalidRange, ProofUnavailable, TreeHeadNotFound
+from hammerlock.audit.jcs import canonical_json
 from hammerlock.audit.model import (
     MAX_DETAILS_BYTES,
     AuditEvent,
@@ -65,7 +65,7 @@ T = TypeVar("T")
 
 def canonical_bytes(event: AuditEvent) -> bytes:
     """RFC 8785 (JCS) bytes of the event object."""
-    return rfc8785.dumps(event.to_json_object())
+    return canonical_json(event.to_json_object())
 
 
 def _row(event: AuditEvent) -> dict[str, object]:

@@ -18,12 +18,14 @@ from hammerlock.db.metadata import metadata
 from hammerlock.db.uow import UnitOfWork
 
 __all__ = [
+    "LOG_COLUMNS",
     "SEQUENCER_STATE",
     "TILE_LEVEL",
     "TILE_SIZE",
     "LogRow",
     "SequencerState",
     "StoredEvent",
+    "append_log",
     "audit_log",
     "audit_outbox",
     "audit_signing_keys",
@@ -31,11 +33,13 @@ __all__ = [
     "audit_tree_heads",
     "audit_tree_tiles",
     "count_stray_tiles",
+    "delete_outbox",
     "leaf_hashes",
     "log_pages_sqlite",
     "log_rows",
     "log_rows_raw",
     "max_seq",
+    "outbox_batch",
     "select_events",
     "sequencer_state",
     "signing_keys",
@@ -345,6 +349,70 @@ def log_pages_sqlite(path: Path, lo: int, hi: int, page_rows: int) -> Iterator[l
             low = rows[-1][0] + 1
     finally:
         conn.close()
+
+
+LOG_COLUMNS = (
+    "seq",
+    "event_id",
+    "ts_us",
+    "action",
+    "actor_id",
+    "resource_type",
+    "resource_id",
+    "canonical",
+    "leaf_hash",
+)
+_LOG_INSERT_SQLITE = (
+    "INSERT INTO audit_log (seq, event_id, ts_us, action, actor_id, resource_type, resource_id,"
+    " canonical, leaf_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_OUTBOX_DELETE = {
+    # One statement and one parameter, whatever the batch size.
+    "sqlite": "DELETE FROM audit_outbox WHERE id <= ?",
+    "postgresql": "DELETE FROM audit_outbox WHERE id = ANY($1::bigint[])",
+}
+
+
+async def append_log(uow: UnitOfWork, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``audit_log`` rows (tuples in :data:`LOG_COLUMNS` order) through the driver, in
+    the unit of work's transaction: PostgreSQL ``COPY``, SQLite one ``executemany``. The
+    sequencer's bulk path (a Core ``insert()`` of dicts costs more than the rest of a batch)."""
+    driver: Any = (await uow.conn.get_raw_connection()).driver_connection
+    if uow.is_postgres:
+        await driver.copy_records_to_table("audit_log", records=rows, columns=LOG_COLUMNS)
+    else:
+        await driver.executemany(_LOG_INSERT_SQLITE, rows)
+
+
+_OUTBOX_BATCH = {
+    "sqlite": "SELECT id, ts_us, event FROM audit_outbox ORDER BY id LIMIT ?",
+    "postgresql": "SELECT id, ts_us, event FROM audit_outbox ORDER BY id LIMIT $1",
+}
+
+
+async def outbox_batch(uow: UnitOfWork, limit: int) -> Sequence[Sequence[Any]]:
+    """The oldest ``limit`` committed outbox rows as ``(id, ts_us, event)``, by id, through
+    the driver (the sequencer reads thousands per batch; SQLAlchemy rows cost more than it)."""
+    driver: Any = (await uow.conn.get_raw_connection()).driver_connection
+    if uow.is_postgres:
+        return list(await driver.fetch(_OUTBOX_BATCH["postgresql"], limit))
+    return list(await driver.execute_fetchall(_OUTBOX_BATCH["sqlite"], (limit,)))
+
+
+async def delete_outbox(uow: UnitOfWork, ids: Sequence[int]) -> None:
+    """Delete these ``audit_outbox`` rows — the lowest ids, just read and sequenced in this
+    transaction — in one statement.
+
+    SQLite: by range (``id <= max``, a rowid range scan). That is the same set because the
+    write transaction is ``BEGIN IMMEDIATE``: no other writer commits while it runs, so every
+    row below the largest id read was read. PostgreSQL: by the ids themselves, since a row with
+    a lower id can commit after the read (ids are handed out before commit).
+    """
+    driver: Any = (await uow.conn.get_raw_connection()).driver_connection
+    if uow.is_postgres:
+        await driver.execute(_OUTBOX_DELETE["postgresql"], list(ids))
+    else:
+        await driver.execute(_OUTBOX_DELETE["sqlite"], (max(ids),))
 
 
 async def max_seq(uow: UnitOfWork) -> int | None:

@@ -40,6 +40,7 @@ log = structlog.get_logger("hammerlock.vault")
 
 INTERNAL_PREFIX = "/internal/"
 MAX_INTERNAL_BODY_BYTES = 256 * 1024
+MAX_PUBLIC_BODY_BYTES = 16 * 1024  # a card is a few hundred bytes; challenge forms are small
 _MAX_REPORTED_ERRORS = 50
 _HTTP_CODES = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed"}
 
@@ -88,8 +89,9 @@ def create_vault_app(
 class InternalAuthMiddleware:
     """Authenticates every ``/internal/`` request and signs every response to one.
 
-    The request body is read (bounded) and verified before the app sees it; the response is
-    buffered (internal responses are small JSON) and signed over the request's nonce.
+    Every request body is read first, bounded (public routes 16 KiB, internal 256 KiB, chunked
+    bodies counted as they stream). An internal request is verified before the app sees it, and
+    its response buffered (internal responses are small JSON) and signed over its nonce.
     """
 
     def __init__(self, app: ASGIApp, *, verifier: RequestVerifier) -> None:
@@ -97,14 +99,19 @@ class InternalAuthMiddleware:
         self.verifier = verifier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(INTERNAL_PREFIX):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        internal = scope["path"].startswith(INTERNAL_PREFIX)
+        limit = MAX_INTERNAL_BODY_BYTES if internal else MAX_PUBLIC_BODY_BYTES
+        body = await _read_body(receive, limit)
         if body is None:
             await problem_response(
-                code="payload_too_large", detail="internal request body too large", status=413
+                code="payload_too_large", detail=f"request body over {limit} bytes", status=413
             )(scope, receive, send)
+            return
+        if not internal:  # public: only the size limit applies here
+            await self.app(scope, _replay(body, receive), send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
@@ -117,15 +124,6 @@ class InternalAuthMiddleware:
             return
         scope.setdefault("state", {})["internal_key_id"] = key.key_id
         nonce = headers[NONCE_HEADER]
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return {"type": "http.disconnect"}
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         start: Message = {}
         chunks: list[bytes] = []
 
@@ -147,7 +145,7 @@ class InternalAuthMiddleware:
             await send({**start, "headers": raw})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-        await self.app(scope, replay, buffer)
+        await self.app(scope, _replay(body, receive), buffer)
 
 
 def _target(scope: Scope) -> str:
@@ -156,7 +154,22 @@ def _target(scope: Scope) -> str:
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then waits on the real one
+    (which reports the client's disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -165,7 +178,7 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_INTERNAL_BODY_BYTES:
+        if size > limit:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):

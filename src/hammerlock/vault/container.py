@@ -15,6 +15,9 @@ from fastapi import APIRouter, FastAPI
 from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.payments.gateways.base import Gateway
+from hammerlock.payments.gateways.braintree import BraintreeGateway
+from hammerlock.payments.gateways.resilience import ResilientGateway
+from hammerlock.payments.gateways.stripe import StripeGateway
 from hammerlock.settings import Settings
 from hammerlock.vault.app import create_vault_app
 from hammerlock.vault.cvc import CvcCache
@@ -54,7 +57,18 @@ def default_gateways(
     sandbox = SandboxGateway.from_settings(
         settings, public_base_url=settings.effective_vault_public_url, clock=clock
     )
-    return {sandbox.name: sandbox}, [build_challenge_router(sandbox)]
+    gateways: dict[str, Gateway] = {sandbox.name: sandbox}
+    # The real gateways, when configured: retried (retryable errors only, same key) behind a
+    # circuit breaker per gateway.
+    if settings.stripe_api_key is not None and settings.stripe_webhook_secret is not None:
+        gateways["stripe"] = ResilientGateway.from_settings(
+            StripeGateway.from_settings(settings), settings
+        )
+    if settings.braintree_merchant_id and settings.braintree_private_key is not None:
+        gateways["braintree"] = ResilientGateway.from_settings(
+            BraintreeGateway.from_settings(settings), settings
+        )
+    return gateways, [build_challenge_router(sandbox)]
 
 
 class VaultContainer:

@@ -134,9 +134,12 @@ def _origin(request: Request, node: str) -> Origin:
 
 
 def _public_context(request: Request, node: str) -> Context:
+    """Tokenization has no key: the actor is the client address (``client:<ip>``), so the
+    ``card_data_burst`` alert counts per address, as card testing shows up."""
+    origin = _origin(request, node)
     return Context(
-        actor=Actor(principal_id="anonymous", role="public", key_id=None),
-        origin=_origin(request, node),
+        actor=Actor(principal_id=f"client:{origin.ip or 'unknown'}", role="public", key_id=None),
+        origin=origin,
         request_id=getattr(request.state, "request_id", None),
     )
 

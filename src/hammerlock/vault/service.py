@@ -10,6 +10,7 @@ decryption and the gateway call (detokenize); the CVC only in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy.exc import IntegrityError
 
 from hammerlock.audit.model import AuditEvent, Context, Outcome
@@ -39,6 +41,8 @@ from hammerlock.vault.model import CardInput, TokenInfo, ValidCard, new_token_id
 from hammerlock.vault.ratelimit import Limit, RateLimiter
 
 __all__ = ["CardVault", "RotationReport", "TokenizeLimits"]
+
+log = structlog.get_logger("hammerlock.vault")
 
 TOKENIZE = "vault.tokenize"
 DETOKENIZE = "vault.detokenize"
@@ -115,7 +119,8 @@ class CardVault:
             row = await storage.key_by_name(uow, _FINGERPRINT_KEY)
         if row is None:
             sealed = await seal(self.kek, aad_id, secrets.token_bytes(32))
-            try:
+            # Another vault process may create it first: then read theirs.
+            with contextlib.suppress(IntegrityError):
                 async with self.db.transaction() as uow:
                     await storage.insert_key(
                         uow,
@@ -124,19 +129,14 @@ class CardVault:
                         wrapped_key=sealed.wrapped_key,
                         ciphertext=sealed.ciphertext,
                     )
-            except IntegrityError:
-                pass  # another vault process created it first: read theirs
             async with self.db.transaction(write=False) as uow:
                 row = await storage.key_by_name(uow, _FINGERPRINT_KEY)
-        assert_row = row
-        if assert_row is None:
+        if row is None:
             raise RuntimeError("the fingerprint key vanished")
         self._fingerprint_key = await open_sealed(
             self.kek,
             aad_id,
-            Sealed(
-                assert_row.kek_version, bytes(assert_row.wrapped_key), bytes(assert_row.ciphertext)
-            ),
+            Sealed(row.kek_version, bytes(row.wrapped_key), bytes(row.ciphertext)),
         )
 
     def fingerprint(self, number: str) -> str:
@@ -149,6 +149,8 @@ class CardVault:
     def _check_limit(self, limit: Limit, subject: str) -> None:
         retry_after_s = self.limiter.retry_after_s(limit, subject)
         if retry_after_s is not None:
+            # Logged, not audited: a flood must not turn into as many database writes.
+            log.warning("vault.rate_limited", limit=limit.name, retry_after_s=retry_after_s)
             raise RateLimited(
                 "too many card tokenization attempts; try again later",
                 retry_after_s=retry_after_s,

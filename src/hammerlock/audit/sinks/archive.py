@@ -27,9 +27,12 @@ already there. Repeats from the relay are absorbed by ``seq``; a gap is refused
 ``.spool/lock`` and re-reads the spool if another writer (a relay that took over, in another
 process) changed it since, so two sinks on one folder never interleave or seal stale state.
 
-Storage is an :class:`ArchiveStore` (``put``/``get``/``names``): :class:`LocalArchiveStore`
-here; an S3-compatible store (boto3, with Object Lock in compliance mode) plugs in behind the
-same three calls. The spool is always a local folder.
+Storage is an :class:`ArchiveStore` (``put``/``get``/``names``; failures are ``OSError``, a
+missing object ``FileNotFoundError``): :class:`LocalArchiveStore` here, and
+:class:`~hammerlock.audit.sinks.archive_s3.S3ArchiveStore` (boto3; S3 or an S3-compatible store,
+optionally under Object Lock in compliance mode). The spool is always a local folder.
+``hammerlock audit verify --archive`` checks either on its own
+(:mod:`hammerlock.audit.archive_verify`).
 """
 
 from __future__ import annotations

@@ -11,9 +11,14 @@ Mapping of the :class:`~hammerlock.payments.gateways.base.Gateway` protocol:
 * Idempotency: Braintree's REST API has no idempotency keys (its *At-Most-Once* request key is
   a limited-availability GraphQL feature), so our ``gateway_key`` is stored as the
   transaction's ``order_id``, and ``authorize`` **looks first**: ``transaction.search(order_id
-  == key)``; only when nothing is found does it create. A retry after a timeout therefore finds
-  the first charge instead of making a second. ``retrieve_by_idempotency_key`` is the same
+  == key)``; only when nothing is found does it create (calls with one key are serialized
+  within a process). A retry after a timeout therefore finds the first charge instead of making
+  a second, and a reused key with another amount or currency is refused
+  (``idempotency_key_reuse``), as Stripe does. ``retrieve_by_idempotency_key`` is the same
   search.
+* Currency: a Braintree sale is in its merchant account's currency whatever we ask for, so
+  only the configured ``currency`` (or one mapped to an account in ``merchant_accounts``) is
+  charged; any other is refused before the call (``currency_unsupported``).
 * The residual race: a retry whose search runs while the first request is still in flight
   inside Braintree finds nothing and creates again. Braintree's duplicate-transaction check
   (same amount, ``order_id`` and card within its window, 30 s by default) gateway-rejects most
@@ -35,9 +40,15 @@ Mapping of the :class:`~hammerlock.payments.gateways.base.Gateway` protocol:
   acting, which makes a replay harmless.
 
 Declines are a :class:`Charge` with status ``DECLINED``: processor response 2001 is
-``insufficient_funds``, 2004 ``expired_card``, 2010 ``incorrect_cvc``, 3000 ``processing_error``,
-any other 2xxx ``card_declined``; gateway rejections carry their reason in ``decline_code``
+``insufficient_funds``, 2004 ``expired_card``, 2010 ``incorrect_cvc``, 3000 and ``failed``
+``processing_error``, any other 2xxx ``card_declined``; ``decline_code`` says the issuer's
+reason in Stripe's words (2046 ``generic_decline``, 2000 ``do_not_honor``, else
+``processor_<code>``). Gateway rejections carry their reason in ``decline_code``
 (``three_d_secure`` → ``authentication_required``, ``cvv`` → ``incorrect_cvc``).
+
+Errors: a read timeout, our deadline or HTTP 504 is :class:`GatewayTimeout`; connection
+failures, 5xx, 429 and 408 are :class:`GatewayUnavailable`; bad credentials, unknown
+transactions and validation errors are :class:`GatewayRejected`.
 """
 
 from __future__ import annotations
@@ -46,14 +57,13 @@ import asyncio
 import base64
 import hashlib
 import re
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import braintree
@@ -81,6 +91,9 @@ from hammerlock.payments.gateways.base import (
     Refund,
     WebhookEvent,
 )
+
+if TYPE_CHECKING:
+    from hammerlock.settings import Settings
 
 __all__ = ["BraintreeGateway", "custom_environment"]
 
@@ -246,7 +259,6 @@ class BraintreeGateway:
         merchant_accounts: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
-        now_s: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < timeout_s <= 300 or connect_timeout_s <= 0:
             msg = "need 0 < timeout_s <= 300 and connect_timeout_s > 0"
@@ -270,9 +282,34 @@ class BraintreeGateway:
         self._merchant_account_id = merchant_account_id
         self._currency = currency.upper()
         self._merchant_accounts = {k.upper(): v for k, v in (merchant_accounts or {}).items()}
-        self._now_s = now_s
         self._ids: OrderedDict[str, str] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> BraintreeGateway:
+        """The gateway ``HAMMERLOCK_BRAINTREE_*`` describe; ``ValueError`` when unconfigured."""
+        merchant, public = settings.braintree_merchant_id, settings.braintree_public_key
+        private = settings.braintree_private_key
+        if merchant is None or public is None or private is None:
+            msg = "the braintree gateway needs HAMMERLOCK_BRAINTREE_MERCHANT_ID, _PUBLIC_KEY, "
+            raise ValueError(msg + "_PRIVATE_KEY")
+        options: dict[str, Any] = {
+            "environment": settings.braintree_environment,
+            "host": settings.braintree_host,
+            "merchant_account_id": settings.braintree_merchant_account_id,
+            "currency": settings.braintree_currency,
+            "timeout_s": settings.braintree_timeout_s,
+            **overrides,
+        }
+        return cls(merchant, public, private, **options)
+
+    def __repr__(self) -> str:
+        return f"BraintreeGateway(merchant_account_id={self._merchant_account_id!r})"
+
+    async def aclose(self) -> None:
+        """Close what the SDK lets us close (it keeps one ``requests`` session per worker
+        thread; those of other threads go with their threads)."""
+        self._gateway.config.close()
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -295,7 +332,9 @@ class BraintreeGateway:
         if "transaction" in response:
             transaction = braintree.Transaction(self._gateway, response["transaction"])
             return braintree.SuccessfulResult({"transaction": transaction})
-        return braintree.ErrorResult(self._gateway, response["api_error_response"])
+        if "api_error_response" in response:
+            return braintree.ErrorResult(self._gateway, response["api_error_response"])
+        return None
 
     def _charge(self, tx: Any, gateway_key: str, refunded: int = 0) -> Charge:
         status = _STATUS.get(str(tx.status))
@@ -348,17 +387,15 @@ class BraintreeGateway:
         currency = str(tx.currency_iso_code)
         return _Found(tx, sum(from_amount(r.amount, currency) for r in live))
 
-    def _lookup_sync(self, gateway_key: str) -> _Found | None:
-        """The one transaction for ``gateway_key`` (duplicates reversed), or ``None``."""
-        known = self._ids.get(gateway_key)
+    def _lookup_sync(self, gateway_key: str, known: str | None) -> _Found | None:
+        """The one transaction for ``gateway_key`` (duplicates reversed), or ``None``. Runs in a
+        worker thread: it touches no state of the adapter."""
         if known is not None:
             return self._with_refunds_sync(self._gateway.transaction.find(known))
         found = self._search_sync(gateway_key, braintree.Transaction.Type.Sale)
         if not found:
             return None
-        keep = self._canonical_sync(found)
-        self._remember(gateway_key, keep.id)
-        return self._with_refunds_sync(keep)
+        return self._with_refunds_sync(self._canonical_sync(found))
 
     def _canonical_sync(self, found: list[Any]) -> Any:
         live = sorted((t for t in found if t.status in _LIVE), key=lambda t: (t.created_at, t.id))
@@ -373,11 +410,11 @@ class BraintreeGateway:
     def _reverse_sync(self, tx: Any) -> None:
         """Undo a duplicate sale: void it, or refund it once settled. Never silently fails."""
         if tx.status in {"authorized", "authorizing", "submitted_for_settlement"}:
-            result = self._gateway.transaction.void(tx.id)
+            result = _checked(self._gateway.transaction.void(tx.id))
         elif getattr(tx, "refund_ids", None):
             return  # refunded by an earlier pass
         else:
-            result = self._gateway.transaction.refund(tx.id, {"order_id": f"{tx.id}:dup"})
+            result = _checked(self._gateway.transaction.refund(tx.id, {"order_id": f"{tx.id}:dup"}))
         if result.is_success:
             return
         current = self._gateway.transaction.find(tx.id)  # another process may have done it
@@ -388,7 +425,11 @@ class BraintreeGateway:
 
     async def _lookup(self, gateway_key: str) -> _Found | None:
         _check_key(gateway_key, "gateway_key")
-        return await self._call(lambda: self._lookup_sync(gateway_key))
+        known = self._ids.get(gateway_key)
+        found = await self._call(lambda: self._lookup_sync(gateway_key, known))
+        if found is not None:
+            self._remember(gateway_key, str(found.tx.id))
+        return found
 
     async def _require(self, gateway_key: str) -> _Found:
         found = await self._lookup(gateway_key)
@@ -434,10 +475,10 @@ class BraintreeGateway:
     def _create_sync(self, params: dict[str, Any]) -> Any:
         marketplace = "service_fee_amount" in params or "hold_in_escrow" in params["options"]
         if not marketplace:
-            return self._gateway.transaction.sale(params)
+            return _checked(self._gateway.transaction.sale(params))
         # The 4.x SDK no longer knows the Marketplace fields: same client, documented endpoint.
         body = {"transaction": {**params, "type": braintree.Transaction.Type.Sale}}
-        return self._result(self._gateway.config.http().post(self._path(""), body))
+        return _checked(self._result(self._gateway.config.http().post(self._path(""), body)))
 
     async def authorize(self, request: AuthorizeRequest) -> Charge:
         key = _check_key(request.gateway_key, "gateway_key")
@@ -448,7 +489,7 @@ class BraintreeGateway:
                 return self._same_request(
                     self._charge(existing.tx, key, existing.refunded), request
                 )
-            return await self._create(key, params)
+            return await self._create(key, params, request.currency.upper())
 
     def _key_lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -465,7 +506,7 @@ class BraintreeGateway:
             raise GatewayRejected(msg, code="idempotency_key_reuse")
         return charge
 
-    async def _create(self, key: str, params: dict[str, Any]) -> Charge:
+    async def _create(self, key: str, params: dict[str, Any], currency: str) -> Charge:
         result = await self._call(lambda: self._create_sync(params))
         tx = result.transaction
         if tx is None:
@@ -474,6 +515,10 @@ class BraintreeGateway:
         if tx.status == "gateway_rejected" and tx.gateway_rejection_reason == "duplicate":
             return await self._after_duplicate(key)
         self._remember(key, tx.id)
+        if tx.status in _LIVE and str(tx.currency_iso_code) != currency:
+            await self._call(lambda: _checked(self._gateway.transaction.void(tx.id)))
+            msg = f"the merchant account settles in {tx.currency_iso_code}, not {currency}"
+            raise GatewayRejected(msg, code="currency_mismatch")
         return self._charge(tx, key)
 
     async def _after_duplicate(self, key: str) -> Charge:
@@ -495,7 +540,7 @@ class BraintreeGateway:
             raise GatewayRejected(msg, code="invalid_state")
         value = to_amount(amount, str(tx.currency_iso_code))
         result = await self._call(
-            lambda: self._gateway.transaction.submit_for_settlement(tx.id, value)
+            lambda: _checked(self._gateway.transaction.submit_for_settlement(tx.id, value))
         )
         return await self._after_change(result, gateway_key)
 
@@ -507,7 +552,7 @@ class BraintreeGateway:
         if tx.status not in {"authorized", "authorizing"}:
             msg = "the charge is captured: refund it instead"
             raise GatewayRejected(msg, code="invalid_state")
-        result = await self._call(lambda: self._gateway.transaction.void(tx.id))
+        result = await self._call(lambda: _checked(self._gateway.transaction.void(tx.id)))
         return await self._after_change(result, gateway_key)
 
     async def _after_change(self, result: Any, gateway_key: str) -> Charge:
@@ -534,8 +579,8 @@ class BraintreeGateway:
             return self._refund(done[0], refund_key, tx)
         value = to_amount(amount, str(tx.currency_iso_code))
         result = await self._call(
-            lambda: self._gateway.transaction.refund(
-                tx.id, {"amount": value, "order_id": refund_key}
+            lambda: _checked(
+                self._gateway.transaction.refund(tx.id, {"amount": value, "order_id": refund_key})
             )
         )
         if result.is_success:
@@ -548,7 +593,7 @@ class BraintreeGateway:
 
     async def _refund_by_void(self, tx: Any, refund_key: str, gateway_key: str) -> Refund:
         """A full refund before settlement: voiding the sale returns all of it."""
-        result = await self._call(lambda: self._gateway.transaction.void(tx.id))
+        result = await self._call(lambda: _checked(self._gateway.transaction.void(tx.id)))
         if not result.is_success:
             msg = f"Braintree refused the refund: {result.message}"
             raise GatewayRejected(msg, code="refund_rejected")
@@ -598,7 +643,7 @@ class BraintreeGateway:
             raise GatewayRejected(msg, code="escrow_not_held")
         http = self._gateway.config.http()
         path = self._path(f"/{tx.id}/release_from_escrow")
-        result = await self._call(lambda: self._result(http.put(path, {})))
+        result = await self._call(lambda: _checked(self._result(http.put(path, {}))))
         return await self._after_change(result, gateway_key)
 
     def parse_webhook(
@@ -650,6 +695,14 @@ def _source_params(request: AuthorizeRequest) -> dict[str, Any]:
         return {"credit_card": card}
     msg = "vault tokens are detokenized inside the vault, which forwards CardData"
     raise GatewayRejected(msg, code="invalid_source")
+
+
+def _checked(result: Any) -> Any:
+    """An SDK result; ``None`` when Braintree answered neither a transaction nor errors."""
+    if result is None:
+        msg = "Braintree answered with neither a transaction nor errors"
+        raise GatewayUnavailable(msg)
+    return result
 
 
 def _was_captured(tx: Any) -> bool:

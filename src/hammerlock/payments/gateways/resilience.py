@@ -28,7 +28,7 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from hammerlock.payments.gateways.base import (
     AuthorizeRequest,
@@ -41,6 +41,9 @@ from hammerlock.payments.gateways.base import (
     Refund,
     WebhookEvent,
 )
+
+if TYPE_CHECKING:
+    from hammerlock.settings import Settings
 
 __all__ = ["BreakerState", "CircuitBreaker", "ResilientGateway"]
 
@@ -146,6 +149,25 @@ class ResilientGateway:
         self.breaker = CircuitBreaker(
             threshold=breaker_threshold, reset_s=breaker_reset_s, clock=clock
         )
+
+    @classmethod
+    def from_settings(
+        cls, inner: Gateway, settings: Settings, **overrides: Any
+    ) -> ResilientGateway:
+        """``inner`` with ``HAMMERLOCK_GATEWAY_RETRIES`` and the breaker settings."""
+        options: dict[str, Any] = {
+            "retries": settings.gateway_retries,
+            "breaker_threshold": settings.gateway_breaker_threshold,
+            "breaker_reset_s": settings.gateway_breaker_reset_s,
+            **overrides,
+        }
+        return cls(inner, **options)
+
+    async def aclose(self) -> None:
+        """Close the wrapped adapter, when it has anything to close."""
+        aclose = getattr(self.inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     def backoff_s(self, attempt: int) -> float:
         """Full jitter: a uniform wait in ``[0, min(max, base * 2**attempt)]``."""

@@ -40,7 +40,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import httpx
 import orjson
@@ -66,6 +66,9 @@ from hammerlock.payments.gateways.base import (
 )
 from hammerlock.payments.gateways.signature import DEFAULT_TOLERANCE_S, verify_header
 
+if TYPE_CHECKING:
+    from hammerlock.settings import Settings
+
 __all__ = ["METADATA_KEY", "StripeGateway"]
 
 METADATA_KEY: Final = "hammerlock_gateway_key"
@@ -79,6 +82,7 @@ LIST_PAGE_SIZE: Final = 100
 LIST_PAGES_MAX: Final = 10
 WEBHOOK_BODY_MAX: Final = 1024 * 1024
 _EXPAND: Final = ["latest_charge"]
+_DEADLINE_MARGIN_S: Final = 2.0
 
 _T = TypeVar("_T")
 
@@ -238,9 +242,24 @@ class StripeGateway:
             _secret(api_key), base_addresses=base, http_client=self._http, max_network_retries=0
         )
         self._intent_ids: OrderedDict[str, str] = OrderedDict()
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> StripeGateway:
+        """The gateway ``HAMMERLOCK_STRIPE_*`` describe; ``ValueError`` when unconfigured."""
+        if settings.stripe_api_key is None or settings.stripe_webhook_secret is None:
+            msg = "the stripe gateway needs HAMMERLOCK_STRIPE_API_KEY and _WEBHOOK_SECRET"
+            raise ValueError(msg)
+        options: dict[str, Any] = {
+            "webhook_secret": settings.stripe_webhook_secret,
+            "api_base": settings.stripe_api_base,
+            "timeout_s": settings.stripe_timeout_s,
+            **overrides,
+        }
+        return cls(settings.stripe_api_key, **options)
+
+    def __repr__(self) -> str:
+        return f"StripeGateway(timeout_s={self._timeout_s})"  # never the keys
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool (the composition root calls it on shutdown)."""
@@ -252,7 +271,8 @@ class StripeGateway:
         """One SDK call under an overall deadline, SDK errors mapped. With ``declines``, a
         ``CardError`` is left for the caller to turn into a declined :class:`Charge`."""
         try:
-            async with asyncio.timeout(self._timeout_s):
+            # httpx bounds each phase (connect, write, read); this bounds the whole call.
+            async with asyncio.timeout(self._timeout_s + _DEADLINE_MARGIN_S):
                 return await call()
         except TimeoutError as error:
             msg = f"no answer from Stripe within {self._timeout_s} s"
@@ -260,7 +280,8 @@ class StripeGateway:
         except stripe.CardError as error:
             if declines:
                 raise
-            raise GatewayRejected(str(error.user_message), code=str(error.code)) from error
+            message = error.user_message or "Stripe refused the card"
+            raise GatewayRejected(message, code=str(error.code or "card_error")) from error
         except stripe.StripeError as error:
             raise map_error(error) from error
 

@@ -25,6 +25,7 @@ from hammerlock.vault.sandbox.gateway import (
     ChallengeResult,
     ChallengeView,
     SandboxGateway,
+    verify_webhook,
 )
 from hammerlock.vault.sandbox.settlement import settlement_path, write_settlement
 
@@ -44,5 +45,6 @@ __all__ = [
     "build_challenge_router",
     "parse_faults",
     "settlement_path",
+    "verify_webhook",
     "write_settlement",
 ]

@@ -1,10 +1,10 @@
 """``SandboxGateway``: a simulated bank, inside the vault, that keeps its own books.
 
 It implements :class:`~hammerlock.payments.gateways.base.Gateway` against a SQLite file under
-the data dir (:mod:`.store`), decides like a bank from Stripe's test cards (:mod:`.cards`),
-serves 3-D Secure challenges (:mod:`.challenge` is the HTTP side), sends signed webhooks
-(:mod:`.webhooks`), writes daily settlement files (:mod:`.settlement`) and misbehaves on
-request (:mod:`.faults`).
+the data dir (:mod:`.store`; rows and their transitions are values in :mod:`.model`), decides
+like a bank from Stripe's test cards (:mod:`.cards`), serves 3-D Secure challenges
+(:mod:`.challenge` is the HTTP side), sends signed webhooks (:mod:`.webhooks`), writes daily
+settlement files (:mod:`.settlement`) and misbehaves on request (:mod:`.faults`).
 
 Idempotency: one charge per ``gateway_key``, whatever crashes: the charge row is committed
 (synchronous=FULL) before anything is answered, the same key answers the first charge, and the
@@ -77,7 +77,14 @@ if TYPE_CHECKING:
 
     from hammerlock.settings import Settings
 
-__all__ = ["CRASH_EXIT_CODE", "NAME", "ChallengeResult", "ChallengeView", "SandboxGateway"]
+__all__ = [
+    "CRASH_EXIT_CODE",
+    "NAME",
+    "ChallengeResult",
+    "ChallengeView",
+    "SandboxGateway",
+    "verify_webhook",
+]
 
 NAME: Final = "sandbox"
 CRASH_EXIT_CODE: Final = 70  # EX_SOFTWARE: what a crash_after_charge fault exits with
@@ -330,13 +337,9 @@ class SandboxGateway:
             raise reject("invalid_signature", "no sandbox webhook secret is configured")
         if len(body) > WEBHOOK_BODY_MAX:
             raise reject("invalid_request", "webhook body too large")
-        wanted = SIGNATURE_HEADER.lower()
-        header = next((v for k, v in headers.items() if k.lower() == wanted), None)
-        if header is None:
-            raise reject("invalid_signature", f"missing {SIGNATURE_HEADER} header")
-        now_s = self._clock.now_us() // 1_000_000
-        verify_header(self._webhook_secret, header, body, now_s=now_s)
-        return _parse_event(body)
+        secret = self._webhook_secret
+        key = secret.encode() if isinstance(secret, str) else secret
+        return verify_webhook(key, headers, body, now_s=self._clock.now_us() // 1_000_000)
 
     # ---------------------------------------------------------------- sandbox extras
 
@@ -653,6 +656,21 @@ class SandboxGateway:
     def _list_sync(self, limit: int, before_seq: int | None, prefix: str | None) -> list[ChargeRow]:
         with store.read(self._db) as conn:
             return store.list_charges(conn, limit=limit, before_seq=before_seq, key_prefix=prefix)
+
+
+def verify_webhook(
+    secret: bytes, headers: Mapping[str, str], body: bytes, *, now_s: int
+) -> WebhookEvent:
+    """Check a sandbox webhook's signature (5-minute tolerance) and parse it. Used by the API,
+    which receives the sandbox's webhooks at ``POST /v1/webhooks/sandbox``."""
+    if len(body) > WEBHOOK_BODY_MAX:
+        raise reject("invalid_request", "webhook body too large")
+    wanted = SIGNATURE_HEADER.lower()
+    header = next((v for k, v in headers.items() if k.lower() == wanted), None)
+    if header is None:
+        raise reject("invalid_signature", f"missing {SIGNATURE_HEADER} header")
+    verify_header(secret, header, body, now_s=now_s)
+    return _parse_event(body)
 
 
 def _parse_event(body: bytes) -> WebhookEvent:

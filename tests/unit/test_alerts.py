@@ -339,6 +339,13 @@ def test_a_passed_audit_verification_raises_nothing() -> None:
     assert only(Rule.AUDIT_VERIFY_FAILED).feed([ev("audit.verify", role="system")]) == []
 
 
+def test_an_outbound_webhook_given_up_is_a_warning() -> None:
+    given_up = ev("webhook.delivery_failed", role="system", resource=("webhook_event", "we_1"))
+    [alert] = only(Rule.WEBHOOK_GIVEN_UP).feed([given_up, ev("webhook.delivered", role="system")])
+    assert (alert.rule, alert.severity) == (Rule.WEBHOOK_GIVEN_UP, Severity.WARNING)
+    assert alert.details == {"webhook_event": "we_1"}
+
+
 # --------------------------------------------------------------------------------------------
 # Sink lag and the dead-man's switch
 # --------------------------------------------------------------------------------------------

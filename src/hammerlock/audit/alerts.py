@@ -39,6 +39,8 @@ audit_tamper         critical ``audit.tamper_attempt`` (a refused UPDATE/DELETE/
 sink_lagging         warning  :meth:`AlertEngine.lag`: a sink's lag above its threshold
 heartbeat_missing    critical :meth:`AlertEngine.check_heartbeat`: no event for over 120 s
 event_unreadable     critical :meth:`AlertEngine.unreadable`: a relayed event did not parse
+webhook_given_up     warning  ``webhook.delivery_failed``: an outbound webhook was retried for
+                              its whole maximum age (3 days) without a 2xx
 ==================== ======== ==============================================================
 
 The rules are independent: an admin creating a key raises both ``admin_action`` and
@@ -110,6 +112,7 @@ class Rule(enum.StrEnum):
     SINK_LAGGING = "sink_lagging"
     HEARTBEAT_MISSING = "heartbeat_missing"
     EVENT_UNREADABLE = "event_unreadable"
+    WEBHOOK_GIVEN_UP = "webhook_given_up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +329,7 @@ class AlertEngine:
             (Rule.SECURITY_CHANGE, self._security_change),
             (Rule.AUDIT_VERIFY_FAILED, self._audit_verify_failed),
             (Rule.AUDIT_TAMPER, self._audit_tamper),
+            (Rule.WEBHOOK_GIVEN_UP, self._webhook_given_up),
         ]
         self._checks = [check for rule, check in checks if rule not in r.disabled]
 
@@ -566,6 +570,19 @@ class AlertEngine:
                 "principal_id": _clip(e.principal_id),
                 "role": _clip(e.role),
             },
+        )
+
+    def _webhook_given_up(self, e: _Event) -> Alert | None:
+        """The marketplace never received an event after days of retries: someone must look."""
+        if e.action != "webhook.delivery_failed":
+            return None
+        return Alert(
+            Rule.WEBHOOK_GIVEN_UP,
+            Severity.WARNING,
+            f"outbound webhook {_clip(e.resource_id) or ''} given up after its retries",
+            (e.event_id,),
+            e.ts,
+            {"webhook_event": _clip(e.resource_id)},
         )
 
     def _audit_verify_failed(self, e: _Event) -> Alert | None:

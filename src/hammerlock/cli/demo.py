@@ -1,7 +1,9 @@
-"""`make demo`: a guided walk through the ledger against the running server (`make run`).
+"""`make demo`: a guided walk through the ledger and card payments against the running server
+(`make run`, which starts the card vault beside the API).
 
-It creates an operator key in the local data dir, then uses only the public HTTP API, printing
-each request and what came back, so a newcomer sees the contracts a marketplace team builds on.
+It creates keys in the local data dir, then uses only the public HTTP APIs (the API on :8000,
+the vault on :8001), printing each request and what came back, so a newcomer sees the contracts
+a marketplace team builds on.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from rich.table import Table
 
 console = Console()
 BASE = os.environ.get("HAMMERLOCK_DEMO_URL", "http://127.0.0.1:8000")
+VAULT = os.environ.get("HAMMERLOCK_DEMO_VAULT_URL", "http://127.0.0.1:8001")
 
 
 def step(title: str, text: str) -> None:
@@ -44,9 +48,13 @@ def show(response: httpx.Response) -> Any:
 
 
 def operator_key() -> str:
+    return new_key("operator", "make demo")
+
+
+def new_key(role: str, name: str) -> str:
     hammerlock = Path(sys.executable).parent / "hammerlock"
     out = subprocess.run(
-        [str(hammerlock), "keys", "create", "--role", "operator", "--name", "make demo"],
+        [str(hammerlock), "keys", "create", "--role", role, "--name", name],
         check=True,
         capture_output=True,
         text=True,
@@ -213,10 +221,102 @@ def main() -> None:
             },
         )
     )
+    payments(run)
     console.print(
         "\nDone. Run [bold]hammerlock ledger check[/bold] to recompute every balance from the "
-        f"transfers, and open [bold]{BASE}/docs[/bold] for the whole API."
+        f"transfers, [bold]hammerlock audit verify[/bold] to check the audit trail, and open "
+        f"[bold]{BASE}/docs[/bold] for the whole API."
     )
+
+
+def tokenize(number: str) -> str:
+    console.print(f"  POST {VAULT}/v1/tokens  (the checkout page talks to the vault directly)")
+    r = httpx.post(
+        f"{VAULT}/v1/tokens",
+        json={"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        timeout=30,
+    )
+    body = show(r)
+    return str(body["id"])
+
+
+def pay(service: httpx.Client, token: str, amount: int) -> Any:
+    return show(
+        service.post(
+            "/v1/payment_intents",
+            json={
+                "amount": amount,
+                "currency": "USD",
+                "payment_method": token,
+                "confirm": True,
+                "return_url": "https://marketplace.example/paid",
+            },
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+    )
+
+
+def payments(run: str) -> None:
+    try:
+        httpx.get(f"{VAULT}/healthz", timeout=3).raise_for_status()
+    except httpx.HTTPError:
+        console.print(
+            f"\n[yellow]The card vault is not answering on {VAULT}[/yellow] (started with "
+            "--no-vault?): skipping the payments part."
+        )
+        return
+    service = httpx.Client(
+        base_url=BASE,
+        headers={"Authorization": f"Bearer {new_key('service', 'demo')}"},
+        timeout=60,
+    )
+    step(
+        "10. Tokenize a card at the vault",
+        "Only the vault (a separate process, its own database and keys) ever sees the number.",
+    )
+    ok = tokenize("4242 4242 4242 4242")
+    step("11. Pay $50.00 with it", "Authorized, then captured: status succeeded.")
+    pay(service, ok, 5_000)
+    step("12. A card the bank declines", "200, back in requires_payment_method with the reason.")
+    pay(service, tokenize("4000 0000 0000 0002"), 5_000)
+    step(
+        "13. A card whose bank asks for 3-D Secure",
+        "requires_action with a challenge url; the cardholder passes it (here: a JSON POST)\n"
+        "and the payment moves on by itself.",
+    )
+    challenged = pay(service, tokenize("4000 0027 6000 3184"), 7_500)
+    url = challenged["next_action"]["url"]
+    show(httpx.post(url, json={"result": "pass"}, timeout=30))
+    status = challenged["status"]
+    for _ in range(50):
+        status = service.get(f"/v1/payment_intents/{challenged['id']}").json()["status"]
+        if status == "succeeded":
+            break
+        time.sleep(0.2)
+    console.print(f"  {challenged['id']} is now [bold]{status}[/bold]")
+    step(
+        "14. $193,500.00: two people must approve",
+        "Over $10,000 a reviewer approves; over $100,000 two different reviewers (four-eyes).\n"
+        "The card is authorized and held meanwhile; approval captures it.",
+    )
+    coin = pay(service, ok, 19_350_000)
+    review = coin["review"]["id"]
+    for n in (1, 2):
+        reviewer = httpx.Client(
+            base_url=BASE,
+            headers={"Authorization": f"Bearer {new_key('reviewer', f'demo reviewer {n}')}"},
+            timeout=60,
+        )
+        console.print(f"  reviewer {n} approves")
+        show(
+            reviewer.post(
+                f"/v1/reviews/{review}/approve",
+                json={"note": f"demo {run}: known collector"},
+                headers={"Idempotency-Key": str(uuid.uuid4())},
+            )
+        )
+    final = service.get(f"/v1/payment_intents/{coin['id']}").json()
+    console.print(f"  {coin['id']} is now [bold]{final['status']}[/bold]")
 
 
 if __name__ == "__main__":

@@ -489,7 +489,10 @@ class Payments:
                     return_url=intent.return_url,
                     force_three_d_secure=threshold is not None and intent.amount >= threshold,
                     description=intent.description,
-                    metadata={"payment_intent": intent.id},
+                    metadata={
+                        "payment_intent": intent.id,
+                        "on_behalf_of": intent.created_by_principal or "",
+                    },
                 )
             )
         if intent.pending_op is PendingOp.CAPTURE:

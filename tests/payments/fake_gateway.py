@@ -37,6 +37,8 @@ class FakeGateway:
         self.refunds: dict[str, Refund] = {}
         self.calls: list[str] = []
         self.faults: set[str] = set()
+        self.country = "US"  # Braintree reports alpha-3 ("USA"): the service must cope
+        self.poisoned: set[str] = set()  # intent ids whose calls raise an unforeseen error
 
     def _fault(self, name: str) -> bool:
         if name in self.faults:
@@ -46,13 +48,17 @@ class FakeGateway:
 
     async def authorize(self, request: AuthorizeRequest) -> Charge:
         self.calls.append("authorize")
+        if request.gateway_key.split(".")[0] in self.poisoned:
+            raise RuntimeError("an answer nobody foresaw")
         if self._fault("down"):
             raise GatewayUnavailable("fake gateway down")
         existing = self.charges.get(request.gateway_key)
         if existing is None:
             assert isinstance(request.source, VaultToken)
             token = request.source.token_id
-            card = CardSummary(brand="visa", last4="4242", country="US", fingerprint="fp_" + token)
+            card = CardSummary(
+                brand="visa", last4="4242", country=self.country, fingerprint="fp_" + token
+            )
             status, code = ChargeStatus.AUTHORIZED, None
             if token.startswith("tok_decline"):
                 status, code = ChargeStatus.DECLINED, "card_declined"
@@ -114,6 +120,8 @@ class FakeGateway:
     async def void(self, gateway_key: str) -> Charge:
         self.calls.append("void")
         charge = self._get(gateway_key)
+        if charge.status is ChargeStatus.DECLINED:  # as the sandbox does
+            raise GatewayRejected(f"charge {gateway_key} is declined; nothing to void")
         if charge.status in {ChargeStatus.AUTHORIZED, ChargeStatus.REQUIRES_ACTION}:
             charge = replace(charge, status=ChargeStatus.VOIDED)
             self.charges[gateway_key] = charge
@@ -123,6 +131,17 @@ class FakeGateway:
         self.calls.append("refund")
         if refund_key in self.refunds:
             return self.refunds[refund_key]
+        if self._fault("refund_pending"):  # Stripe: a refund may answer "pending" first
+            charge = self._get(gateway_key)
+            return Refund(
+                "sandbox",
+                refund_key,
+                "rf_pending",
+                charge.charge_id,
+                amount,
+                charge.currency,
+                "pending",
+            )
         charge = self._get(gateway_key)
         if charge.amount_refunded + amount > charge.amount_captured:
             raise GatewayRejected("refund beyond captured")

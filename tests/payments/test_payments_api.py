@@ -388,3 +388,95 @@ async def test_unknown_intent_is_404(client: httpx.AsyncClient, keys: Keys) -> N
     )
     assert r.status_code == 404
     assert r.json()["code"] == "payment_intent_not_found"
+
+
+async def test_an_alpha3_card_country_is_normalised(
+    client: httpx.AsyncClient, keys: Keys, gateway: FakeGateway
+) -> None:
+    gateway.country = "USA"
+    pi = (await _pay(client, await keys.headers(Role.SERVICE))).json()
+    assert pi["status"] == "succeeded", pi
+    assert pi["card"]["country"] == "US"
+
+
+async def test_a_refund_the_gateway_reports_pending_stays_pending_until_it_succeeds(
+    client: httpx.AsyncClient, keys: Keys, container: Container, gateway: FakeGateway
+) -> None:
+    service = await keys.headers(Role.SERVICE)
+    pi = (await _pay(client, service)).json()
+    gateway.faults.add("refund_pending")
+    r = await client.post(
+        "/v1/refunds",
+        json={"payment_intent": pi["id"], "reason": "requested_by_customer"},
+        headers={**service, **_idem()},
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "pending"
+    again = await client.post(
+        "/v1/refunds",
+        json={"payment_intent": pi["id"], "reason": "requested_by_customer"},
+        headers={**service, **_idem()},
+    )
+    assert again.status_code == 409  # the pending refund holds the whole amount
+    counts = await container.payments.janitor_pass(Context.system("test"))
+    assert counts["refunds"] == 1
+    done = await client.get(f"/v1/refunds/{r.json()['id']}", headers=service)
+    assert done.json()["status"] == "succeeded"
+    assert await _balance(container, "gateway:sandbox:USD") == (0, 5000, 0, 5000)
+
+
+async def test_cancel_after_a_failed_challenge_cancels(
+    client: httpx.AsyncClient, keys: Keys, container: Container, gateway: FakeGateway
+) -> None:
+    service = await keys.headers(Role.SERVICE)
+    pi = (await _pay(client, service, token="tok_3ds_cancel")).json()
+    [key] = gateway.charges
+    gateway.complete_challenge(key, passed=False)  # the janitor has not noticed yet
+    r = await client.post(
+        f"/v1/payment_intents/{pi['id']}/cancel", json={}, headers={**service, **_idem()}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "canceled"
+
+
+async def test_a_confirm_retried_after_pending_resumes_and_never_authorizes_again(
+    client: httpx.AsyncClient, keys: Keys, container: Container, gateway: FakeGateway
+) -> None:
+    service = await keys.headers(Role.SERVICE)
+    created = await client.post(
+        "/v1/payment_intents",
+        json={"amount": 900, "currency": "USD", "payment_method": "tok_decline_later"},
+        headers={**service, **_idem()},
+    )
+    intent_id = created.json()["id"]
+    idem = _idem()
+    gateway.faults.add("timeout_after_charge")
+    url = f"/v1/payment_intents/{intent_id}/confirm"
+    first = await client.post(url, json={}, headers={**service, **idem})
+    assert first.status_code == 202
+    await container.payments.janitor_pass(Context.system("test"))  # learns: declined
+    reuse = await client.post(
+        url, json={"return_url": "https://x.test/"}, headers={**service, **idem}
+    )
+    assert reuse.status_code == 422
+    assert reuse.json()["code"] == "idempotency_key_reuse"
+    retry = await client.post(url, json={}, headers={**service, **idem})
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["status"] == "requires_payment_method"
+    assert list(gateway.charges) == [f"{intent_id}.authorize.1"]
+
+
+async def test_one_bad_intent_does_not_stop_the_janitor(
+    client: httpx.AsyncClient, keys: Keys, container: Container, gateway: FakeGateway
+) -> None:
+    service = await keys.headers(Role.SERVICE)
+    gateway.faults.add("down")
+    bad = (await _pay(client, service)).json()
+    gateway.faults.add("down")
+    good = (await _pay(client, service)).json()
+    gateway.poisoned.add(bad["id"])
+    counts = await container.payments.janitor_pass(Context.system("test"))
+    assert counts["errors"] == 1
+    assert counts["resolved"] == 1
+    got = await client.get(f"/v1/payment_intents/{good['id']}", headers=service)
+    assert got.json()["status"] == "succeeded"

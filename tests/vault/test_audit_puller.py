@@ -6,8 +6,10 @@ import asyncio
 
 import sqlalchemy as sa
 
+from hammerlock.audit.model import AuditEvent, Context
 from hammerlock.audit.service import canonical_bytes
 from hammerlock.bootstrap import Container
+from hammerlock.vault import service as vault_service
 from hammerlock.vault.puller import AuditPuller
 from hammerlock.vault.wire import event_from_json, event_to_json
 from tests.vault.conftest import VISA, Vault
@@ -119,3 +121,39 @@ async def test_the_container_wires_the_vault_and_runs_the_puller(
     stop.set()
     await task
     assert len(await _vault_events(container)) == 1
+
+
+async def test_an_event_committed_late_is_never_stepped_over(
+    vault: Vault, container: Container
+) -> None:
+    """Two recording transactions: the one that took its outbox id first commits last. The
+    puller's cursor (the highest id seen) must not pass the late one's id while it is open."""
+
+    def event(name: str) -> AuditEvent:
+        return Context.system("t").event(
+            "vault.detokenize", resource_type="card_token", resource_id=name, ts_us=1, details={}
+        )
+
+    puller = AuditPuller(container.db, vault.client)
+    db = vault.container.db
+    fast_done = asyncio.Event()
+
+    async def fast() -> None:
+        async with db.transaction() as uow:
+            await vault_service.record(uow, event("tok_fast"))
+        fast_done.set()
+
+    async with db.transaction() as slow:
+        await vault_service.record(slow, event("tok_slow"))
+        racer = asyncio.create_task(fast())
+        await asyncio.sleep(0.3)
+        if db.is_postgres:
+            assert not fast_done.is_set()  # queued behind the open one, in id order
+        assert await puller.run_once() == 0 or fast_done.is_set()
+    await asyncio.wait_for(racer, timeout=10)
+    while await puller.run_once():
+        pass
+    async with container.db.transaction(write=False) as uow:
+        rows = [r[0] for r in await uow.conn.execute(sa.text("SELECT event FROM audit_outbox"))]
+    assert any("tok_slow" in e for e in rows)
+    assert any("tok_fast" in e for e in rows)

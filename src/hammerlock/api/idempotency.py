@@ -133,10 +133,15 @@ class IdempotencyStore:
             await asyncio.shield(self._release(scope, key, token))
             raise
         await _stop(renewer)
-        if response.status_code >= 500 or response.headers.get(PENDING_HEADER) == "pending":
-            # The handler did not decide anything (or its outcome is not known yet, as when a
-            # gateway timed out): let a retry run afresh, and resume what is pending.
+        if response.status_code >= 500:
+            # The handler did not decide anything; let a retry run afresh.
             await self._release(scope, key, token)
+            return response
+        if response.headers.get(PENDING_HEADER) == "pending":
+            # The outcome is not known yet (a gateway timed out): nothing is stored for replay,
+            # and the lease ends now so a retry runs the handler again, which resumes the
+            # pending work. The key stays bound to this request's fingerprint (422 on reuse).
+            await self._expire_lease(scope, key, token)
             return response
         await self._complete(scope, key, token, response)
         return response
@@ -263,6 +268,20 @@ class IdempotencyStore:
         if done.rowcount != 1:
             log.warning("idempotency.lease_lost", scope=scope, key_length=len(key))
 
+    async def _expire_lease(self, scope: str, key: str, token: str) -> None:
+        t = idempotency_keys
+        async with self._db.single_statement() as uow:
+            await uow.conn.execute(
+                t.update()
+                .where(
+                    t.c.scope == scope,
+                    t.c.key == key,
+                    t.c.lease_token == token,
+                    t.c.state == "in_flight",
+                )
+                .values(lease_expires_us=uow.clock.now_us())
+            )
+
     async def _release(self, scope: str, key: str, token: str) -> None:
         t = idempotency_keys
         async with self._db.single_statement() as uow:
@@ -279,6 +298,12 @@ class IdempotencyStore:
         t = idempotency_keys
         async with self._db.transaction() as uow:
             result = await uow.conn.execute(
-                t.delete().where(t.c.state == "complete", t.c.expires_us <= uow.clock.now_us())
+                t.delete().where(
+                    t.c.expires_us <= uow.clock.now_us(),
+                    sa.or_(
+                        t.c.state == "complete",
+                        t.c.lease_expires_us <= uow.clock.now_us(),  # abandoned, or pending
+                    ),
+                )
             )
         return int(result.rowcount)

@@ -42,6 +42,7 @@ __all__ = [
     "ReviewStatus",
     "authorization_days",
     "can_cancel",
+    "country_alpha2",
     "gateway_key",
     "new_id",
 ]
@@ -119,6 +120,27 @@ def authorization_days(brand: str | None, overrides: dict[str, int] | None = Non
     return table.get((brand or "").lower(), DEFAULT_AUTHORIZATION_DAYS)
 
 
+# ISO 3166-1 alpha-3 → alpha-2 for the issuing countries gateways most often report in alpha-3
+# (Braintree's ``country_of_issuance``). Anything else that is not alpha-2 is "unknown".
+_ALPHA3: Final = {
+    "USA": "US", "CAN": "CA", "GBR": "GB", "DEU": "DE", "FRA": "FR", "ITA": "IT", "ESP": "ES",
+    "NLD": "NL", "BEL": "BE", "CHE": "CH", "AUT": "AT", "SWE": "SE", "NOR": "NO", "DNK": "DK",
+    "FIN": "FI", "IRL": "IE", "PRT": "PT", "POL": "PL", "AUS": "AU", "NZL": "NZ", "JPN": "JP",
+    "CHN": "CN", "HKG": "HK", "SGP": "SG", "IND": "IN", "BRA": "BR", "MEX": "MX", "ARE": "AE",
+    "KOR": "KR", "ZAF": "ZA",
+}  # fmt: skip
+
+
+def country_alpha2(code: str | None) -> str | None:
+    """An ISO 3166-1 alpha-2 code (upper case) from what a gateway reports, or None."""
+    if not code:
+        return None
+    text = code.strip().upper()
+    if len(text) == 2 and text.isascii() and text.isalpha():
+        return text
+    return _ALPHA3.get(text)
+
+
 def gateway_key(intent_id: str, op: PendingOp, attempt: int) -> str:
     """The idempotency key hammerlock sends to the gateway: intent, operation and attempt.
 
@@ -144,6 +166,9 @@ class PaymentIntent:
     created_by_key_id: str | None
     created_by_principal: str | None
     idempotency_key: str | None
+    # "<api key id>:<Idempotency-Key>" of the request that started the latest confirm, capture
+    # or cancel: its retry resumes that operation instead of starting another.
+    action_key: str | None
     attempt: int
     pending_op: PendingOp | None
     pending_key: str | None

@@ -128,6 +128,13 @@ async def _intent_response(request: Request, intent: PaymentIntent) -> Response:
     return _json(body)
 
 
+def _action_key(request: Request) -> str | None:
+    """Which request started an operation: its API key and Idempotency-Key."""
+    idem = request.headers.get("idempotency-key")
+    key_id = get_ctx(request).actor.key_id
+    return None if idem is None or key_id is None else f"{key_id}:{idem}"[:320]
+
+
 _WRITE = policy(Permission.PAYMENTS_WRITE, money_moving=True)
 
 
@@ -177,6 +184,7 @@ async def confirm_intent(request: Request, intent_id: IntentId, body: ConfirmIn)
         intent_id,
         return_url=body.return_url,
         payment_method=body.payment_method,
+        action_key=_action_key(request),
     )
     return await _intent_response(request, intent)
 
@@ -188,7 +196,10 @@ async def confirm_intent(request: Request, intent_id: IntentId, body: ConfirmIn)
 )
 async def capture_intent(request: Request, intent_id: IntentId, body: CaptureIn) -> Response:
     intent = await get_container(request).payments.capture(
-        get_ctx(request), intent_id, amount_to_capture=body.amount_to_capture
+        get_ctx(request),
+        intent_id,
+        amount_to_capture=body.amount_to_capture,
+        action_key=_action_key(request),
     )
     return await _intent_response(request, intent)
 
@@ -200,7 +211,10 @@ async def capture_intent(request: Request, intent_id: IntentId, body: CaptureIn)
 )
 async def cancel_intent(request: Request, intent_id: IntentId, body: CancelIn) -> Response:
     intent = await get_container(request).payments.cancel(
-        get_ctx(request), intent_id, reason=body.cancellation_reason
+        get_ctx(request),
+        intent_id,
+        reason=body.cancellation_reason,
+        action_key=_action_key(request),
     )
     return await _intent_response(request, intent)
 

@@ -20,11 +20,12 @@ a new transfer back ``destination → gateway``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import structlog
 
@@ -73,6 +74,7 @@ from hammerlock.payments.model import (
     ReviewStatus,
     authorization_days,
     can_cancel,
+    country_alpha2,
     gateway_key,
     new_id,
 )
@@ -93,6 +95,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("hammerlock.payments")
+T = TypeVar("T")
 
 _MAX_STEPS: Final = 4  # authorize → capture is two; a bound, not a loop
 _DAY_US: Final = 86_400 * 1_000_000
@@ -278,6 +281,7 @@ class Payments:
             created_by_key_id=ctx.actor.key_id,
             created_by_principal=ctx.actor.principal_id,
             idempotency_key=idempotency_key,
+            action_key=None,
             attempt=0,
             pending_op=None,
             pending_key=None,
@@ -314,6 +318,7 @@ class Payments:
         *,
         return_url: str | None = None,
         payment_method: str | None = None,
+        action_key: str | None = None,
     ) -> PaymentIntent:
         async def start(uow: UnitOfWork, intent: PaymentIntent) -> PaymentIntent | None:
             if intent.status is IntentStatus.PROCESSING:
@@ -350,13 +355,17 @@ class Payments:
             await self._audit(uow, ctx, started, "payments.intent.confirm")
             return started
 
-        await self._transition(intent_id, start)
-        return await self.drive(ctx, intent_id)
+        return await self._act(ctx, intent_id, action_key, start)
 
     # -- capture, cancel -------------------------------------------------------------------
 
     async def capture(
-        self, ctx: Context, intent_id: str, *, amount_to_capture: int | None
+        self,
+        ctx: Context,
+        intent_id: str,
+        *,
+        amount_to_capture: int | None,
+        action_key: str | None = None,
     ) -> PaymentIntent:
         async def start(uow: UnitOfWork, intent: PaymentIntent) -> PaymentIntent | None:
             if intent.status is IntentStatus.PROCESSING and intent.pending_op is PendingOp.CAPTURE:
@@ -377,10 +386,16 @@ class Payments:
             await self._audit(uow, ctx, started, "payments.intent.capture")
             return started
 
-        await self._transition(intent_id, start)
-        return await self.drive(ctx, intent_id)
+        return await self._act(ctx, intent_id, action_key, start)
 
-    async def cancel(self, ctx: Context, intent_id: str, *, reason: str | None) -> PaymentIntent:
+    async def cancel(
+        self,
+        ctx: Context,
+        intent_id: str,
+        *,
+        reason: str | None,
+        action_key: str | None = None,
+    ) -> PaymentIntent:
         async def start(uow: UnitOfWork, intent: PaymentIntent) -> PaymentIntent | None:
             if intent.status is IntentStatus.CANCELED:
                 return None
@@ -393,8 +408,32 @@ class Payments:
                 )
             return await self._cancel_now(uow, ctx, intent, reason or "requested_by_customer")
 
-        await self._transition(intent_id, start)
-        return await self.drive(ctx, intent_id)
+        return await self._act(ctx, intent_id, action_key, start)
+
+    async def _act(
+        self,
+        ctx: Context,
+        intent_id: str,
+        action_key: str | None,
+        start: Callable[[UnitOfWork, PaymentIntent], Awaitable[PaymentIntent | None]],
+    ) -> PaymentIntent:
+        """Start an operation (confirm, capture, cancel), then drive it. A retry of the request
+        that started the current operation (same API key and Idempotency-Key, ``action_key``)
+        resumes it — even after a 202 pending answer — instead of starting another attempt."""
+        started = False
+
+        async def guarded(uow: UnitOfWork, intent: PaymentIntent) -> PaymentIntent | None:
+            nonlocal started
+            if action_key is not None and intent.action_key == action_key:
+                return None
+            new = await start(uow, intent)
+            if new is not None:
+                started = True
+                new = replace(new, action_key=action_key)
+            return new
+
+        await self._transition(intent_id, guarded)
+        return await self.drive(ctx, intent_id, fresh=started)
 
     async def _cancel_now(
         self, uow: UnitOfWork, ctx: Context, intent: PaymentIntent, reason: str
@@ -432,32 +471,57 @@ class Payments:
 
     # -- driving the gateway -----------------------------------------------------------------
 
-    async def drive(self, ctx: Context, intent_id: str) -> PaymentIntent:
-        """Carry out whatever gateway operation the intent waits for, until it rests."""
+    async def drive(self, ctx: Context, intent_id: str, *, fresh: bool = False) -> PaymentIntent:
+        """Carry out whatever gateway operation the intent waits for, until it rests.
+
+        ``fresh``: the operation was just started by this caller, so the gateway cannot know its
+        key yet. Anyone else (a retry, the janitor) first asks the gateway what happened under
+        the key, and re-sends only when it has no record: a gateway that forgets idempotency keys
+        after a day (Stripe) must never see an old key re-sent for a charge it already made.
+        """
         intent = await self._load(intent_id)
         for _ in range(_MAX_STEPS):
             if intent.status is not IntentStatus.PROCESSING or intent.pending_op is None:
                 return intent
             op, key = intent.pending_op, intent.pending_key
+            rejected: GatewayError | None = None
             try:
-                charge = await self._call(intent)
+                charge: Charge | None = await self._call(intent, look_first=not fresh)
             except GatewayRejected as exc:
                 log.error("payments.gateway_rejected", intent=intent.id, op=op, code=exc.code)
-                if op is not PendingOp.AUTHORIZE:
-                    return intent  # stays processing; the janitor retries and alerts by log
-                charge = None
-                rejected: GatewayError | None = exc
+                if op is PendingOp.AUTHORIZE:
+                    charge, rejected = None, exc
+                else:
+                    charge = await self._settled_elsewhere(intent)
+                    if charge is None:
+                        return intent  # stays processing; the janitor retries, the log alerts
             except GatewayError as exc:
                 log.warning("payments.gateway_pending", intent=intent.id, op=op, code=exc.code)
                 return intent  # outcome unknown: stays processing, never stored for replay
-            else:
-                rejected = None
-
+            fresh = False
             outcome = _Outcome(op, key, charge, rejected)
             intent = await self._transition(
                 intent_id, functools.partial(self._apply_outcome, ctx, outcome)
             )
         return intent
+
+    async def _settled_elsewhere(self, intent: PaymentIntent) -> Charge | None:
+        """A capture or void the gateway refused may be moot: the charge may already be captured
+        (a capture that answered too late), or declined or voided (a 3-D Secure challenge that
+        failed or expired before the cancel). The charge, when it answers the operation."""
+        key = intent.pending_key or ""
+        with contextlib.suppress(GatewayError):
+            charge = await self._gateway(intent.gateway).retrieve_by_idempotency_key(key)
+            if charge is None:
+                return None
+            if intent.pending_op is PendingOp.CAPTURE and charge.status is ChargeStatus.CAPTURED:
+                return charge
+            if intent.pending_op is PendingOp.VOID and charge.status in {
+                ChargeStatus.VOIDED,
+                ChargeStatus.DECLINED,
+            }:
+                return charge
+        return None
 
     async def _apply_outcome(
         self, ctx: Context, outcome: _Outcome, uow: UnitOfWork, current: PaymentIntent
@@ -470,12 +534,16 @@ class Payments:
             return await self._declined(uow, ctx, current, None, outcome.rejected)
         return await self._apply(uow, ctx, current, outcome.op, outcome.charge)
 
-    async def _call(self, intent: PaymentIntent) -> Charge:
+    async def _call(self, intent: PaymentIntent, *, look_first: bool) -> Charge:
         gateway = self._gateway(intent.gateway)
         key = intent.pending_key
         if key is None:
             raise LedgerInvariantError(f"{intent.id}: processing without a gateway key")
         if intent.pending_op is PendingOp.AUTHORIZE:
+            if look_first:
+                known = await gateway.retrieve_by_idempotency_key(key)
+                if known is not None:
+                    return known
             method = intent.payment_method or ""
             source = VaultToken(method) if method.startswith("tok_") else GatewayToken(method)
             threshold = self.config.three_ds_above.get(intent.currency)
@@ -787,7 +855,7 @@ class Payments:
         """Approve or reject; once decided, the payment (or refund) moves on by itself."""
         reviewer = ctx.actor.principal_id or ctx.actor.key_id or "unknown"
         async with self.db.transaction() as uow:
-            found = await review_storage.get_review(uow, review_id, for_update=True)
+            found = await self._lock_review(uow, review_id)
             if found is None:
                 raise ReviewNotFound(f"no review {review_id!r}")
             review, version = found
@@ -823,6 +891,15 @@ class Payments:
             else:
                 await self.drive(ctx, decided.payment_intent)
         return decided
+
+    async def _lock_review(self, uow: UnitOfWork, review_id: str) -> tuple[Review, int] | None:
+        """Lock in the one order every path uses — the payment intent, then its review (then a
+        refund) — so a cancel and a decision never deadlock on PostgreSQL."""
+        peek = await review_storage.get_review(uow, review_id)
+        if peek is None:
+            return None
+        await storage.get_intent(uow, peek[0].payment_intent, for_update=True)
+        return await review_storage.get_review(uow, review_id, for_update=True)
 
     async def _after_decision(self, uow: UnitOfWork, review: Review) -> None:
         """In the decision's transaction: move the payment or refund out of review."""
@@ -963,6 +1040,8 @@ class Payments:
         except GatewayError as exc:
             log.warning("payments.refund_pending", refund=refund_id, code=exc.code)
             return refund
+        if result.status in {"pending", "processing"}:
+            return refund  # the gateway is still on it: the janitor asks again, same key
         if result.status != "succeeded":
             return await self._finish_refund(ctx, refund_id, None, "refund_failed")
         return await self._finish_refund(ctx, refund_id, result.refund_id, None)
@@ -1061,7 +1140,14 @@ class Payments:
 
     async def janitor_pass(self, ctx: Context) -> dict[str, int]:
         """One sweep: finish stuck operations, poll 3-D Secure, expire reviews and holds."""
-        counts = {"resolved": 0, "challenges": 0, "reviews_expired": 0, "expired": 0, "refunds": 0}
+        counts = {
+            "resolved": 0,
+            "challenges": 0,
+            "reviews_expired": 0,
+            "expired": 0,
+            "refunds": 0,
+            "errors": 0,
+        }
         now = self.db.clock.now_us()
         grace_us = int(self.config.janitor_grace_s * 1_000_000)
         async with self.db.transaction(write=False) as uow:
@@ -1081,25 +1167,40 @@ class Payments:
             refunds = await storage.pending_refunds(
                 uow, before_us=now - grace_us, limit=_JANITOR_BATCH
             )
+        # One item's trouble (a bug, a gateway answer nobody foresaw) must not stop the
+        # janitor for every other payment: it is logged with the item, counted, and retried on
+        # the next pass; the rest go on.
         for intent in stuck:
-            after = await self.drive(ctx, intent.id)
-            counts["resolved"] += after.status is not IntentStatus.PROCESSING
+            after = await self._isolated(counts, intent.id, self.drive(ctx, intent.id))
+            counts["resolved"] += after is not None and after.status is not IntentStatus.PROCESSING
         for intent in waiting:
-            after = await self.refresh(ctx, intent.id)
-            counts["challenges"] += after.status is not IntentStatus.REQUIRES_ACTION
+            after = await self._isolated(counts, intent.id, self.refresh(ctx, intent.id))
+            counts["challenges"] += (
+                after is not None and after.status is not IntentStatus.REQUIRES_ACTION
+            )
         for review_id in due_reviews:
-            counts["reviews_expired"] += await self._expire_review(ctx, review_id)
+            expired = await self._isolated(counts, review_id, self._expire_review(ctx, review_id))
+            counts["reviews_expired"] += expired or 0
         for intent in lapsing:
-            await self._expire_authorization(ctx, intent.id)
+            await self._isolated(counts, intent.id, self._expire_authorization(ctx, intent.id))
             counts["expired"] += 1
         for refund_id in refunds:
-            after_refund = await self.drive_refund(ctx, refund_id)
-            counts["refunds"] += after_refund.status is not RefundStatus.PENDING
+            done = await self._isolated(counts, refund_id, self.drive_refund(ctx, refund_id))
+            counts["refunds"] += done is not None and done.status is not RefundStatus.PENDING
         return counts
+
+    @staticmethod
+    async def _isolated(counts: dict[str, int], item: str, work: Awaitable[T]) -> T | None:
+        try:
+            return await work
+        except Exception:
+            counts["errors"] += 1
+            log.exception("payments.janitor_item_failed", item=item)
+            return None
 
     async def _expire_review(self, ctx: Context, review_id: str) -> int:
         async with self.db.transaction() as uow:
-            found = await review_storage.get_review(uow, review_id, for_update=True)
+            found = await self._lock_review(uow, review_id)
             if found is None or found[0].status is not ReviewStatus.OPEN:
                 return 0
             review, version = found
@@ -1191,10 +1292,10 @@ class Payments:
         if card is None:
             return {}
         return {
-            "card_brand": card.brand,
-            "card_last4": card.last4,
-            "card_fingerprint": card.fingerprint,
-            "card_country": card.country,
+            "card_brand": (card.brand or "")[:32] or None,
+            "card_last4": card.last4 if card.last4 and len(card.last4) == 4 else None,
+            "card_fingerprint": (card.fingerprint or "")[:64] or None,
+            "card_country": country_alpha2(card.country),
         }
 
     async def _audit(

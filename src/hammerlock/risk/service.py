@@ -6,7 +6,7 @@ from __future__ import annotations
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.payments import storage as payments_storage
 from hammerlock.payments.gateways.base import Charge
-from hammerlock.payments.model import PaymentIntent, Purpose
+from hammerlock.payments.model import PaymentIntent, Purpose, country_alpha2
 from hammerlock.payments.service import ReviewNeed
 from hammerlock.risk.model import RiskDecision, RiskInput, RiskRules, evaluate
 
@@ -55,7 +55,7 @@ class RulesAssessor:
                 customer_id=intent.customer,
                 customer_is_new=is_new,
                 card_fingerprint=fingerprint,
-                card_country=charge.card.country if charge.card else None,
+                card_country=country_alpha2(charge.card.country if charge.card else None),
                 billing_country=None,
                 fingerprint_payments_in_window=by_card,
                 customer_payments_in_window=by_customer,

@@ -230,7 +230,7 @@ class RequestSigner:
         key = self._keyring.verifying_key(headers.get(KEY_ID_HEADER, ""))
         expected = response_mac(key.secret if key else _DUMMY_KEY, nonce, status, body)
         given = _parse_signature(headers.get(SIGNATURE_HEADER, ""))
-        if not (hmac.compare_digest(expected, given) and key is not None):
+        if not (hmac.compare_digest(expected.encode(), given.encode()) and key is not None):
             raise InternalAuthFailed("the vault's response is not signed by a current internal key")
 
 
@@ -260,7 +260,7 @@ class RequestVerifier:
             body=body,
         )
         given = _parse_signature(headers.get(SIGNATURE_HEADER, ""))
-        if not (hmac.compare_digest(expected, given) and key is not None):
+        if not (hmac.compare_digest(expected.encode(), given.encode()) and key is not None):
             raise InternalAuthFailed("not signed by a current internal key")
         now_s = self._clock.now_us() // 1_000_000
         if not timestamp.isdigit() or abs(now_s - int(timestamp)) > TOLERANCE_S:

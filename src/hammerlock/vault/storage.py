@@ -198,8 +198,22 @@ async def update_key_wrap(
     return result.rowcount == 1
 
 
+# Outbox ids must become visible in id order, or the API's puller (which keeps "the highest id
+# seen" as its cursor) could step past an id whose transaction commits later and lose that
+# event. SQLite has one writer at a time, so its ids commit in order. On PostgreSQL, ids are
+# taken at insert and transactions commit in any order; a transaction-scoped advisory lock taken
+# right before the insert (the last statement of every recording transaction) and held until
+# commit makes id order and commit order the same. Ids of rolled-back transactions stay gaps,
+# which is right: those events never happened.
+_OUTBOX_LOCK_ID = 0x68616D6D65726C6B  # "hammerlk"
+
+
 async def insert_events(uow: UnitOfWork, rows: Sequence[dict[str, object]]) -> None:
     if rows:
+        if uow.is_postgres:
+            await uow.conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _OUTBOX_LOCK_ID}
+            )
         await uow.conn.execute(vault_audit_outbox.insert(), list(rows))
 
 

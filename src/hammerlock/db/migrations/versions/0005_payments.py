@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("created_by_key_id", sa.String(64), nullable=True),
         sa.Column("created_by_principal", sa.String(128), nullable=True),
         sa.Column("idempotency_key", sa.String(255), nullable=True),
+        sa.Column("action_key", sa.String(320), nullable=True),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("pending_op", sa.String(16), nullable=True),
         sa.Column("pending_key", sa.String(128), nullable=True),

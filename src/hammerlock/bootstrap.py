@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from hammerlock.api.app import create_app
 from hammerlock.api.idempotency import IdempotencyStore
+from hammerlock.auctions.service import Auctions
 from hammerlock.audit.alerts import AlertEngine, AlertRules
 from hammerlock.audit.model import Context
 from hammerlock.audit.notifiers import ChannelNotifier, LogNotifier, Notifier, WebhookNotifier
@@ -28,8 +29,10 @@ from hammerlock.audit.sinks.alerts import AlertSink
 from hammerlock.audit.tamper import TamperGuard
 from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
+from hammerlock.escrow.service import Escrow, EscrowConfig
 from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.writer import LedgerWriter
+from hammerlock.parties import service as parties_service
 from hammerlock.payments.gateways.base import Gateway, WebhookEvent
 from hammerlock.payments.gateways.braintree import BraintreeGateway
 from hammerlock.payments.gateways.stripe import StripeGateway
@@ -151,9 +154,24 @@ class Container:
                 default_gateway=settings.payments_gateway,
                 janitor_grace_s=settings.payments_janitor_grace_s,
                 three_ds_above=dict(settings.payments_three_ds_force_above),
+                authorization_days=dict(settings.payments_authorization_days),
             ),
             risk=RulesAssessor(load_rules(settings.risk_rules_file)),
         )
+        # Escrow (issue #6): orders after a lot closes; the buyer's card on file comes from parties.
+        self.escrow = Escrow(
+            self.db,
+            self.payments,
+            self.gateways,
+            config=EscrowConfig(
+                auto_delivery_s=settings.escrow_auto_delivery_s,
+                default_gateway=settings.payments_gateway,
+                sweeper_grace_s=settings.payments_janitor_grace_s,
+            ),
+            card_on_file=parties_service.default_card,
+        )
+        # Auctions (issue #6): lots, bids, deposits; closes open an order with escrow.
+        self.auctions = Auctions(self.db, self.payments, close_batch=settings.auctions_close_batch)
         self._stop = asyncio.Event()
         self._background = background
         self._tasks: list[asyncio.Task[None]] = []
@@ -183,6 +201,12 @@ class Container:
             )
             self._tasks.append(
                 asyncio.create_task(self._payments_janitor_forever(), name="payments-janitor")
+            )
+            self._tasks.append(
+                asyncio.create_task(self._auctions_scheduler_forever(), name="auctions-scheduler")
+            )
+            self._tasks.append(
+                asyncio.create_task(self._escrow_sweeper_forever(), name="escrow-sweeper")
             )
             if self.vault_audit is not None:
                 self._tasks.append(
@@ -311,6 +335,33 @@ class Container:
                 continue
             if any(counts.values()):
                 log.info("payments.janitor", **counts)
+
+    async def _escrow_sweeper_forever(self) -> None:
+        """Payment windows, auto-delivery, inspection ends, payouts, refunds, offers."""
+        ctx = Context.system("escrow-sweeper", node=self.node_name)
+        while True:
+            await asyncio.sleep(self.settings.escrow_sweeper_interval_s)
+            try:
+                counts = await self.escrow.sweep(ctx)
+            except Exception:
+                log.exception("escrow.sweeper_failed")
+                continue
+            if any(counts.values()):
+                log.info("escrow.sweeper", **counts)
+
+    async def _auctions_scheduler_forever(self) -> None:
+        """Open and close lots when their time comes (exactly once across processes: lots are
+        claimed under row locks), and release losers' deposits."""
+        ctx = Context.system("auctions-scheduler", node=self.node_name)
+        while True:
+            await asyncio.sleep(self.settings.auctions_scheduler_interval_s)
+            try:
+                counts = await self.auctions.scheduler_pass(ctx)
+            except Exception:
+                log.exception("auctions.scheduler_failed")
+                continue
+            if any(counts.values()):
+                log.info("auctions.scheduler", **counts)
 
     async def _sweep_forever(self) -> None:
         """Expire due holds and purge old idempotency records, about once a second."""

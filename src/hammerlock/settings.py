@@ -260,10 +260,42 @@ class Settings(BaseSettings):
         le=30,
         description="A gateway call left `processing` this long is resolved by the janitor.",
     )
+    payments_authorization_days: dict[str, int] = Field(
+        default_factory=dict,
+        description='Override how long card authorizations live, by brand, JSON (e.g. '
+        '{"visa": 4}); defaults: Visa 5 days, other brands 7.',
+    )
     payments_three_ds_force_above: dict[str, int] = Field(
         default_factory=dict,
         description="Force a 3-D Secure challenge at or above these amounts, JSON by currency "
         'in minor units (e.g. {"USD": 500000}). Off (empty) by default.',
+    )
+
+    escrow_sweeper_interval_s: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60,
+        description="How often the escrow sweeper runs (payment windows, auto-delivery, "
+        "inspection ends, payouts and refunds to resume, second-chance offers).",
+    )
+    escrow_auto_delivery_s: int = Field(
+        default=14 * 86_400,
+        ge=1,
+        le=366 * 86_400,
+        description="A shipped order with no word from the buyer this long counts as delivered.",
+    )
+
+    auctions_scheduler_interval_s: float = Field(
+        default=0.5,
+        ge=0.05,
+        le=60,
+        description="How often the auction scheduler opens and closes due lots.",
+    )
+    auctions_close_batch: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Lots the scheduler opens or closes per pass (each in its own transaction).",
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"

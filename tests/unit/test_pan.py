@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -234,3 +236,20 @@ def test_found_spans_are_pans_and_in_order(text: str) -> None:
 @given(st.text("0123456789", min_size=11, max_size=18))
 def test_luhn_check_digit_helper(payload: str) -> None:
     assert luhn_valid(payload + luhn_check_digit(payload))
+
+
+def test_the_digit_groups_of_a_uuid_are_not_a_card_number() -> None:
+    # Groups 1-3 read together are 4242424242424242 (Visa, Luhn-valid): still a UUID.
+    shaped = "42424242-4242-4242-4242-424242424242"
+    assert not contains_pan(shaped)
+    assert not contains_pan(f"Idempotency-Key: {shaped}")
+    assert find_pans(f"{shaped} and card 4242 4242 4242 4242") == [(46, 65)]
+    # Not a UUID (a digit glued on, or too short a group): scanned as usual.
+    assert contains_pan("42424242-4242-4242-4242-4242424242421")
+    assert contains_pan("4242424242424242-4242-4242-4242-424242424242")
+
+
+@given(st.uuids())
+def test_no_uuid_is_ever_taken_for_a_card_number(value: uuid.UUID) -> None:
+    assert not contains_pan(str(value))
+    assert not contains_pan(str(value).upper())

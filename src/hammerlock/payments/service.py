@@ -82,6 +82,7 @@ from hammerlock.payments.views import intent_json, refund_json, review_json
 from hammerlock.risk import review as review_rules
 from hammerlock.risk import storage as review_storage
 from hammerlock.risk.errors import ReviewNotFound
+from hammerlock.security.pan import contains_pan
 from hammerlock.webhooks import service as webhooks
 
 __all__ = [
@@ -174,8 +175,13 @@ class NeverReview:
         return None
 
 
-def _random() -> str:
-    return secrets.token_hex(6)
+def _fresh_id(prefix: str, now_us: int) -> str:
+    """A new id that the API's card-number guard will never mistake for a PAN (a hex id can
+    hold a Luhn-valid digit run with a brand's prefix, a few in ten thousand): re-drawn."""
+    while True:
+        candidate = new_id(prefix, now_us, secrets.token_hex(6))
+        if not contains_pan(candidate):
+            return candidate
 
 
 def _ensure_ledger(results: list[str], what: str) -> None:
@@ -261,7 +267,7 @@ class Payments:
     ) -> PaymentIntent:
         now = uow.clock.now_us()
         intent = PaymentIntent(
-            id=new_id("pi", now, _random()),
+            id=_fresh_id("pi", now),
             status=(
                 IntentStatus.REQUIRES_CONFIRMATION
                 if new.payment_method
@@ -788,7 +794,7 @@ class Payments:
             self.config.review_margin_s * 1_000_000
         )
         review = Review(
-            id=new_id("rev", now, _random()),
+            id=_fresh_id("rev", now),
             payment_intent=intent.id,
             refund_id=refund_id,
             status=ReviewStatus.OPEN,
@@ -966,7 +972,7 @@ class Payments:
                 f"refund of {amount} is more than the {left} left to refund", refundable=left
             )
         now = uow.clock.now_us()
-        refund_id = new_id("re", now, _random())
+        refund_id = _fresh_id("re", now)
         need = await self.risk.for_refund(uow, intent, amount)
         await storage.insert_refund(
             uow,

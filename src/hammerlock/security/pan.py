@@ -13,6 +13,10 @@ consecutive groups may form the PAN ("ref 12 4242 4242 4242 4242" finds the card
 never cut out of the middle of a longer unbroken digit string, which is some other identifier.
 Scanning is linear in the length of the text, whatever its length.
 
+Digit groups wholly inside a canonical UUID (8-4-4-4-12 hex digits) are not read as a card
+number: about one random UUID in a thousand would otherwise hold one, and no card is written in
+that shape.
+
 Limits, by design: only ASCII digits count (full-width or other Unicode digits are not read as
 digits), and groups separated by anything other than one space or one dash (dots, slashes, two
 spaces, a newline) are separate runs.
@@ -55,6 +59,13 @@ _MASK_KEEP_LAST: Final = 4
 _CANDIDATE_RE: Final = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _RUN_RE: Final = re.compile(r"(?<![0-9])[0-9]+(?:[ -][0-9]+)*")
 _GROUP_RE: Final = re.compile(r"[0-9]+")
+# A canonical UUID, 8-4-4-4-12 hex digits: one whose groups happen to be all digits can hold a
+# Luhn-valid run with a brand's prefix (about one uuid4 in a thousand), yet no card is ever
+# written in that shape. Runs wholly inside one are not candidates.
+_UUID_RE: Final = re.compile(
+    r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"(?![0-9A-Za-z])"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +187,15 @@ def is_pan(candidate: str) -> bool:
     )
 
 
+def _uuid_spans(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _UUID_RE.finditer(text)] if "-" in text else []
+
+
 def _iter_pan_spans(text: str) -> Iterator[tuple[int, int]]:
+    uuids = _uuid_spans(text)
     for run in _RUN_RE.finditer(text):
+        if uuids and any(a <= run.start() and run.end() <= b for a, b in uuids):
+            continue  # digit groups of a UUID (an Idempotency-Key, say) are not a card number
         chunk = run.group()
         if len(chunk) <= _CANDIDATE_LEN_MAX and is_pan(chunk):
             yield run.span()  # the common case: the whole run is the card number

@@ -262,7 +262,7 @@ class Settings(BaseSettings):
     )
     payments_authorization_days: dict[str, int] = Field(
         default_factory=dict,
-        description='Override how long card authorizations live, by brand, JSON (e.g. '
+        description="Override how long card authorizations live, by brand, JSON (e.g. "
         '{"visa": 4}); defaults: Visa 5 days, other brands 7.',
     )
     payments_three_ds_force_above: dict[str, int] = Field(

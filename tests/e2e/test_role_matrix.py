@@ -16,10 +16,17 @@ from typing import Any
 import httpx
 from starlette.routing import BaseRoute, Mount, Route
 
+from hammerlock.auctions.service import NewLot
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
+from hammerlock.clock import FixedClock
+from hammerlock.db.uow import UnitOfWork
+from hammerlock.escrow.model import OrderTerms
+from hammerlock.escrow.service import open_order
 from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.model import AccountFlag, AccountInput, TransferInput
+from hammerlock.parties import service as parties_service
+from hammerlock.parties.model import PartyKind
 from hammerlock.payments.model import CaptureMethod, RefundReason
 from hammerlock.payments.service import NewIntent, NewRefund
 from hammerlock.security.permissions import Role
@@ -42,6 +49,19 @@ REFUNDERS = frozenset({"admin", "operator", "service"})
 REVIEW_READERS = frozenset({"admin", "operator", "reviewer"})
 REVIEW_DECIDERS = frozenset({"admin", "reviewer"})
 WEBHOOK_READERS = frozenset({"admin", "operator"})  # issue #5: an admin route; operators run it
+# issue #6 "Parties"/"Auctions" + DESIGN.md: the service registers parties and acts for them;
+# a bidder's own key bids and holds cards; a seller's own key creates and opens its lots.
+PARTY_REGISTRARS = frozenset({"admin", "operator", "service"})
+CARD_WRITERS = frozenset({"admin", "operator", "service", "bidder"})
+LOT_WRITERS = frozenset({"admin", "operator", "service", "seller"})
+LOT_READERS = frozenset({"admin", "operator", "service", "seller", "bidder"})
+BIDDERS = frozenset({"admin", "service", "bidder"})
+LOT_CLOSERS = frozenset({"admin", "operator"})
+# issue #6 / DESIGN.md: bidders and sellers act on their own orders; the service on their behalf
+ORDER_READERS = frozenset({"admin", "operator", "seller", "bidder", "service"})
+ORDER_BUYERS = frozenset({"admin", "bidder", "service"})  # pay, confirm, accept, dispute
+ORDER_SHIPPERS = frozenset({"admin", "seller", "service"})
+ORDER_RESOLVERS = frozenset({"admin", "operator"})  # operators resolve disputes
 
 # (method, path template) -> (who may call it, the status an allowed call answers here)
 MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
@@ -78,6 +98,26 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
     ("GET", "/v1/reviews/{review_id}"): (REVIEW_READERS, 200),
     ("POST", "/v1/reviews/{review_id}/approve"): (REVIEW_DECIDERS, 200),
     ("POST", "/v1/reviews/{review_id}/reject"): (REVIEW_DECIDERS, 200),
+    ("GET", "/v1/orders/{order_id}"): (ORDER_READERS, 200),
+    ("POST", "/v1/orders/{order_id}/pay"): (ORDER_BUYERS, 200),
+    ("POST", "/v1/orders/{order_id}/ship"): (ORDER_SHIPPERS, 200),
+    ("POST", "/v1/orders/{order_id}/confirm_delivery"): (ORDER_BUYERS, 200),
+    ("POST", "/v1/orders/{order_id}/accept"): (ORDER_BUYERS, 200),
+    ("POST", "/v1/orders/{order_id}/dispute"): (ORDER_BUYERS, 200),
+    ("POST", "/v1/orders/{order_id}/resolve"): (ORDER_RESOLVERS, 200),
+    ("POST", "/v1/orders/{order_id}/second_chance/accept"): (ORDER_BUYERS, 201),
+    ("POST", "/v1/bidders"): (PARTY_REGISTRARS, 201),
+    ("POST", "/v1/sellers"): (PARTY_REGISTRARS, 201),
+    ("POST", "/v1/bidders/{bidder_id}/cards"): (CARD_WRITERS, 201),
+    ("POST", "/v1/lots"): (LOT_WRITERS, 201),
+    ("POST", "/v1/lots/{lot_id}/open"): (LOT_WRITERS, 200),
+    ("GET", "/v1/lots/{lot_id}"): (LOT_READERS, 200),
+    ("POST", "/v1/lots/{lot_id}/bids"): (BIDDERS, 201),
+    ("GET", "/v1/lots/{lot_id}/bids"): (LOT_READERS, 200),
+    ("POST", "/v1/lots/{lot_id}/bids/{bid_id}/retract"): (ADMIN, 200),
+    ("POST", "/v1/lots/{lot_id}/buy_now"): (BIDDERS, 200),
+    ("POST", "/v1/lots/{lot_id}/close"): (LOT_CLOSERS, 200),
+    ("POST", "/v1/lots/{lot_id}/deposits"): (BIDDERS, 200),
     # Public, but verified by the gateway's signature: an unsigned call is 400 for everyone.
     ("POST", "/v1/webhooks/{gateway}"): (EVERYONE, 400),
     # Admin only; this test runs without a card vault, so the allowed call answers 503.
@@ -156,6 +196,8 @@ class World:
             )
         self.webhook_event_id = event.id
         await self._payments()
+        await self._orders()
+        await self._auctions()
         # A signed tree head for the audit routes to answer about (reads only add to the outbox).
         self.head_size = await self.container.sequencer.run_once()
         assert self.head_size > 0
@@ -188,6 +230,191 @@ class World:
                 "approve": (await intent(1_200_000, confirm=True)).review_id or "",
                 "reject": (await intent(1_200_000, confirm=True)).review_id or "",
             }
+
+    async def _orders(self) -> None:
+        """Per caller: an order in the state each order route acts on, with the caller's own
+        principal as its buyer (bidder routes) or seller (ship), as the routes' owner checks
+        need; a defaulted one offers the caller a second chance."""
+        escrow = self.container.escrow
+        ctx = Context.system("tests")
+
+        async def order(caller: str, kind: str, steps: int, window_s: int = 3_600) -> str:
+            buyer = "matrix:bidder" if caller == "seller" else f"matrix:{caller}"
+            runner_up = None
+            if kind == "second":
+                buyer, runner_up = "matrix:defaulter", f"matrix:{caller}"
+                if caller == "seller":
+                    runner_up = "matrix:nobody"
+            terms = OrderTerms(
+                lot_id=f"lot_m_{kind}_{caller}",
+                seller_id="matrix:seller",
+                buyer_id=buyer,
+                currency="USD",
+                hammer_price=4_000,
+                buyer_premium_bps=2_500,
+                seller_commission_bps=1_000,
+                payment_window_s=window_s,
+                inspection_period_s=3_600,
+                runner_up_bidder_id=runner_up,
+                runner_up_amount=3_000 if runner_up else None,
+            )
+            async with self.container.db.transaction() as uow:
+                if kind == "second":  # opened 10 s ago: its 1 s payment window is over
+                    past = FixedClock(uow.clock.now_us() - 10_000_000)
+                    uow = UnitOfWork(uow.conn, uow.dialect, past)  # noqa: PLW2901
+                order_id = await open_order(uow, ctx, terms)
+            if steps >= 1:
+                await escrow.pay(ctx, order_id, payment_method=f"tok_ok_m_{kind}_{caller}")
+            if steps >= 2:
+                await escrow.ship(ctx, order_id, carrier="dhl", tracking="1234567890")
+            if steps >= 3:
+                await escrow.confirm_delivery(ctx, order_id)
+            if steps >= 4:
+                await escrow.dispute(ctx, order_id, reason="matrix")
+            return order_id
+
+        seconds = {caller: await order(caller, "second", 0, 1) for caller in EVERYONE}
+        for order_id in seconds.values():
+            await escrow.default(ctx, order_id)
+        for caller in EVERYONE:
+            self.per_caller[caller].update(
+                {
+                    "order": await order(caller, "get", 0),
+                    "pay": await order(caller, "pay", 0),
+                    "ship": await order(caller, "ship", 1),
+                    "confirm_delivery": await order(caller, "confirm", 2),
+                    "accept": await order(caller, "accept", 3),
+                    "dispute": await order(caller, "dispute", 3),
+                    "resolve": await order(caller, "resolve", 4),
+                    "second": seconds[caller],
+                }
+            )
+
+    async def _auctions(self) -> None:
+        """A seller and a bidder (with a card) whose own keys the seller and bidder callers use,
+        and per caller a lot in the state each lot route acts on."""
+        ctx = Context.system("tests")
+        pepper = self.container.pepper
+        async with self.container.db.transaction() as uow:
+            seller, s_key = await parties_service.register(
+                uow, ctx, kind=PartyKind.SELLER, name="m seller", email=None, pepper=pepper
+            )
+            bidder, b_key = await parties_service.register(
+                uow, ctx, kind=PartyKind.BIDDER, name="m bidder", email=None, pepper=pepper
+            )
+            await parties_service.add_card(
+                uow, ctx, bidder.id, payment_method="tok_ok_m_card", brand=None, last4=None
+            )
+        self.seller_id, self.bidder_id = seller.id, bidder.id
+        self.party_headers = {
+            "seller": {"Authorization": f"Bearer {s_key.plaintext}"},
+            "bidder": {"Authorization": f"Bearer {b_key.plaintext}"},
+        }
+        auctions = self.container.auctions
+        now = self.container.clock.now_us()
+
+        async def lot(*, open_: bool = True, **terms: Any) -> str:
+            new = NewLot(
+                seller_id=seller.id,
+                title="matrix lot",
+                currency="USD",
+                estimate=terms.pop("estimate", 10_000),
+                starting_price=1_000,
+                starts_at_us=now,
+                ends_at_us=now + 86_400_000_000,
+                **terms,
+            )
+            created = await auctions.create_lot(ctx, new)
+            if open_:
+                await auctions.open_lot(ctx, created.id)
+            return created.id
+
+        self.lot_id = await lot()
+        for caller in EVERYONE:
+            retract_lot = await lot()
+            bid, _ = await auctions.place_bid(
+                ctx, retract_lot, bidder_id=bidder.id, max_amount=2_000, idempotency_key=None
+            )
+            self.per_caller.setdefault(caller, {}).update(
+                {
+                    "lot_open": await lot(open_=False),
+                    "lot_bid": await lot(),
+                    "lot_retract": retract_lot,
+                    "bid_retract": bid.id,
+                    "lot_buy_now": await lot(buy_now_price=9_000),
+                    "lot_close": await lot(),
+                    "lot_deposit": await lot(estimate=2_000_000),
+                }
+            )
+
+    def _as_party(self, caller: str, idem: dict[str, str] | None = None) -> dict[str, str]:
+        """The party's own key for the bidder and seller callers (ownership needs a real
+        party); every other caller keeps its own key."""
+        return {**self.party_headers.get(caller, {}), **(idem or {})}
+
+    def _lot_calls(self, caller: str, n: int, idem: dict[str, str]) -> dict[Any, Any]:
+        mine = self.per_caller.get(caller, {})
+        bidder_id = getattr(self, "bidder_id", "")  # set by setup(); public calls need none
+        on_behalf = {} if caller == "bidder" else {"bidder_id": bidder_id}
+        return {
+            ("POST", "/v1/bidders"): lambda: Call("POST", "/v1/bidders", {"name": f"b {n}"}),
+            ("POST", "/v1/sellers"): lambda: Call("POST", "/v1/sellers", {"name": f"s {n}"}),
+            ("POST", "/v1/bidders/{bidder_id}/cards"): lambda: Call(
+                "POST",
+                f"/v1/bidders/{bidder_id}/cards",
+                {"payment_method": f"tok_ok_m_{n}"},
+                self._as_party(caller),
+            ),
+            ("POST", "/v1/lots"): lambda: Call(
+                "POST",
+                "/v1/lots",
+                {
+                    "seller_id": self.seller_id,
+                    "title": "m",
+                    "currency": "USD",
+                    "estimate": 100,
+                    "starting_price": 100,
+                    "ends_at": "2027-01-01T00:00:00Z",
+                },
+                self._as_party(caller),
+            ),
+            ("POST", "/v1/lots/{lot_id}/open"): lambda: Call(
+                "POST", f"/v1/lots/{mine.get('lot_open')}/open", None, self._as_party(caller)
+            ),
+            ("GET", "/v1/lots/{lot_id}"): lambda: Call(
+                "GET", f"/v1/lots/{self.lot_id}", None, self._as_party(caller)
+            ),
+            ("POST", "/v1/lots/{lot_id}/bids"): lambda: Call(
+                "POST",
+                f"/v1/lots/{mine.get('lot_bid')}/bids",
+                {"max_amount": 5_000, **on_behalf},
+                self._as_party(caller, idem),
+            ),
+            ("GET", "/v1/lots/{lot_id}/bids"): lambda: Call(
+                "GET", f"/v1/lots/{self.lot_id}/bids", None, self._as_party(caller)
+            ),
+            ("POST", "/v1/lots/{lot_id}/bids/{bid_id}/retract"): lambda: Call(
+                "POST",
+                f"/v1/lots/{mine.get('lot_retract')}/bids/{mine.get('bid_retract')}/retract",
+                {"reason": "shill bidding"},
+                idem,
+            ),
+            ("POST", "/v1/lots/{lot_id}/buy_now"): lambda: Call(
+                "POST",
+                f"/v1/lots/{mine.get('lot_buy_now')}/buy_now",
+                on_behalf,
+                self._as_party(caller, idem),
+            ),
+            ("POST", "/v1/lots/{lot_id}/close"): lambda: Call(
+                "POST", f"/v1/lots/{mine.get('lot_close')}/close", None, idem
+            ),
+            ("POST", "/v1/lots/{lot_id}/deposits"): lambda: Call(
+                "POST",
+                f"/v1/lots/{mine.get('lot_deposit')}/deposits",
+                on_behalf,
+                self._as_party(caller, idem),
+            ),
+        }
 
     def call(self, method: str, path: str, caller: str) -> Call:
         n = next(self.counter)
@@ -292,11 +519,37 @@ class World:
             ("POST", "/v1/reviews/{review_id}/reject"): lambda: Call(
                 "POST", f"/v1/reviews/{mine['reject']}/reject", {}, idem
             ),
+            ("GET", "/v1/orders/{order_id}"): lambda: Call("GET", f"/v1/orders/{mine['order']}"),
+            ("POST", "/v1/orders/{order_id}/pay"): lambda: Call(
+                "POST", f"/v1/orders/{mine['pay']}/pay", {"payment_method": "tok_ok_m"}, idem
+            ),
+            ("POST", "/v1/orders/{order_id}/ship"): lambda: Call(
+                "POST",
+                f"/v1/orders/{mine['ship']}/ship",
+                {"carrier": "ups", "tracking_number": "1Z999AA10123456784"},
+                idem,
+            ),
+            ("POST", "/v1/orders/{order_id}/confirm_delivery"): lambda: Call(
+                "POST", f"/v1/orders/{mine['confirm_delivery']}/confirm_delivery", {}, idem
+            ),
+            ("POST", "/v1/orders/{order_id}/accept"): lambda: Call(
+                "POST", f"/v1/orders/{mine['accept']}/accept", {}, idem
+            ),
+            ("POST", "/v1/orders/{order_id}/dispute"): lambda: Call(
+                "POST", f"/v1/orders/{mine['dispute']}/dispute", {"reason": "broken"}, idem
+            ),
+            ("POST", "/v1/orders/{order_id}/resolve"): lambda: Call(
+                "POST", f"/v1/orders/{mine['resolve']}/resolve", {"refund_amount": 1_000}, idem
+            ),
+            ("POST", "/v1/orders/{order_id}/second_chance/accept"): lambda: Call(
+                "POST", f"/v1/orders/{mine['second']}/second_chance/accept", {}, idem
+            ),
             ("POST", "/v1/webhooks/{gateway}"): lambda: Call(
                 "POST", "/v1/webhooks/sandbox", {"id": "evt_1", "type": "charge.captured"}
             ),
             ("GET", "/v1/sandbox/charges"): lambda: Call("GET", "/v1/sandbox/charges"),
         }
+        calls.update(self._lot_calls(caller, n, idem))
         return calls[(method, path)]()
 
 

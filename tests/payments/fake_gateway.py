@@ -39,6 +39,13 @@ class FakeGateway:
         self.faults: set[str] = set()
         self.country = "US"  # Braintree reports alpha-3 ("USA"): the service must cope
         self.poisoned: set[str] = set()  # intent ids whose calls raise an unforeseen error
+        self.down_for = 0  # the next N calls find the gateway unreachable
+
+    def _down(self) -> bool:
+        if self.down_for > 0:
+            self.down_for -= 1
+            return True
+        return self._fault("down")
 
     def _fault(self, name: str) -> bool:
         if name in self.faults:
@@ -50,7 +57,7 @@ class FakeGateway:
         self.calls.append("authorize")
         if request.gateway_key.split(".")[0] in self.poisoned:
             raise RuntimeError("an answer nobody foresaw")
-        if self._fault("down"):
+        if self._down():
             raise GatewayUnavailable("fake gateway down")
         existing = self.charges.get(request.gateway_key)
         if existing is None:
@@ -106,7 +113,7 @@ class FakeGateway:
 
     async def capture(self, gateway_key: str, amount: int) -> Charge:
         self.calls.append("capture")
-        if self._fault("down"):
+        if self._down():
             raise GatewayUnavailable("fake gateway down")
         charge = self._get(gateway_key)
         if charge.status is ChargeStatus.AUTHORIZED:

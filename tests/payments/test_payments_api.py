@@ -153,7 +153,7 @@ async def test_gateway_down_before_the_charge_resends_the_same_key(
     client: httpx.AsyncClient, keys: Keys, container: Container, gateway: FakeGateway
 ) -> None:
     service = await keys.headers(Role.SERVICE)
-    gateway.faults.add("down")
+    gateway.down_for = 3
     pi = (await _pay(client, service)).json()
     assert pi["status"] == "processing"
     assert gateway.charges == {}
@@ -470,9 +470,9 @@ async def test_one_bad_intent_does_not_stop_the_janitor(
     client: httpx.AsyncClient, keys: Keys, container: Container, gateway: FakeGateway
 ) -> None:
     service = await keys.headers(Role.SERVICE)
-    gateway.faults.add("down")
+    gateway.down_for = 3
     bad = (await _pay(client, service)).json()
-    gateway.faults.add("down")
+    gateway.down_for = 3
     good = (await _pay(client, service)).json()
     gateway.poisoned.add(bad["id"])
     counts = await container.payments.janitor_pass(Context.system("test"))
@@ -480,3 +480,13 @@ async def test_one_bad_intent_does_not_stop_the_janitor(
     assert counts["resolved"] == 1
     got = await client.get(f"/v1/payment_intents/{good['id']}", headers=service)
     assert got.json()["status"] == "succeeded"
+
+
+async def test_a_gateway_blip_is_retried_within_the_request(
+    client: httpx.AsyncClient, keys: Keys, gateway: FakeGateway
+) -> None:
+    gateway.down_for = 1  # unreachable once: nothing happened there, so try again at once
+    r = await _pay(client, await keys.headers(Role.SERVICE))
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "succeeded"
+    assert len(gateway.charges) == 1

@@ -182,7 +182,10 @@ class PaymentsMachine(RuleBasedStateMachine):
 
     @rule(fault=st.sampled_from(["timeout_after_charge", "down", "timeout_after_capture"]))
     def fault(self, fault: str) -> None:
-        self.gateway.faults.add(fault)
+        if fault == "down":
+            self.gateway.down_for = 3  # outlasts the in-request retries
+        else:
+            self.gateway.faults.add(fault)
 
     @rule()
     def janitor(self) -> None:
@@ -244,6 +247,7 @@ class PaymentsMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.gateway.faults.clear()
+        self.gateway.down_for = 0
         for _ in range(3):
             self.env.run(self.payments.janitor_pass(SYSTEM))
         for intent in self._all():

@@ -21,9 +21,12 @@ from hammerlock.api.middleware import RequestContextMiddleware
 from hammerlock.api.problems import ApiError, problem_response
 from hammerlock.api.route import domain_problem
 from hammerlock.api.routers import health, keys
+from hammerlock.auctions import router as auctions_router
 from hammerlock.audit import router as audit_router
 from hammerlock.errors import DomainError
+from hammerlock.escrow import router as escrow_router
 from hammerlock.ledger import router as ledger_router
+from hammerlock.parties import router as parties_router
 from hammerlock.payments import router as payments_router
 from hammerlock.risk import router as risk_router
 from hammerlock.security.errors import Unauthenticated
@@ -78,6 +81,9 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(webhooks_router.router)
     app.include_router(payments_router.router)
     app.include_router(risk_router.router)
+    app.include_router(parties_router.router)
+    app.include_router(auctions_router.router)
+    app.include_router(escrow_router.router)
     _declare_security_scheme(app)
     return app
 

@@ -62,6 +62,23 @@ STATUS_BY_CODE: dict[str, int] = {
     "already_approved": 409,
     "self_review_forbidden": 403,
     "webhook_signature_invalid": 400,
+    # escrow: orders after a lot closes
+    "order_not_found": 404,
+    "invalid_tracking_number": 422,
+    "refund_exceeds_total": 422,
+    "second_chance_not_open": 409,
+    # parties and auctions
+    "party_not_found": 404,
+    "lot_not_found": 404,
+    "bid_not_found": 404,
+    "lot_not_open": 409,
+    "bid_too_low": 422,
+    "own_lot_bid": 403,
+    "card_required": 409,
+    "deposit_required": 409,
+    "deposit_not_required": 409,
+    "buy_now_unavailable": 409,
+    "invalid_lot": 422,
     # card vault (docs/security.md "Card vault")
     "invalid_number": 422,
     "invalid_expiry": 422,

@@ -14,13 +14,13 @@ the inspection period (from ``delivered``); only an operator's resolution leaves
 
 Fees (integers only, each rounded once, modes fixed here and documented in docs/escrow.md):
 
-- buyer's premium = hammer × ``buyer_premium_bps`` / 10,000, rounded half up (ties away from
+- buyer's premium = hammer * ``buyer_premium_bps`` / 10,000, rounded half up (ties away from
   zero): the buyer pays ``total = hammer + premium``;
-- seller's commission = hammer × ``seller_commission_bps`` / 10,000, rounded half up: the seller
-  is owed ``hammer − commission`` and the house earns ``premium + commission``;
+- seller's commission = hammer * ``seller_commission_bps`` / 10,000, rounded half up: the seller
+  is owed ``hammer - commission`` and the house earns ``premium + commission``;
 - a refund ``R`` of the total is split between hammer and premium in proportion to them by
   largest remainder (:func:`hammerlock.money.allocate`, so the parts sum exactly to ``R``); the
-  commission shrinks with the kept hammer: ``commission × kept_hammer / hammer``, rounded half up.
+  commission shrinks with the kept hammer: ``commission * kept_hammer / hammer``, rounded half up.
 """
 
 from __future__ import annotations
@@ -39,13 +39,20 @@ __all__ = [
     "TERMINAL",
     "Event",
     "Fees",
+    "OfferStatus",
+    "Order",
     "OrderStatus",
     "OrderTerms",
+    "PayoutStatus",
     "Settlement",
     "can_apply",
+    "compute_fees",
+    "escrow_account",
     "fees_for",
+    "new_order_id",
     "next_status",
     "settle",
+    "transitions",
     "valid_tracking_number",
 ]
 
@@ -230,7 +237,7 @@ def settle(fees: Fees, currency: str, refund: int) -> Settlement:
     """Split escrow for a refund of ``refund`` (0 ≤ refund ≤ total); see the module docstring.
 
     The refund is apportioned to hammer and premium by largest remainder; the commission is
-    ``commission × kept_hammer / hammer`` rounded half up (never above the kept hammer).
+    ``commission * kept_hammer / hammer`` rounded half up (never above the kept hammer).
     """
     if type(refund) is not int or not 0 <= refund <= fees.total:
         msg = f"refund must be an int in 0..{fees.total}"
@@ -257,6 +264,102 @@ def settle(fees: Fees, currency: str, refund: int) -> Settlement:
         msg = "settlement does not sum to the total"
         raise ArithmeticError(msg)
     return result
+
+
+class PayoutStatus(enum.StrEnum):
+    NONE = "none"  # nothing released to the seller yet
+    PENDING = "pending"  # payout key recorded; the gateway call may or may not have happened
+    PAID = "paid"
+    FAILED = "failed"  # the gateway refused; an operator looks (the money stays payable)
+
+
+class OfferStatus(enum.StrEnum):
+    NONE = "none"
+    OPEN = "open"
+    ACCEPTED = "accepted"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One order, as stored. Amounts in minor units of ``currency``; times in µs since epoch.
+
+    ``generation`` is 0 for the lot's winner and 1 for a second-chance buyer. ``refund_plan``
+    maps a payment intent to the amount refunded from it; ``refund_ids`` the refunds made.
+    """
+
+    id: str
+    lot_id: str
+    generation: int
+    seller_id: str
+    buyer_id: str
+    currency: str
+    hammer_price: int
+    buyer_premium_bps: int
+    seller_commission_bps: int
+    premium: int
+    commission: int
+    status: OrderStatus
+    payment_window_s: int
+    inspection_period_s: int
+    pay_by_us: int
+    deposit_intent_id: str | None
+    deposit_in_escrow: int
+    payment_intent_id: str | None
+    gateway: str | None
+    carrier: str | None
+    tracking_number: str | None
+    shipped_us: int | None
+    delivered_us: int | None
+    inspection_ends_us: int | None
+    dispute_reason: str | None
+    refunded_amount: int
+    refund_plan: dict[str, int]
+    refund_ids: dict[str, str]
+    refunds_outstanding: int  # entries of refund_plan with no refund made yet
+    released_to_seller: int
+    released_to_revenue: int
+    payout_status: PayoutStatus
+    payout_key: str | None
+    payout_id: str | None
+    runner_up_bidder_id: str | None
+    runner_up_amount: int | None
+    offer_status: OfferStatus
+    offer_expires_us: int | None
+    offer_order_id: str | None
+    parent_order_id: str | None
+    created_us: int
+    updated_us: int
+    version: int
+
+    @property
+    def fees(self) -> Fees:
+        return Fees(hammer=self.hammer_price, premium=self.premium, commission=self.commission)
+
+    @property
+    def total(self) -> int:
+        return self.hammer_price + self.premium
+
+    @property
+    def escrow_account(self) -> str:
+        return escrow_account(self.id)
+
+    @property
+    def seller_account(self) -> str:
+        return f"seller:{self.seller_id}:payable:{self.currency}"
+
+    @property
+    def deposit_account(self) -> str:
+        return f"deposit:{self.buyer_id}:{self.lot_id}"
+
+
+def escrow_account(order_id: str) -> str:
+    return f"escrow:{order_id}"
+
+
+def new_order_id(now_us: int, random_hex: str) -> str:
+    """``ord_<time><random>``: ids sort by creation time."""
+    return f"ord_{now_us:014x}{random_hex}"
 
 
 # -- shipping ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ a new transfer back ``destination → gateway``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import secrets
@@ -59,6 +60,7 @@ from hammerlock.payments.gateways.base import (
     GatewayError,
     GatewayRejected,
     GatewayToken,
+    GatewayUnavailable,
     VaultToken,
 )
 from hammerlock.payments.model import (
@@ -102,6 +104,8 @@ _MAX_STEPS: Final = 4  # authorize → capture is two; a bound, not a loop
 _DAY_US: Final = 86_400 * 1_000_000
 _JANITOR_BATCH: Final = 100
 _LEDGER_OK: Final = frozenset({"ok", "exists"})
+_UNREACHED_RETRIES: Final = 2  # quick in-request retries when the gateway was never reached
+_UNREACHED_DELAY_S: Final = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,7 +490,8 @@ class Payments:
         after a day (Stripe) must never see an old key re-sent for a charge it already made.
         """
         intent = await self._load(intent_id)
-        for _ in range(_MAX_STEPS):
+        unreached = 0
+        for _ in range(_MAX_STEPS + _UNREACHED_RETRIES):
             if intent.status is not IntentStatus.PROCESSING or intent.pending_op is None:
                 return intent
             op, key = intent.pending_op, intent.pending_key
@@ -501,6 +506,16 @@ class Payments:
                     charge = await self._settled_elsewhere(intent)
                     if charge is None:
                         return intent  # stays processing; the janitor retries, the log alerts
+            except GatewayUnavailable as exc:
+                if unreached < _UNREACHED_RETRIES:
+                    # Never reached (connect failed, 503): nothing can have happened there, so
+                    # try again at once, briefly, before answering 202 and leaving it to the
+                    # janitor.
+                    unreached += 1
+                    await asyncio.sleep(_UNREACHED_DELAY_S * unreached)
+                    continue
+                log.warning("payments.gateway_pending", intent=intent.id, op=op, code=exc.code)
+                return intent
             except GatewayError as exc:
                 log.warning("payments.gateway_pending", intent=intent.id, op=op, code=exc.code)
                 return intent  # outcome unknown: stays processing, never stored for replay

@@ -40,6 +40,17 @@ class Permission(enum.StrEnum):
     REVIEWS_READ = "reviews.read"  # the risk review queue
     REVIEWS_DECIDE = "reviews.decide"  # approve or reject a review (never one's own payment)
     SANDBOX_READ = "sandbox.read"  # the sandbox gateway's charge records (no card data)
+    PARTIES_CREATE = "parties.create"  # register bidders and sellers (each gets its own key)
+    CARDS_WRITE = "cards.write"  # a bidder's cards on file (a bidder: only its own)
+    LOTS_WRITE = "lots.write"  # create and open lots (a seller: only its own)
+    LOTS_READ = "lots.read"  # lots and their bids (a seller: its own lots; reserve hidden)
+    BIDS_CREATE = "bids.create"  # bids, buy-now, deposits (a bidder: as itself)
+    LOTS_CLOSE = "lots.close"  # close a lot now
+    BIDS_RETRACT = "bids.retract"  # retract a bid (admin only, with a reason)
+    ORDERS_READ = "orders.read"  # orders (a bidder or seller: only its own)
+    ORDERS_BUY = "orders.buy"  # pay, confirm delivery, accept, dispute (a bidder: own orders)
+    ORDERS_SHIP = "orders.ship"  # mark shipped (a seller: own orders)
+    ORDERS_RESOLVE = "orders.resolve"  # resolve a dispute: refund and/or release
 
 
 _ALL = frozenset(Permission) - {Permission.PUBLIC}
@@ -56,12 +67,27 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.PAYMENTS_READ,
         Permission.REFUNDS_CREATE,
         Permission.REVIEWS_READ,
+        Permission.PARTIES_CREATE,
+        Permission.CARDS_WRITE,
+        Permission.LOTS_WRITE,
+        Permission.LOTS_READ,
+        Permission.LOTS_CLOSE,
+        Permission.ORDERS_READ,
+        Permission.ORDERS_RESOLVE,
     },
     Role.REVIEWER: _ANY_KEY
     | {Permission.PAYMENTS_READ, Permission.REVIEWS_READ, Permission.REVIEWS_DECIDE},
     Role.AUDITOR: _ANY_KEY | {Permission.LEDGER_READ, Permission.AUDIT_READ},
-    Role.SELLER: _ANY_KEY,
-    Role.BIDDER: _ANY_KEY,
+    Role.SELLER: _ANY_KEY
+    | {Permission.LOTS_WRITE, Permission.LOTS_READ, Permission.ORDERS_READ, Permission.ORDERS_SHIP},
+    Role.BIDDER: _ANY_KEY
+    | {
+        Permission.CARDS_WRITE,
+        Permission.LOTS_READ,
+        Permission.BIDS_CREATE,
+        Permission.ORDERS_READ,
+        Permission.ORDERS_BUY,
+    },
     Role.SERVICE: _ANY_KEY
     | {
         Permission.LEDGER_READ,
@@ -69,6 +95,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.PAYMENTS_READ,
         Permission.PAYMENTS_WRITE,
         Permission.REFUNDS_CREATE,
+        Permission.PARTIES_CREATE,
+        Permission.CARDS_WRITE,
+        Permission.LOTS_WRITE,
+        Permission.LOTS_READ,
+        Permission.BIDS_CREATE,
+        Permission.ORDERS_READ,
+        Permission.ORDERS_BUY,
+        Permission.ORDERS_SHIP,
     },
 }
 

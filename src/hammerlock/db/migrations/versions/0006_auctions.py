@@ -73,6 +73,8 @@ def upgrade() -> None:
         sa.Column("current_price", BIG, nullable=True),
         sa.Column("leading_bidder_id", sa.String(64), nullable=True),
         sa.Column("leading_max", BIG, nullable=True),
+        sa.Column("runner_up_id", sa.String(64), nullable=True),
+        sa.Column("runner_up_max", BIG, nullable=True),
         sa.Column("bid_count", sa.Integer, nullable=False),
         sa.Column("last_seq", BIG, nullable=False),
         sa.Column("extensions", sa.Integer, nullable=False),

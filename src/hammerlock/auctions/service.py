@@ -1,0 +1,977 @@
+"""Auctions: one method per business event — create and open a lot, bid, buy now, retract,
+deposit, close — each one database transaction with its audit event (and ledger work where money
+moves).
+
+Bids on one lot are serialized by the lot's row lock (``SELECT … FOR UPDATE`` on PostgreSQL;
+SQLite's ``BEGIN IMMEDIATE`` gives one writer at a time): the lot row holds the standing (price,
+leader, runner-up, sequence), so a bid is read-lock-decide-write on one row plus one insert.
+
+Closing happens under the same lock, exactly once: whoever holds the lock first (the scheduler in
+any process, the close route, a buy-now) finds the lot ``open`` and closes it; everyone after
+finds it closed. A winner at or above the reserve gets an order in the same transaction
+(:func:`hammerlock.escrow.service.open_order`, wired in as ``open_order``). Deposits of the
+losers are voided at the gateway *after* the close commits (no outside call inside a
+transaction); the lot's ``deposits_released`` flag keeps that durable — the scheduler retries
+until every deposit is released.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import structlog
+
+from hammerlock.auctions import storage
+from hammerlock.auctions.errors import (
+    BidNotFound,
+    BidTooLow,
+    BuyNowUnavailable,
+    CardRequired,
+    DepositNotNeeded,
+    DepositRequired,
+    InvalidLot,
+    InvalidTransition,
+    LotNotFound,
+    LotNotOpen,
+    OwnLot,
+)
+from hammerlock.auctions.model import (
+    DEFAULT_CAP_S,
+    DEFAULT_SOFT_CLOSE_S,
+    FINISHED,
+    AcceptedBid,
+    Band,
+    Bid,
+    BidKind,
+    BidRefusal,
+    Deposit,
+    DepositStatus,
+    Lot,
+    LotStatus,
+    Standing,
+    apply_bid,
+    ask_for,
+    default_deposit_bps,
+    default_increments,
+    deposit_account,
+    deposit_amount,
+    extend_end,
+    new_id,
+    standing_of,
+    validate_increments,
+)
+from hammerlock.auctions.views import lot_json
+from hammerlock.audit import service as audit
+from hammerlock.audit.model import Context
+from hammerlock.db.engine import Database
+from hammerlock.db.uow import UnitOfWork
+from hammerlock.escrow import service as escrow
+from hammerlock.escrow.model import OrderTerms
+from hammerlock.ledger import service as ledger
+from hammerlock.ledger.model import AccountFlag, AccountInput, LedgerInvariantError
+from hammerlock.money.currency import get_currency
+from hammerlock.money.errors import UnknownCurrency
+from hammerlock.parties import service as parties
+from hammerlock.parties.model import PartyKind
+from hammerlock.payments.errors import InvalidTransition as PaymentTransition
+from hammerlock.payments.model import CaptureMethod, IntentStatus, PaymentIntent, Purpose
+from hammerlock.payments.service import NewIntent, Payments
+from hammerlock.webhooks import service as webhooks
+
+__all__ = ["Auctions", "NewLot", "OrderOpener", "mark_settled"]
+
+log = structlog.get_logger("hammerlock.auctions")
+
+OrderOpener = Callable[[UnitOfWork, Context, OrderTerms], Awaitable[str]]
+
+_US: Final = 1_000_000
+_MAX_DURATION_S: Final = 366 * 86_400
+_MAX_BPS: Final = 10_000
+_DEFAULT_PAYMENT_WINDOW_S: Final = 48 * 3_600
+_DEFAULT_INSPECTION_S: Final = 3 * 86_400
+_HELD_INTENT: Final = frozenset(
+    {
+        IntentStatus.REQUIRES_CAPTURE,
+        IntentStatus.REQUIRES_ACTION,
+        IntentStatus.PROCESSING,
+        IntentStatus.REQUIRES_REVIEW,
+        IntentStatus.REQUIRES_CONFIRMATION,
+    }
+)
+_OPEN_DEPOSITS: Final = frozenset({DepositStatus.PENDING, DepositStatus.HELD})
+_RENEW_MARGIN_US: Final = 24 * 3_600 * 1_000_000  # renew a day before the authorization lapses
+_RENEW_PAGES: Final = 100
+_RENEW_EVERY_US: Final = 60 * 1_000_000
+
+
+class _AskPayments(Exception):
+    """Leave the bid's transaction to ask the payments service about these deposit intents."""
+
+    def __init__(self, intent_ids: list[str]) -> None:
+        super().__init__("deposit intents to check")
+        self.intent_ids = intent_ids
+
+
+@dataclass(frozen=True, slots=True)
+class NewLot:
+    seller_id: str
+    title: str
+    currency: str
+    estimate: int
+    starting_price: int
+    starts_at_us: int
+    ends_at_us: int
+    description: str = ""
+    reserve_price: int = 0
+    buy_now_price: int | None = None
+    increments: tuple[Band, ...] | None = None
+    soft_close_s: int = DEFAULT_SOFT_CLOSE_S
+    soft_close_cap_s: int = DEFAULT_CAP_S
+    buyer_premium_bps: int = 0
+    seller_commission_bps: int = 0
+    deposit_bps: int | None = None
+    payment_window_s: int = _DEFAULT_PAYMENT_WINDOW_S
+    inspection_period_s: int = _DEFAULT_INSPECTION_S
+
+
+def _check_new_lot(new: NewLot) -> None:
+    try:
+        get_currency(new.currency)
+    except UnknownCurrency:
+        raise InvalidLot(f"unknown currency {new.currency!r}", param="currency") from None
+    problems: list[str] = []
+    if new.reserve_price < 0 or new.estimate < 0:
+        problems.append("reserve_price and estimate are at least 0")
+    if new.buy_now_price is not None and new.buy_now_price <= new.starting_price:
+        problems.append("buy_now_price is above starting_price")
+    if new.buy_now_price is not None and new.buy_now_price < new.reserve_price:
+        problems.append("buy_now_price is at least reserve_price")
+    if new.ends_at_us <= new.starts_at_us:
+        problems.append("ends_at is after starts_at")
+    if new.ends_at_us - new.starts_at_us > _MAX_DURATION_S * _US:
+        problems.append("a lot runs at most 366 days")
+    for name in ("buyer_premium_bps", "seller_commission_bps"):
+        if not 0 <= getattr(new, name) <= _MAX_BPS:
+            problems.append(f"{name} is within 0..10000")
+    if new.deposit_bps is not None and not 0 <= new.deposit_bps <= _MAX_BPS:
+        problems.append("deposit_bps is within 0..10000")
+    if not 0 <= new.soft_close_s <= 86_400 or not 0 <= new.soft_close_cap_s <= 7 * 86_400:
+        problems.append("soft_close_s ≤ 1 day, soft_close_cap_s ≤ 7 days")
+    if new.increments is not None and (why := validate_increments(new.increments)):
+        problems.append(why)
+    if problems:
+        raise InvalidLot("; ".join(problems))
+
+
+@dataclass
+class Auctions:
+    """The auctions service. One per process; it holds no state but its collaborators."""
+
+    db: Database
+    payments: Payments
+    open_order: OrderOpener = escrow.open_order
+    close_batch: int = 100
+    renewed_us: int = 0  # when this process last looked for deposits to renew
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get_lot(self, ctx: Context, lot_id: str) -> Lot:
+        async with self.db.transaction(write=False) as uow:
+            return await self._visible(uow, ctx, lot_id)
+
+    async def _visible(
+        self, uow: UnitOfWork, ctx: Context, lot_id: str, *, for_update: bool = False
+    ) -> Lot:
+        lot = await storage.get_lot(uow, lot_id, for_update=for_update)
+        if lot is None or not _may_see(ctx, lot):
+            raise LotNotFound(f"no lot {lot_id}")
+        return lot
+
+    async def list_bids(
+        self, ctx: Context, lot_id: str, *, after_seq: int, limit: int
+    ) -> tuple[Lot, list[Bid]]:
+        async with self.db.transaction(write=False) as uow:
+            lot = await self._visible(uow, ctx, lot_id)
+            return lot, await storage.list_bids(uow, lot_id, after_seq=after_seq, limit=limit)
+
+    # -- lots -------------------------------------------------------------------------------
+
+    async def create_lot(self, ctx: Context, new: NewLot) -> Lot:
+        _check_new_lot(new)
+        increments = new.increments or default_increments(new.currency)
+        deposit_bps = (
+            new.deposit_bps
+            if new.deposit_bps is not None
+            else default_deposit_bps(new.currency, new.estimate)
+        )
+        async with self.db.transaction() as uow:
+            await parties.require_party(uow, ctx, new.seller_id, PartyKind.SELLER)
+            now_us = uow.clock.now_us()
+            lot = Lot(
+                id=new_id("lot"),
+                status=LotStatus.DRAFT,
+                seller_id=new.seller_id,
+                title=new.title,
+                description=new.description,
+                currency=new.currency,
+                estimate=new.estimate,
+                starting_price=new.starting_price,
+                reserve_price=new.reserve_price,
+                buy_now_price=new.buy_now_price,
+                increments=increments,
+                starts_at_us=new.starts_at_us,
+                ends_at_us=new.ends_at_us,
+                latest_end_us=new.ends_at_us + new.soft_close_cap_s * _US,
+                soft_close_s=new.soft_close_s,
+                soft_close_cap_s=new.soft_close_cap_s,
+                buyer_premium_bps=new.buyer_premium_bps,
+                seller_commission_bps=new.seller_commission_bps,
+                deposit_bps=deposit_bps,
+                deposit_amount=deposit_amount(new.estimate, deposit_bps),
+                payment_window_s=new.payment_window_s,
+                inspection_period_s=new.inspection_period_s,
+                standing=Standing(),
+                extensions=0,
+                hammer_price=None,
+                winner_id=None,
+                close_reason=None,
+                closed_us=None,
+                deposits_released=False,
+                created_by_principal=ctx.actor.principal_id,
+                created_us=now_us,
+                updated_us=now_us,
+                version=1,
+            )
+            await storage.insert_lot(uow, lot)
+            await self._audit(uow, ctx, lot, "auctions.lot.create")
+            return lot
+
+    async def open_lot(self, ctx: Context, lot_id: str) -> Lot:
+        """``draft`` → ``scheduled`` (or straight to ``open`` once ``starts_at`` has come)."""
+        async with self.db.transaction() as uow:
+            lot = await self._visible(uow, ctx, lot_id, for_update=True)
+            parties.check_owner(ctx, lot.seller_id, f"lot {lot_id}")
+            if lot.status in {LotStatus.SCHEDULED, LotStatus.OPEN}:
+                return lot
+            if lot.status is not LotStatus.DRAFT:
+                raise InvalidTransition(f"lot {lot_id} is {lot.status.value}; it cannot open")
+            now_us = uow.clock.now_us()
+            if lot.ends_at_us <= now_us:
+                raise InvalidTransition(f"lot {lot_id} ends in the past; it cannot open")
+            status = LotStatus.OPEN if lot.starts_at_us <= now_us else LotStatus.SCHEDULED
+            opened = await self._save(uow, lot, replace(lot, status=status))
+            await self._audit(uow, ctx, opened, "auctions.lot.open")
+            return opened
+
+    # -- bids -------------------------------------------------------------------------------
+
+    async def place_bid(
+        self,
+        ctx: Context,
+        lot_id: str,
+        *,
+        bidder_id: str,
+        max_amount: int,
+        idempotency_key: str | None,
+    ) -> tuple[Bid, Lot]:
+        """One transaction for a lot without a deposit. On a deposit lot, the first attempt
+        finds the bidder's deposit intents and steps out (rolling back) so that their state
+        is asked of the payments service outside the lot's lock; the second attempt decides."""
+        bid = functools.partial(
+            self._bid_once,
+            ctx,
+            lot_id,
+            bidder_id=bidder_id,
+            max_amount=max_amount,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            return await bid(deposit_ok=None)
+        except _AskPayments as ask:
+            return await bid(deposit_ok=await self._any_authorized(ask.intent_ids))
+
+    async def _bid_once(
+        self,
+        ctx: Context,
+        lot_id: str,
+        *,
+        bidder_id: str,
+        max_amount: int,
+        idempotency_key: str | None,
+        deposit_ok: bool | None,
+    ) -> tuple[Bid, Lot]:
+        async with self.db.transaction() as uow:
+            lot = await self._visible(uow, ctx, lot_id, for_update=True)
+            replayed = await self._replayed_bid(uow, ctx, idempotency_key)
+            if replayed is not None:
+                return replayed, lot
+            now_us = uow.clock.now_us()
+            lot = await self._admit_bidder(uow, ctx, lot, bidder_id, now_us)
+            if lot.deposit_amount > 0 and not deposit_ok:
+                intents = await self._held_deposit_intents(uow, lot.id, bidder_id)
+                if intents and deposit_ok is None:
+                    raise _AskPayments(intents)
+                raise DepositRequired(
+                    f"lot {lot_id} asks for a deposit of {lot.deposit_amount} {lot.currency} "
+                    "before the first bid (POST /v1/lots/{id}/deposits)",
+                    deposit_amount=lot.deposit_amount,
+                )
+            after = apply_bid(lot.terms, lot.standing, bidder_id, max_amount)
+            if isinstance(after, BidRefusal):
+                ask = ask_for(lot.terms, lot.standing, bidder_id)
+                raise BidTooLow(f"the ask is {ask} {lot.currency}", ask=ask)
+            ends_at, extended = extend_end(
+                lot.ends_at_us, lot.latest_end_us, now_us, lot.soft_close_s
+            )
+            bid = Bid(
+                id=new_id("bid"),
+                lot_id=lot.id,
+                seq=after.last_seq,
+                bidder_id=bidder_id,
+                max_amount=max_amount,
+                kind=BidKind.PROXY,
+                status="accepted",
+                price_after=after.price or 0,
+                leader_after=after.leader_id or bidder_id,
+                placed_us=now_us,
+                retracted_us=None,
+                retracted_by=None,
+                retraction_reason=None,
+            )
+            await storage.insert_bid(
+                uow, bid, key_id=ctx.actor.key_id, idempotency_key=idempotency_key
+            )
+            updated = await self._save(
+                uow,
+                lot,
+                replace(
+                    lot,
+                    standing=after,
+                    ends_at_us=ends_at,
+                    extensions=lot.extensions + int(extended),
+                ),
+            )
+            await self._audit_bid(uow, ctx, updated, bid, "auctions.bid.place", extended=extended)
+            return bid, updated
+
+    async def _replayed_bid(
+        self, uow: UnitOfWork, ctx: Context, idempotency_key: str | None
+    ) -> Bid | None:
+        if ctx.actor.key_id is None or idempotency_key is None:
+            return None
+        return await storage.find_bid_by_request(uow, ctx.actor.key_id, idempotency_key)
+
+    async def _admit_bidder(
+        self, uow: UnitOfWork, ctx: Context, lot: Lot, bidder_id: str, now_us: int
+    ) -> Lot:
+        """The lot, open now (a due ``scheduled`` lot opens here), if ``bidder_id`` may bid."""
+        lot = await self._start_if_due(uow, ctx, lot, now_us)
+        if lot.status is not LotStatus.OPEN or not lot.starts_at_us <= now_us < lot.ends_at_us:
+            raise LotNotOpen(f"lot {lot.id} is not open for bidding", lot_status=lot.status.value)
+        if lot.seller_id in {bidder_id, ctx.actor.principal_id}:
+            raise OwnLot(f"lot {lot.id} is the bidder's own (a seller cannot bid on its lot)")
+        await parties.require_party(uow, ctx, bidder_id, PartyKind.BIDDER)
+        if await parties.default_card(uow, bidder_id) is None:
+            raise CardRequired(
+                f"bidder {bidder_id} has no card on file (POST /v1/bidders/{{id}}/cards)"
+            )
+        return lot
+
+    async def _start_if_due(self, uow: UnitOfWork, ctx: Context, lot: Lot, now_us: int) -> Lot:
+        if lot.status is not LotStatus.SCHEDULED or lot.starts_at_us > now_us:
+            return lot
+        started = await self._save(uow, lot, replace(lot, status=LotStatus.OPEN))
+        await self._audit(uow, ctx, started, "auctions.lot.start")
+        return started
+
+    @staticmethod
+    async def _held_deposit_intents(uow: UnitOfWork, lot_id: str, bidder_id: str) -> list[str]:
+        return [
+            d.payment_intent
+            for d in await storage.deposits_of(uow, lot_id, bidder_id)
+            if d.status is DepositStatus.HELD and d.payment_intent is not None
+        ]
+
+    async def _any_authorized(self, intent_ids: list[str]) -> bool:
+        for intent_id in intent_ids:
+            intent, _ = await self.payments.get(intent_id)
+            if intent.status is IntentStatus.REQUIRES_CAPTURE:
+                return True
+        return False
+
+    async def _deposit_authorized(self, ctx: Context, lot_id: str, bidder_id: str) -> bool:
+        """Whether ``bidder_id`` holds an authorized deposit on the lot (read before the bid's
+        transaction: the intent's state is the payments service's to tell)."""
+        async with self.db.transaction(write=False) as uow:
+            lot = await self._visible(uow, ctx, lot_id)
+            if lot.deposit_amount == 0:
+                return True
+            intents = await self._held_deposit_intents(uow, lot_id, bidder_id)
+        return await self._any_authorized(intents)
+
+    async def retract_bid(self, ctx: Context, lot_id: str, bid_id: str, *, reason: str) -> Lot:
+        """An admin's retraction: the bid stays in the history, marked; the standing is
+        recomputed from the remaining bids (the sequence keeps counting)."""
+        async with self.db.transaction() as uow:
+            lot = await self._visible(uow, ctx, lot_id, for_update=True)
+            if lot.status is not LotStatus.OPEN:
+                raise LotNotOpen(f"lot {lot_id} is {lot.status.value}; bids are final")
+            bid = await storage.get_bid(uow, bid_id)
+            if bid is None or bid.lot_id != lot_id:
+                raise BidNotFound(f"no bid {bid_id} on lot {lot_id}")
+            if bid.kind is not BidKind.PROXY or bid.status != "accepted":
+                raise InvalidTransition(f"bid {bid_id} is {bid.status}; it cannot be retracted")
+            now_us = uow.clock.now_us()
+            await storage.retract_bid(
+                uow, bid, by=ctx.actor.principal_id, reason=reason, now_us=now_us
+            )
+            remaining = await storage.list_bids(uow, lot_id, accepted_only=True)
+            standing = standing_of(
+                lot.terms,
+                (AcceptedBid(b.seq, b.bidder_id, b.max_amount) for b in remaining),
+                last_seq=lot.standing.last_seq,
+            )
+            updated = await self._save(uow, lot, replace(lot, standing=standing))
+            await audit.record(
+                uow,
+                ctx.event(
+                    "auctions.bid.retract",
+                    resource_type="bid",
+                    resource_id=bid.id,
+                    ts_us=now_us,
+                    details={
+                        "lot_id": lot_id,
+                        "seq": bid.seq,
+                        "bidder_id": bid.bidder_id,
+                        "reason": reason[:500],
+                        "price_after": standing.price,
+                        "leader_after": standing.leader_id,
+                    },
+                ),
+            )
+            return updated
+
+    # -- buy now ----------------------------------------------------------------------------
+
+    async def buy_now(
+        self, ctx: Context, lot_id: str, *, bidder_id: str, idempotency_key: str | None
+    ) -> tuple[Bid, Lot]:
+        deposit_ok = await self._deposit_authorized(ctx, lot_id, bidder_id)
+        async with self.db.transaction() as uow:
+            lot = await self._visible(uow, ctx, lot_id, for_update=True)
+            replayed = await self._replayed_bid(uow, ctx, idempotency_key)
+            if replayed is not None:
+                return replayed, lot
+            now_us = uow.clock.now_us()
+            lot = await self._admit_bidder(uow, ctx, lot, bidder_id, now_us)
+            if not lot.buy_now_offered or lot.buy_now_price is None:
+                raise BuyNowUnavailable(f"lot {lot_id} offers no buy-now now")
+            if lot.deposit_amount > 0 and not deposit_ok:
+                raise DepositRequired(
+                    f"lot {lot_id} asks for a deposit first", deposit_amount=lot.deposit_amount
+                )
+            price = lot.buy_now_price
+            before = lot.standing
+            runner_id, runner_max = before.leader_id, before.leader_max
+            if runner_id == bidder_id:
+                runner_id, runner_max = before.runner_up_id, before.runner_up_max
+            standing = Standing(
+                price=price,
+                leader_id=bidder_id,
+                leader_max=price,
+                runner_up_id=runner_id,
+                runner_up_max=runner_max,
+                bid_count=before.bid_count + 1,
+                last_seq=before.last_seq + 1,
+            )
+            bid = Bid(
+                id=new_id("bid"),
+                lot_id=lot.id,
+                seq=standing.last_seq,
+                bidder_id=bidder_id,
+                max_amount=price,
+                kind=BidKind.BUY_NOW,
+                status="accepted",
+                price_after=price,
+                leader_after=bidder_id,
+                placed_us=now_us,
+                retracted_us=None,
+                retracted_by=None,
+                retraction_reason=None,
+            )
+            await storage.insert_bid(
+                uow, bid, key_id=ctx.actor.key_id, idempotency_key=idempotency_key
+            )
+            lot = replace(lot, standing=standing)
+            await self._audit_bid(uow, ctx, lot, bid, "auctions.bid.buy_now", extended=False)
+            closed = await self._close_locked(uow, ctx, lot, reason="buy_now")
+        await self._release_after_close(ctx, closed)
+        return bid, closed
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self, ctx: Context, lot_id: str) -> Lot:
+        """Close now (the route; an operator's early close). Idempotent on a finished lot."""
+        async with self.db.transaction() as uow:
+            lot = await self._visible(uow, ctx, lot_id, for_update=True)
+            if lot.status in FINISHED:
+                return lot
+            lot = await self._start_if_due(uow, ctx, lot, uow.clock.now_us())
+            if lot.status is not LotStatus.OPEN:
+                raise InvalidTransition(f"lot {lot_id} is {lot.status.value}; it cannot close")
+            closed = await self._close_locked(uow, ctx, lot, reason="manual")
+        await self._release_after_close(ctx, closed)
+        return closed
+
+    async def _close_locked(self, uow: UnitOfWork, ctx: Context, lot: Lot, *, reason: str) -> Lot:
+        """Close ``lot`` (locked, open) inside the caller's transaction: an order for a winner
+        at or above the reserve, else ``unsold``."""
+        now_us = uow.clock.now_us()
+        s = lot.standing
+        sold = s.leader_id is not None and s.price is not None and lot.reserve_met
+        closed = replace(
+            lot,
+            status=LotStatus.CLOSED if sold else LotStatus.UNSOLD,
+            hammer_price=s.price if sold else None,
+            winner_id=s.leader_id if sold else None,
+            close_reason=reason,
+            closed_us=now_us,
+            ends_at_us=min(lot.ends_at_us, max(now_us, lot.starts_at_us)),
+        )
+        closed = await self._save(uow, lot, closed)
+        order_id = None
+        if sold and closed.winner_id is not None and closed.hammer_price is not None:
+            order_id = await self._open_order(uow, ctx, closed)
+        await self._audit(
+            uow,
+            ctx,
+            closed,
+            "auctions.lot.close",
+            extra={"reason": reason, "order_id": order_id},
+        )
+        await webhooks.enqueue(uow, "lot.closed", lot_json(closed, show_reserve=True), ts_us=now_us)
+        return closed
+
+    async def _open_order(self, uow: UnitOfWork, ctx: Context, lot: Lot) -> str:
+        assert_winner = lot.winner_id
+        if assert_winner is None or lot.hammer_price is None:
+            raise LedgerInvariantError(f"lot {lot.id}: an order needs a winner and a price")
+        deposit_intent = None
+        for deposit in await storage.deposits_of(uow, lot.id, assert_winner):
+            if deposit.status is DepositStatus.HELD and deposit.payment_intent is not None:
+                deposit_intent = deposit.payment_intent
+                await storage.set_deposit(
+                    uow,
+                    deposit.id,
+                    status=DepositStatus.KEPT,
+                    payment_intent=None,
+                    now_us=uow.clock.now_us(),
+                )
+                break
+        s = lot.standing
+        runner = s.runner_up_id if s.runner_up_id != assert_winner else None
+        terms = OrderTerms(
+            lot_id=lot.id,
+            seller_id=lot.seller_id,
+            buyer_id=assert_winner,
+            currency=lot.currency,
+            hammer_price=lot.hammer_price,
+            buyer_premium_bps=lot.buyer_premium_bps,
+            seller_commission_bps=lot.seller_commission_bps,
+            payment_window_s=lot.payment_window_s,
+            inspection_period_s=lot.inspection_period_s,
+            deposit_intent_id=deposit_intent,
+            runner_up_bidder_id=runner,
+            runner_up_amount=s.runner_up_max if runner is not None else None,
+        )
+        return await self.open_order(uow, ctx, terms)
+
+    async def _release_after_close(self, ctx: Context, lot: Lot) -> None:
+        try:
+            await self.release_deposits(ctx, lot.id)
+        except Exception:  # the scheduler retries: ``deposits_released`` is still false
+            log.exception("auctions.release_failed", lot_id=lot.id)
+
+    async def release_deposits(self, ctx: Context, lot_id: str) -> int:
+        """Void the deposits of a finished lot's losers (all of them when unsold). Gateway
+        calls happen outside any transaction; each release is then recorded in its own."""
+        async with self.db.transaction(write=False) as uow:
+            lot = await storage.get_lot(uow, lot_id)
+            if lot is None or lot.status not in FINISHED or lot.deposits_released:
+                return 0
+            deposits = await storage.deposits_of(uow, lot_id)
+        released = 0
+        for deposit in deposits:
+            if deposit.status not in _OPEN_DEPOSITS or deposit.bidder_id == lot.winner_id:
+                continue
+            if deposit.payment_intent is not None:
+                await self._void(ctx, deposit.payment_intent)
+            async with self.db.transaction() as uow:
+                await storage.set_deposit(
+                    uow,
+                    deposit.id,
+                    status=DepositStatus.RELEASED,
+                    payment_intent=None,
+                    now_us=uow.clock.now_us(),
+                )
+                await audit.record(
+                    uow,
+                    ctx.event(
+                        "auctions.deposit.release",
+                        resource_type="deposit",
+                        resource_id=deposit.id,
+                        ts_us=uow.clock.now_us(),
+                        details={
+                            "lot_id": lot_id,
+                            "bidder_id": deposit.bidder_id,
+                            "payment_intent": deposit.payment_intent,
+                            "amount": deposit.amount,
+                        },
+                    ),
+                )
+            released += 1
+        async with self.db.transaction() as uow:
+            await storage.mark_deposits_released(uow, lot_id)
+        return released
+
+    async def _void(self, ctx: Context, intent_id: str) -> None:
+        intent, _ = await self.payments.get(intent_id)
+        if intent.status in {IntentStatus.CANCELED, IntentStatus.REQUIRES_PAYMENT_METHOD}:
+            return
+        try:
+            await self.payments.cancel(ctx, intent_id, reason="abandoned")
+        except PaymentTransition:
+            log.warning("auctions.deposit_not_voidable", intent=intent_id)
+
+    # -- the scheduler ----------------------------------------------------------------------
+
+    async def scheduler_pass(self, ctx: Context) -> dict[str, int]:
+        """Open due scheduled lots, close due open lots (each in its own transaction, claimed
+        with ``FOR UPDATE SKIP LOCKED``), then release deposits of finished lots."""
+        counts = {"opened": 0, "closed": 0, "released": 0, "renewed": 0}
+        async with self.db.transaction(write=False) as uow:
+            due = await storage.any_due(uow, now_us=uow.clock.now_us())
+        if due:  # idle passes never take the write lock (SQLite has one writer)
+            await self._open_and_close_due(ctx, counts)
+        async with self.db.transaction(write=False) as uow:
+            pending = await storage.lots_with_unreleased_deposits(uow, limit=self.close_batch)
+        for lot_id in pending:
+            counts["released"] += await self.release_deposits(ctx, lot_id)
+        now_us = self.db.clock.now_us()
+        if now_us - self.renewed_us >= _RENEW_EVERY_US:  # a scan of held deposits: once a minute
+            self.renewed_us = now_us
+            counts["renewed"] = await self.renew_deposits(ctx)
+        return counts
+
+    async def _open_and_close_due(self, ctx: Context, counts: dict[str, int]) -> None:
+        for _ in range(self.close_batch):
+            async with self.db.transaction() as uow:
+                now_us = uow.clock.now_us()
+                lot = await storage.claim_due(
+                    uow, LotStatus.SCHEDULED, column="starts_at_us", now_us=now_us
+                )
+                if lot is None:
+                    break
+                await self._start_if_due(uow, ctx, lot, now_us)
+            counts["opened"] += 1
+        for _ in range(self.close_batch):
+            async with self.db.transaction() as uow:
+                now_us = uow.clock.now_us()
+                lot = await storage.claim_due(
+                    uow, LotStatus.OPEN, column="ends_at_us", now_us=now_us
+                )
+                if lot is None:
+                    break
+                await self._close_locked(uow, ctx, lot, reason="ended")
+            counts["closed"] += 1
+
+    async def renew_deposits(self, ctx: Context) -> int:
+        """Replace deposit authorizations that would lapse before their lot can end: a new
+        authorization on the same card first, then the deposit points at it, then the old one
+        is voided (so a bidder is never left without a deposit in between)."""
+        now_us = self.db.clock.now_us()
+        renewed, after_id = 0, ""
+        for _ in range(_RENEW_PAGES):
+            async with self.db.transaction(write=False) as uow:
+                page = await storage.held_deposits_of_live_lots(
+                    uow, after_id=after_id, limit=self.close_batch
+                )
+            for deposit, latest_end_us in page:
+                renewed += await self._renew_one(ctx, deposit, latest_end_us, now_us)
+            if len(page) < self.close_batch:
+                break
+            after_id = page[-1][0].id
+        return renewed
+
+    async def _renew_one(
+        self, ctx: Context, deposit: Deposit, latest_end_us: int, now_us: int
+    ) -> int:
+        if deposit.payment_intent is None:
+            return 0
+        old, _ = await self.payments.get(deposit.payment_intent)
+        expires_us = old.authorization_expires_us
+        if old.status is not IntentStatus.REQUIRES_CAPTURE or expires_us is None:
+            return 0
+        if expires_us - now_us > _RENEW_MARGIN_US or latest_end_us < expires_us:
+            return 0
+        new = await self.payments.create(
+            ctx,
+            NewIntent(
+                amount=deposit.amount,
+                currency=deposit.currency,
+                payment_method=old.payment_method,
+                capture_method=CaptureMethod.MANUAL,
+                confirm=True,
+                customer=deposit.bidder_id,
+                description=f"deposit for lot {deposit.lot_id} (renewed)",
+                metadata={"lot_id": deposit.lot_id, "deposit_id": deposit.id, "renews": old.id},
+                purpose=Purpose.DEPOSIT,
+                destination_account=deposit.account,
+            ),
+            idempotency_key=f"deposit:{deposit.id}:renew:{old.id}",
+        )
+        if new.status is not IntentStatus.REQUIRES_CAPTURE:
+            log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=new.id)
+            return 0
+        async with self.db.transaction() as uow:
+            swapped = await storage.swap_deposit_intent(
+                uow, deposit, new.id, now_us=uow.clock.now_us()
+            )
+            if swapped:
+                await audit.record(
+                    uow,
+                    ctx.event(
+                        "auctions.deposit.renew",
+                        resource_type="deposit",
+                        resource_id=deposit.id,
+                        ts_us=uow.clock.now_us(),
+                        details={"lot_id": deposit.lot_id, "old": old.id, "new": new.id},
+                    ),
+                )
+        await self._void(ctx, old.id if swapped else new.id)
+        return int(swapped)
+
+    # -- deposits ---------------------------------------------------------------------------
+
+    async def create_deposit(
+        self, ctx: Context, lot_id: str, *, bidder_id: str, idempotency_key: str | None
+    ) -> tuple[Deposit, PaymentIntent | None]:
+        """Record the deposit and its ledger account, then authorize the card (manual capture)
+        outside the transaction, then record the intent on the deposit."""
+        deposit, card = await self._record_deposit(ctx, lot_id, bidder_id, idempotency_key)
+        if deposit.status not in _OPEN_DEPOSITS:
+            return deposit, await self._intent_of(deposit)
+        if deposit.payment_intent is not None:
+            return deposit, await self._intent_of(deposit)
+        intent = await self.payments.create(
+            ctx,
+            NewIntent(
+                amount=deposit.amount,
+                currency=deposit.currency,
+                payment_method=card,
+                capture_method=CaptureMethod.MANUAL,
+                confirm=True,
+                customer=bidder_id,
+                description=f"deposit for lot {lot_id}",
+                metadata={"lot_id": lot_id, "deposit_id": deposit.id},
+                purpose=Purpose.DEPOSIT,
+                destination_account=deposit.account,
+            ),
+            idempotency_key=f"deposit:{deposit.id}",
+        )
+        status = DepositStatus.HELD if intent.status in _HELD_INTENT else DepositStatus.FAILED
+        async with self.db.transaction() as uow:
+            await storage.set_deposit(
+                uow, deposit.id, status=status, payment_intent=intent.id, now_us=uow.clock.now_us()
+            )
+            saved = await storage.get_deposit(uow, deposit.id)
+        if saved is None:
+            raise LedgerInvariantError(f"deposit {deposit.id} vanished")
+        return saved, intent
+
+    async def _intent_of(self, deposit: Deposit) -> PaymentIntent | None:
+        if deposit.payment_intent is None:
+            return None
+        intent, _ = await self.payments.get(deposit.payment_intent)
+        return intent
+
+    async def _record_deposit(
+        self, ctx: Context, lot_id: str, bidder_id: str, idempotency_key: str | None
+    ) -> tuple[Deposit, str | None]:
+        async with self.db.transaction() as uow:
+            lot = await self._visible(uow, ctx, lot_id, for_update=True)
+            card = await parties.default_card(uow, bidder_id)
+            if ctx.actor.key_id is not None and idempotency_key is not None:
+                found = await storage.find_deposit_by_request(
+                    uow, ctx.actor.key_id, idempotency_key
+                )
+                if found is not None:
+                    return found, card
+            await self._check_deposit(uow, ctx, lot, bidder_id, card)
+            for prior in await storage.deposits_of(uow, lot_id, bidder_id):
+                if prior.status in _OPEN_DEPOSITS:
+                    return prior, card
+            now_us = uow.clock.now_us()
+            deposit = Deposit(
+                id=new_id("dep"),
+                lot_id=lot_id,
+                bidder_id=bidder_id,
+                amount=lot.deposit_amount,
+                currency=lot.currency,
+                account=deposit_account(bidder_id, lot_id),
+                payment_intent=None,
+                status=DepositStatus.PENDING,
+                created_us=now_us,
+                updated_us=now_us,
+                version=1,
+            )
+            results = await ledger.create_accounts(
+                uow,
+                None,
+                [
+                    AccountInput(
+                        deposit.account,
+                        lot.currency,
+                        "deposit",
+                        AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS,
+                        "{}",
+                    )
+                ],
+                public=False,
+            )
+            if any(r.result not in {"ok", "exists"} for r in results):
+                raise LedgerInvariantError(f"deposit account {deposit.account}: {results}")
+            await storage.insert_deposit(
+                uow, deposit, key_id=ctx.actor.key_id, idempotency_key=idempotency_key
+            )
+            await audit.record(
+                uow,
+                ctx.event(
+                    "auctions.deposit.create",
+                    resource_type="deposit",
+                    resource_id=deposit.id,
+                    ts_us=now_us,
+                    details={
+                        "lot_id": lot_id,
+                        "bidder_id": bidder_id,
+                        "amount": deposit.amount,
+                        "currency": deposit.currency,
+                    },
+                ),
+            )
+            return deposit, card
+
+    async def _check_deposit(
+        self, uow: UnitOfWork, ctx: Context, lot: Lot, bidder_id: str, card: str | None
+    ) -> None:
+        if lot.status not in {LotStatus.SCHEDULED, LotStatus.OPEN}:
+            raise LotNotOpen(f"lot {lot.id} is {lot.status.value}", lot_status=lot.status.value)
+        if lot.deposit_amount == 0:
+            raise DepositNotNeeded(f"lot {lot.id} asks for no deposit")
+        if lot.seller_id in {bidder_id, ctx.actor.principal_id}:
+            raise OwnLot(f"lot {lot.id} is the bidder's own")
+        await parties.require_party(uow, ctx, bidder_id, PartyKind.BIDDER)
+        if card is None:
+            raise CardRequired(f"bidder {bidder_id} has no card on file")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _save(self, uow: UnitOfWork, before: Lot, after: Lot) -> Lot:
+        saved = replace(after, version=before.version + 1, updated_us=uow.clock.now_us())
+        if not await storage.save_lot(uow, saved, expected_version=before.version):
+            raise LedgerInvariantError(f"lot {before.id} changed under its row lock")
+        return saved
+
+    async def _audit(
+        self,
+        uow: UnitOfWork,
+        ctx: Context,
+        lot: Lot,
+        action: str,
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        s = lot.standing
+        await audit.record(
+            uow,
+            ctx.event(
+                action,
+                resource_type="lot",
+                resource_id=lot.id,
+                ts_us=uow.clock.now_us(),
+                details={
+                    "status": lot.status.value,
+                    "seller_id": lot.seller_id,
+                    "currency": lot.currency,
+                    "price": s.price,
+                    "leader": s.leader_id,
+                    "bid_count": s.bid_count,
+                    "hammer_price": lot.hammer_price,
+                    "winner_id": lot.winner_id,
+                    **(extra or {}),
+                },
+            ),
+        )
+
+    async def _audit_bid(
+        self, uow: UnitOfWork, ctx: Context, lot: Lot, bid: Bid, action: str, *, extended: bool
+    ) -> None:
+        await audit.record(
+            uow,
+            ctx.event(
+                action,
+                resource_type="bid",
+                resource_id=bid.id,
+                ts_us=bid.placed_us,
+                details={
+                    "lot_id": lot.id,
+                    "seq": bid.seq,
+                    "bidder_id": bid.bidder_id,
+                    "max_amount": bid.max_amount,
+                    "price_after": bid.price_after,
+                    "leader_after": bid.leader_after,
+                    "ends_at_us": lot.ends_at_us,
+                    "extended": extended,
+                },
+            ),
+        )
+
+
+async def mark_settled(uow: UnitOfWork, ctx: Context, lot_id: str) -> bool:
+    """``closed`` → ``settled``, inside the caller's transaction (escrow calls it when the lot's
+    order is released to the seller). False when the lot is already settled; idempotent."""
+    lot = await storage.get_lot(uow, lot_id, for_update=True)
+    if lot is None:
+        raise LotNotFound(f"no lot {lot_id}")
+    if lot.status is LotStatus.SETTLED:
+        return False
+    if lot.status is not LotStatus.CLOSED:
+        raise InvalidTransition(f"lot {lot_id} is {lot.status.value}; it cannot settle")
+    now_us = uow.clock.now_us()
+    settled = replace(lot, status=LotStatus.SETTLED, version=lot.version + 1, updated_us=now_us)
+    if not await storage.save_lot(uow, settled, expected_version=lot.version):
+        raise LedgerInvariantError(f"lot {lot_id} changed under its row lock")
+    await audit.record(
+        uow,
+        ctx.event(
+            "auctions.lot.settle",
+            resource_type="lot",
+            resource_id=lot_id,
+            ts_us=now_us,
+            details={"hammer_price": lot.hammer_price, "winner_id": lot.winner_id},
+        ),
+    )
+    return True
+
+
+def _may_see(ctx: Context, lot: Lot) -> bool:
+    """Staff and the service see every lot; a seller its own; a bidder every lot past draft."""
+    role = ctx.actor.role
+    if role == "seller":
+        return lot.seller_id == ctx.actor.principal_id
+    if role == "bidder":
+        return lot.status is not LotStatus.DRAFT
+    return True

@@ -1,0 +1,530 @@
+"""The auctions tables and their queries (only ``auctions.service`` imports this).
+
+A lot changes only under its row lock (:func:`get_lot` with ``for_update``: ``SELECT … FOR
+UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already makes one writer at a time), and
+every write checks ``version`` as well, so a bug that forgot the lock fails loudly instead of
+losing a bid. Due lots are claimed with ``FOR UPDATE SKIP LOCKED``: several processes closing
+lots never wait on, nor close, the same lot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+
+from hammerlock.auctions.model import (
+    Band,
+    Bid,
+    BidKind,
+    Deposit,
+    DepositStatus,
+    Lot,
+    LotStatus,
+    Standing,
+)
+from hammerlock.db.metadata import metadata
+from hammerlock.db.uow import UnitOfWork
+
+__all__ = ["lot_bids", "lot_deposits", "lots"]
+
+BIG = sa.BigInteger
+
+lots = sa.Table(
+    "lots",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("seller_id", sa.String(64), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("estimate", BIG, nullable=False),
+    sa.Column("starting_price", BIG, nullable=False),
+    sa.Column("reserve_price", BIG, nullable=False),
+    sa.Column("buy_now_price", BIG, nullable=True),
+    sa.Column("increments", sa.Text, nullable=False),
+    sa.Column("starts_at_us", BIG, nullable=False),
+    sa.Column("ends_at_us", BIG, nullable=False),
+    sa.Column("latest_end_us", BIG, nullable=False),
+    sa.Column("soft_close_s", sa.Integer, nullable=False),
+    sa.Column("soft_close_cap_s", sa.Integer, nullable=False),
+    sa.Column("buyer_premium_bps", sa.Integer, nullable=False),
+    sa.Column("seller_commission_bps", sa.Integer, nullable=False),
+    sa.Column("deposit_bps", sa.Integer, nullable=False),
+    sa.Column("deposit_amount", BIG, nullable=False),
+    sa.Column("payment_window_s", sa.Integer, nullable=False),
+    sa.Column("inspection_period_s", sa.Integer, nullable=False),
+    sa.Column("current_price", BIG, nullable=True),
+    sa.Column("leading_bidder_id", sa.String(64), nullable=True),
+    sa.Column("leading_max", BIG, nullable=True),
+    sa.Column("runner_up_id", sa.String(64), nullable=True),
+    sa.Column("runner_up_max", BIG, nullable=True),
+    sa.Column("bid_count", sa.Integer, nullable=False),
+    sa.Column("last_seq", BIG, nullable=False),
+    sa.Column("extensions", sa.Integer, nullable=False),
+    sa.Column("hammer_price", BIG, nullable=True),
+    sa.Column("winner_id", sa.String(64), nullable=True),
+    sa.Column("close_reason", sa.String(16), nullable=True),
+    sa.Column("closed_us", BIG, nullable=True),
+    sa.Column("deposits_released", sa.Boolean, nullable=False),
+    sa.Column("created_by_principal", sa.String(128), nullable=True),
+    sa.Column("created_us", BIG, nullable=False),
+    sa.Column("updated_us", BIG, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.CheckConstraint("estimate >= 0", name="estimate_non_negative"),
+    sa.CheckConstraint("starting_price > 0", name="starting_price_positive"),
+    sa.CheckConstraint("reserve_price >= 0", name="reserve_non_negative"),
+    sa.CheckConstraint("ends_at_us <= latest_end_us", name="ends_within_cap"),
+)
+sa.Index("ix_lots_status", lots.c.status, lots.c.ends_at_us)
+sa.Index("ix_lots_seller_id", lots.c.seller_id)
+
+lot_bids = sa.Table(
+    "lot_bids",
+    metadata,
+    sa.Column("lot_id", sa.String(64), primary_key=True),
+    sa.Column("seq", BIG, primary_key=True),
+    sa.Column("id", sa.String(64), nullable=False),
+    sa.Column("bidder_id", sa.String(64), nullable=False),
+    sa.Column("max_amount", BIG, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("price_after", BIG, nullable=False),
+    sa.Column("leader_after", sa.String(64), nullable=False),
+    sa.Column("placed_us", BIG, nullable=False),
+    sa.Column("retracted_us", BIG, nullable=True),
+    sa.Column("retracted_by", sa.String(128), nullable=True),
+    sa.Column("retraction_reason", sa.String(500), nullable=True),
+    sa.Column("created_by_key_id", sa.String(64), nullable=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.UniqueConstraint("id"),
+    sa.UniqueConstraint("created_by_key_id", "idempotency_key"),
+    sa.CheckConstraint("max_amount > 0", name="max_amount_positive"),
+    sa.CheckConstraint("seq > 0", name="seq_positive"),
+)
+sa.Index("ix_lot_bids_bidder_id", lot_bids.c.bidder_id, lot_bids.c.lot_id)
+
+lot_deposits = sa.Table(
+    "lot_deposits",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("lot_id", sa.String(64), nullable=False),
+    sa.Column("bidder_id", sa.String(64), nullable=False),
+    sa.Column("amount", BIG, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("account", sa.String(128), nullable=False),
+    sa.Column("payment_intent", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_by_key_id", sa.String(64), nullable=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("created_us", BIG, nullable=False),
+    sa.Column("updated_us", BIG, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.UniqueConstraint("created_by_key_id", "idempotency_key"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+)
+sa.Index("ix_lot_deposits_lot_id", lot_deposits.c.lot_id, lot_deposits.c.bidder_id)
+sa.Index("ix_lot_deposits_status", lot_deposits.c.status)
+
+
+# -- lots ---------------------------------------------------------------------------------------
+
+
+def _bands_text(bands: tuple[Band, ...]) -> str:
+    return orjson.dumps([[b.start, b.step] for b in bands]).decode()
+
+
+def _lot(row: RowMapping) -> Lot:
+    return Lot(
+        id=row["id"],
+        status=LotStatus(row["status"]),
+        seller_id=row["seller_id"],
+        title=row["title"],
+        description=row["description"],
+        currency=row["currency"],
+        estimate=row["estimate"],
+        starting_price=row["starting_price"],
+        reserve_price=row["reserve_price"],
+        buy_now_price=row["buy_now_price"],
+        increments=tuple(Band(s, t) for s, t in orjson.loads(row["increments"])),
+        starts_at_us=row["starts_at_us"],
+        ends_at_us=row["ends_at_us"],
+        latest_end_us=row["latest_end_us"],
+        soft_close_s=row["soft_close_s"],
+        soft_close_cap_s=row["soft_close_cap_s"],
+        buyer_premium_bps=row["buyer_premium_bps"],
+        seller_commission_bps=row["seller_commission_bps"],
+        deposit_bps=row["deposit_bps"],
+        deposit_amount=row["deposit_amount"],
+        payment_window_s=row["payment_window_s"],
+        inspection_period_s=row["inspection_period_s"],
+        standing=Standing(
+            price=row["current_price"],
+            leader_id=row["leading_bidder_id"],
+            leader_max=row["leading_max"],
+            runner_up_id=row["runner_up_id"],
+            runner_up_max=row["runner_up_max"],
+            bid_count=row["bid_count"],
+            last_seq=row["last_seq"],
+        ),
+        extensions=row["extensions"],
+        hammer_price=row["hammer_price"],
+        winner_id=row["winner_id"],
+        close_reason=row["close_reason"],
+        closed_us=row["closed_us"],
+        deposits_released=bool(row["deposits_released"]),
+        created_by_principal=row["created_by_principal"],
+        created_us=row["created_us"],
+        updated_us=row["updated_us"],
+        version=row["version"],
+    )
+
+
+def _lot_values(lot: Lot) -> dict[str, Any]:
+    s = lot.standing
+    return {
+        "id": lot.id,
+        "status": lot.status.value,
+        "seller_id": lot.seller_id,
+        "title": lot.title,
+        "description": lot.description,
+        "currency": lot.currency,
+        "estimate": lot.estimate,
+        "starting_price": lot.starting_price,
+        "reserve_price": lot.reserve_price,
+        "buy_now_price": lot.buy_now_price,
+        "increments": _bands_text(lot.increments),
+        "starts_at_us": lot.starts_at_us,
+        "ends_at_us": lot.ends_at_us,
+        "latest_end_us": lot.latest_end_us,
+        "soft_close_s": lot.soft_close_s,
+        "soft_close_cap_s": lot.soft_close_cap_s,
+        "buyer_premium_bps": lot.buyer_premium_bps,
+        "seller_commission_bps": lot.seller_commission_bps,
+        "deposit_bps": lot.deposit_bps,
+        "deposit_amount": lot.deposit_amount,
+        "payment_window_s": lot.payment_window_s,
+        "inspection_period_s": lot.inspection_period_s,
+        "current_price": s.price,
+        "leading_bidder_id": s.leader_id,
+        "leading_max": s.leader_max,
+        "runner_up_id": s.runner_up_id,
+        "runner_up_max": s.runner_up_max,
+        "bid_count": s.bid_count,
+        "last_seq": s.last_seq,
+        "extensions": lot.extensions,
+        "hammer_price": lot.hammer_price,
+        "winner_id": lot.winner_id,
+        "close_reason": lot.close_reason,
+        "closed_us": lot.closed_us,
+        "deposits_released": lot.deposits_released,
+        "created_by_principal": lot.created_by_principal,
+        "created_us": lot.created_us,
+        "updated_us": lot.updated_us,
+        "version": lot.version,
+    }
+
+
+async def insert_lot(uow: UnitOfWork, lot: Lot) -> None:
+    await uow.conn.execute(lots.insert().values(**_lot_values(lot)))
+
+
+async def get_lot(uow: UnitOfWork, lot_id: str, *, for_update: bool = False) -> Lot | None:
+    query = sa.select(lots).where(lots.c.id == lot_id)
+    if for_update and uow.is_postgres:
+        query = query.with_for_update()
+    row = (await uow.conn.execute(query)).mappings().first()
+    return None if row is None else _lot(row)
+
+
+async def save_lot(uow: UnitOfWork, lot: Lot, *, expected_version: int) -> bool:
+    values = _lot_values(lot)
+    del values["id"]
+    result = await uow.conn.execute(
+        lots.update()
+        .where(lots.c.id == lot.id, lots.c.version == expected_version)
+        .values(**values)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def claim_due(uow: UnitOfWork, status: LotStatus, *, column: str, now_us: int) -> Lot | None:
+    """One lot in ``status`` whose ``column`` time has come, locked for this transaction; lots
+    another process holds are skipped (PostgreSQL), SQLite having one writer anyway."""
+    query = (
+        sa.select(lots)
+        .where(lots.c.status == status.value, lots.c[column] <= now_us)
+        .order_by(lots.c[column])
+        .limit(1)
+    )
+    if uow.is_postgres:
+        query = query.with_for_update(skip_locked=True)
+    row = (await uow.conn.execute(query)).mappings().first()
+    return None if row is None else _lot(row)
+
+
+async def any_due(uow: UnitOfWork, *, now_us: int) -> bool:
+    """Whether any lot waits to open or close (a cheap read before taking the write lock)."""
+    query = (
+        sa.select(lots.c.id)
+        .where(
+            sa.or_(
+                sa.and_(lots.c.status == LotStatus.OPEN.value, lots.c.ends_at_us <= now_us),
+                sa.and_(lots.c.status == LotStatus.SCHEDULED.value, lots.c.starts_at_us <= now_us),
+            )
+        )
+        .limit(1)
+    )
+    return (await uow.conn.execute(query)).first() is not None
+
+
+async def lots_with_unreleased_deposits(uow: UnitOfWork, *, limit: int) -> list[str]:
+    query = (
+        sa.select(lots.c.id)
+        .where(
+            lots.c.status.in_(
+                [LotStatus.CLOSED.value, LotStatus.UNSOLD.value, LotStatus.SETTLED.value]
+            ),
+            lots.c.deposits_released.is_(False),
+        )
+        .limit(limit)
+    )
+    return [r[0] for r in (await uow.conn.execute(query)).all()]
+
+
+async def mark_deposits_released(uow: UnitOfWork, lot_id: str) -> None:
+    await uow.conn.execute(lots.update().where(lots.c.id == lot_id).values(deposits_released=True))
+
+
+# -- bids ---------------------------------------------------------------------------------------
+
+
+def _bid(row: RowMapping) -> Bid:
+    return Bid(
+        id=row["id"],
+        lot_id=row["lot_id"],
+        seq=row["seq"],
+        bidder_id=row["bidder_id"],
+        max_amount=row["max_amount"],
+        kind=BidKind(row["kind"]),
+        status=row["status"],
+        price_after=row["price_after"],
+        leader_after=row["leader_after"],
+        placed_us=row["placed_us"],
+        retracted_us=row["retracted_us"],
+        retracted_by=row["retracted_by"],
+        retraction_reason=row["retraction_reason"],
+    )
+
+
+async def insert_bid(
+    uow: UnitOfWork, bid: Bid, *, key_id: str | None, idempotency_key: str | None
+) -> None:
+    await uow.conn.execute(
+        lot_bids.insert().values(
+            lot_id=bid.lot_id,
+            seq=bid.seq,
+            id=bid.id,
+            bidder_id=bid.bidder_id,
+            max_amount=bid.max_amount,
+            kind=bid.kind.value,
+            status=bid.status,
+            price_after=bid.price_after,
+            leader_after=bid.leader_after,
+            placed_us=bid.placed_us,
+            created_by_key_id=key_id,
+            idempotency_key=idempotency_key,
+        )
+    )
+
+
+async def find_bid_by_request(uow: UnitOfWork, key_id: str, idempotency_key: str) -> Bid | None:
+    t = lot_bids
+    row = (
+        (
+            await uow.conn.execute(
+                sa.select(t).where(
+                    t.c.created_by_key_id == key_id, t.c.idempotency_key == idempotency_key
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else _bid(row)
+
+
+async def get_bid(uow: UnitOfWork, bid_id: str) -> Bid | None:
+    row = (
+        (await uow.conn.execute(sa.select(lot_bids).where(lot_bids.c.id == bid_id)))
+        .mappings()
+        .first()
+    )
+    return None if row is None else _bid(row)
+
+
+async def list_bids(
+    uow: UnitOfWork,
+    lot_id: str,
+    *,
+    after_seq: int = 0,
+    limit: int = 1_000_000,
+    accepted_only: bool = False,
+) -> list[Bid]:
+    t = lot_bids
+    query = sa.select(t).where(t.c.lot_id == lot_id, t.c.seq > after_seq)
+    if accepted_only:
+        query = query.where(t.c.status == "accepted")
+    rows = (await uow.conn.execute(query.order_by(t.c.seq).limit(limit))).mappings().all()
+    return [_bid(r) for r in rows]
+
+
+async def retract_bid(
+    uow: UnitOfWork, bid: Bid, *, by: str | None, reason: str, now_us: int
+) -> bool:
+    t = lot_bids
+    result = await uow.conn.execute(
+        t.update()
+        .where(t.c.lot_id == bid.lot_id, t.c.seq == bid.seq, t.c.status == "accepted")
+        .values(status="retracted", retracted_us=now_us, retracted_by=by, retraction_reason=reason)
+    )
+    return bool(result.rowcount == 1)
+
+
+# -- deposits -----------------------------------------------------------------------------------
+
+
+def _deposit(row: RowMapping) -> Deposit:
+    return Deposit(
+        id=row["id"],
+        lot_id=row["lot_id"],
+        bidder_id=row["bidder_id"],
+        amount=row["amount"],
+        currency=row["currency"],
+        account=row["account"],
+        payment_intent=row["payment_intent"],
+        status=DepositStatus(row["status"]),
+        created_us=row["created_us"],
+        updated_us=row["updated_us"],
+        version=row["version"],
+    )
+
+
+async def insert_deposit(
+    uow: UnitOfWork, deposit: Deposit, *, key_id: str | None, idempotency_key: str | None
+) -> None:
+    await uow.conn.execute(
+        lot_deposits.insert().values(
+            id=deposit.id,
+            lot_id=deposit.lot_id,
+            bidder_id=deposit.bidder_id,
+            amount=deposit.amount,
+            currency=deposit.currency,
+            account=deposit.account,
+            payment_intent=deposit.payment_intent,
+            status=deposit.status.value,
+            created_by_key_id=key_id,
+            idempotency_key=idempotency_key,
+            created_us=deposit.created_us,
+            updated_us=deposit.updated_us,
+            version=deposit.version,
+        )
+    )
+
+
+async def get_deposit(uow: UnitOfWork, deposit_id: str) -> Deposit | None:
+    t = lot_deposits
+    row = (await uow.conn.execute(sa.select(t).where(t.c.id == deposit_id))).mappings().first()
+    return None if row is None else _deposit(row)
+
+
+async def find_deposit_by_request(
+    uow: UnitOfWork, key_id: str, idempotency_key: str
+) -> Deposit | None:
+    t = lot_deposits
+    row = (
+        (
+            await uow.conn.execute(
+                sa.select(t).where(
+                    t.c.created_by_key_id == key_id, t.c.idempotency_key == idempotency_key
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else _deposit(row)
+
+
+async def deposits_of(uow: UnitOfWork, lot_id: str, bidder_id: str | None = None) -> list[Deposit]:
+    t = lot_deposits
+    query = sa.select(t).where(t.c.lot_id == lot_id)
+    if bidder_id is not None:
+        query = query.where(t.c.bidder_id == bidder_id)
+    rows = (await uow.conn.execute(query.order_by(t.c.created_us, t.c.id))).mappings().all()
+    return [_deposit(r) for r in rows]
+
+
+async def set_deposit(
+    uow: UnitOfWork,
+    deposit_id: str,
+    *,
+    status: DepositStatus,
+    payment_intent: str | None,
+    now_us: int,
+) -> None:
+    t = lot_deposits
+    values: dict[str, Any] = {
+        "status": status.value,
+        "updated_us": now_us,
+        "version": t.c.version + 1,
+    }
+    if payment_intent is not None:
+        values["payment_intent"] = payment_intent
+    await uow.conn.execute(t.update().where(t.c.id == deposit_id).values(**values))
+
+
+async def held_deposits_of_live_lots(
+    uow: UnitOfWork, *, after_id: str, limit: int
+) -> list[tuple[Deposit, int]]:
+    """Held deposits on lots still taking bids, with each lot's latest possible end."""
+    d, lot = lot_deposits, lots
+    rows = (
+        (
+            await uow.conn.execute(
+                sa.select(d, lot.c.latest_end_us)
+                .join(lot, lot.c.id == d.c.lot_id)
+                .where(
+                    d.c.status == DepositStatus.HELD.value,
+                    d.c.payment_intent.is_not(None),
+                    d.c.id > after_id,
+                    lot.c.status.in_([LotStatus.OPEN.value, LotStatus.SCHEDULED.value]),
+                )
+                .order_by(d.c.id)
+                .limit(limit)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return [(_deposit(r), r["latest_end_us"]) for r in rows]
+
+
+async def swap_deposit_intent(
+    uow: UnitOfWork, deposit: Deposit, new_intent: str, *, now_us: int
+) -> bool:
+    """Point a held deposit at its renewed authorization (only if nobody changed it since)."""
+    t = lot_deposits
+    result = await uow.conn.execute(
+        t.update()
+        .where(
+            t.c.id == deposit.id,
+            t.c.version == deposit.version,
+            t.c.status == DepositStatus.HELD.value,
+        )
+        .values(payment_intent=new_intent, updated_us=now_us, version=deposit.version + 1)
+    )
+    return bool(result.rowcount == 1)

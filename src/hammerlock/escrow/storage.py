@@ -1,0 +1,243 @@
+"""The escrow tables and their queries (only ``escrow.service`` imports this).
+
+An order is a state machine saved under a ``version`` compare-and-set (and a row lock on
+PostgreSQL); its history is ``escrow_order_events`` (append-only: the timeline), the audit log
+and the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+
+from hammerlock.db.metadata import metadata
+from hammerlock.db.uow import UnitOfWork
+from hammerlock.escrow.model import OfferStatus, Order, OrderStatus, PayoutStatus
+
+__all__ = ["escrow_order_events", "escrow_orders"]
+
+BIG = sa.BigInteger
+
+escrow_orders = sa.Table(
+    "escrow_orders",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("lot_id", sa.String(64), nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("seller_id", sa.String(64), nullable=False),
+    sa.Column("buyer_id", sa.String(64), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("hammer_price", BIG, nullable=False),
+    sa.Column("buyer_premium_bps", sa.Integer, nullable=False),
+    sa.Column("seller_commission_bps", sa.Integer, nullable=False),
+    sa.Column("premium", BIG, nullable=False),
+    sa.Column("commission", BIG, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("payment_window_s", BIG, nullable=False),
+    sa.Column("inspection_period_s", BIG, nullable=False),
+    sa.Column("pay_by_us", BIG, nullable=False),
+    sa.Column("deposit_intent_id", sa.String(64), nullable=True),
+    sa.Column("deposit_in_escrow", BIG, nullable=False),
+    sa.Column("payment_intent_id", sa.String(64), nullable=True),
+    sa.Column("gateway", sa.String(32), nullable=True),
+    sa.Column("carrier", sa.String(16), nullable=True),
+    sa.Column("tracking_number", sa.String(40), nullable=True),
+    sa.Column("shipped_us", BIG, nullable=True),
+    sa.Column("delivered_us", BIG, nullable=True),
+    sa.Column("inspection_ends_us", BIG, nullable=True),
+    sa.Column("dispute_reason", sa.String(1000), nullable=True),
+    sa.Column("refunded_amount", BIG, nullable=False),
+    sa.Column("refund_plan", sa.Text, nullable=False),
+    sa.Column("refund_ids", sa.Text, nullable=False),
+    sa.Column("refunds_outstanding", sa.Integer, nullable=False),
+    sa.Column("released_to_seller", BIG, nullable=False),
+    sa.Column("released_to_revenue", BIG, nullable=False),
+    sa.Column("payout_status", sa.String(16), nullable=False),
+    sa.Column("payout_key", sa.String(128), nullable=True),
+    sa.Column("payout_id", sa.String(128), nullable=True),
+    sa.Column("runner_up_bidder_id", sa.String(64), nullable=True),
+    sa.Column("runner_up_amount", BIG, nullable=True),
+    sa.Column("offer_status", sa.String(16), nullable=False),
+    sa.Column("offer_expires_us", BIG, nullable=True),
+    sa.Column("offer_order_id", sa.String(64), nullable=True),
+    sa.Column("parent_order_id", sa.String(64), nullable=True),
+    sa.Column("created_us", BIG, nullable=False),
+    sa.Column("updated_us", BIG, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.UniqueConstraint("lot_id", "generation"),
+    sa.CheckConstraint("hammer_price > 0", name="hammer_positive"),
+    sa.CheckConstraint("premium >= 0 AND commission >= 0", name="fees_non_negative"),
+    sa.CheckConstraint("commission <= hammer_price", name="commission_within_hammer"),
+    sa.CheckConstraint(
+        "refunded_amount >= 0 AND refunded_amount <= hammer_price + premium",
+        name="refund_within_total",
+    ),
+)
+sa.Index("ix_escrow_orders_status", escrow_orders.c.status, escrow_orders.c.updated_us)
+sa.Index("ix_escrow_orders_buyer", escrow_orders.c.buyer_id)
+sa.Index("ix_escrow_orders_seller", escrow_orders.c.seller_id)
+
+escrow_order_events = sa.Table(
+    "escrow_order_events",
+    metadata,
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("at_us", BIG, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=True),
+    sa.Column("details", sa.Text, nullable=False),
+)
+
+_JSON_COLUMNS = ("refund_plan", "refund_ids")
+_ENUM_COLUMNS = ("status", "payout_status", "offer_status")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _order(row: RowMapping) -> Order:
+    values = dict(row)
+    values["status"] = OrderStatus(values["status"])
+    values["payout_status"] = PayoutStatus(values["payout_status"])
+    values["offer_status"] = OfferStatus(values["offer_status"])
+    for name in _JSON_COLUMNS:
+        values[name] = orjson.loads(values[name])
+    return Order(**values)
+
+
+def _values(order: Order) -> dict[str, Any]:
+    values = {c.name: getattr(order, c.name) for c in escrow_orders.columns}
+    for name in _ENUM_COLUMNS:
+        values[name] = values[name].value
+    for name in _JSON_COLUMNS:
+        values[name] = _dumps(values[name])
+    return values
+
+
+async def insert_order(uow: UnitOfWork, order: Order) -> None:
+    await uow.conn.execute(escrow_orders.insert().values(**_values(order)))
+
+
+async def get_order(uow: UnitOfWork, order_id: str, *, for_update: bool = False) -> Order | None:
+    query = sa.select(escrow_orders).where(escrow_orders.c.id == order_id)
+    if for_update and uow.is_postgres:
+        query = query.with_for_update()
+    row = (await uow.conn.execute(query)).mappings().first()
+    return None if row is None else _order(row)
+
+
+async def save_order(uow: UnitOfWork, order: Order, *, expected_version: int) -> bool:
+    """Write ``order`` if nobody changed it since ``expected_version``; False otherwise."""
+    t = escrow_orders
+    values = _values(order)
+    del values["id"]
+    result = await uow.conn.execute(
+        t.update().where(t.c.id == order.id, t.c.version == expected_version).values(**values)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def append_event(
+    uow: UnitOfWork,
+    order_id: str,
+    *,
+    at_us: int,
+    event: str,
+    status: OrderStatus,
+    actor: str | None,
+    details: dict[str, Any],
+) -> None:
+    t = escrow_order_events
+    last = (
+        await uow.conn.execute(sa.select(sa.func.max(t.c.seq)).where(t.c.order_id == order_id))
+    ).scalar()
+    await uow.conn.execute(
+        t.insert().values(
+            order_id=order_id,
+            seq=(last or 0) + 1,
+            at_us=at_us,
+            event=event,
+            status=status.value,
+            actor=actor,
+            details=_dumps(details),
+        )
+    )
+
+
+async def timeline(uow: UnitOfWork, order_id: str, *, limit: int) -> list[dict[str, Any]]:
+    t = escrow_order_events
+    rows = (
+        (
+            await uow.conn.execute(
+                sa.select(t).where(t.c.order_id == order_id).order_by(t.c.seq).limit(limit)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return [
+        {
+            "seq": r["seq"],
+            "at_us": r["at_us"],
+            "event": r["event"],
+            "status": r["status"],
+            "actor": r["actor"],
+            "details": orjson.loads(r["details"]),
+        }
+        for r in rows
+    ]
+
+
+async def ids_where(
+    uow: UnitOfWork, conditions: Iterable[sa.ColumnElement[bool]], *, limit: int
+) -> list[str]:
+    """Ids of orders matching every condition, oldest change first (the sweeper's queues)."""
+    t = escrow_orders
+    rows = await uow.conn.execute(
+        sa.select(t.c.id).where(*conditions).order_by(t.c.updated_us).limit(limit)
+    )
+    return [r[0] for r in rows]
+
+
+def due_for_default(now_us: int) -> list[sa.ColumnElement[bool]]:
+    t = escrow_orders
+    return [t.c.status == OrderStatus.AWAITING_PAYMENT.value, t.c.pay_by_us <= now_us]
+
+
+def awaiting_with_intent() -> list[sa.ColumnElement[bool]]:
+    t = escrow_orders
+    return [t.c.status == OrderStatus.AWAITING_PAYMENT.value, t.c.payment_intent_id.is_not(None)]
+
+
+def shipped_before(before_us: int) -> list[sa.ColumnElement[bool]]:
+    t = escrow_orders
+    return [t.c.status == OrderStatus.SHIPPED.value, t.c.shipped_us <= before_us]
+
+
+def inspection_over(now_us: int) -> list[sa.ColumnElement[bool]]:
+    t = escrow_orders
+    return [t.c.status == OrderStatus.DELIVERED.value, t.c.inspection_ends_us <= now_us]
+
+
+def payout_pending(before_us: int) -> list[sa.ColumnElement[bool]]:
+    t = escrow_orders
+    return [t.c.payout_status == PayoutStatus.PENDING.value, t.c.updated_us <= before_us]
+
+
+def refunds_unstarted(before_us: int) -> list[sa.ColumnElement[bool]]:
+    t = escrow_orders
+    return [
+        t.c.refunds_outstanding > 0,
+        t.c.updated_us <= before_us,
+    ]
+
+
+def offers_expiring(now_us: int) -> list[sa.ColumnElement[bool]]:
+    t = escrow_orders
+    return [t.c.offer_status == OfferStatus.OPEN.value, t.c.offer_expires_us <= now_us]

@@ -1,0 +1,1 @@
+"""Parties: the marketplace's bidders and sellers, their API keys and bidders' cards on file."""

@@ -1,0 +1,126 @@
+"""The parties tables and their queries (only ``parties.service`` imports this)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+
+from hammerlock.db.metadata import metadata
+from hammerlock.db.uow import UnitOfWork
+from hammerlock.parties.model import Card, Party, PartyKind
+
+__all__ = ["parties", "party_cards"]
+
+BIG = sa.BigInteger
+
+parties = sa.Table(
+    "parties",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("email", sa.String(320), nullable=True),
+    sa.Column("created_by_principal", sa.String(128), nullable=True),
+    sa.Column("created_us", BIG, nullable=False),
+    sa.CheckConstraint("kind IN ('bidder', 'seller')", name="kind_known"),
+)
+
+party_cards = sa.Table(
+    "party_cards",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("bidder_id", sa.String(64), nullable=False),
+    sa.Column("payment_method", sa.String(128), nullable=False),
+    sa.Column("brand", sa.String(32), nullable=True),
+    sa.Column("last4", sa.String(4), nullable=True),
+    sa.Column("created_us", BIG, nullable=False),
+    sa.UniqueConstraint("bidder_id", "payment_method"),
+)
+sa.Index("ix_party_cards_bidder_id", party_cards.c.bidder_id, party_cards.c.created_us)
+
+
+def _party(row: RowMapping) -> Party:
+    return Party(
+        id=row["id"],
+        kind=PartyKind(row["kind"]),
+        name=row["name"],
+        email=row["email"],
+        created_us=row["created_us"],
+    )
+
+
+def _card(row: RowMapping) -> Card:
+    return Card(
+        id=row["id"],
+        bidder_id=row["bidder_id"],
+        payment_method=row["payment_method"],
+        brand=row["brand"],
+        last4=row["last4"],
+        created_us=row["created_us"],
+    )
+
+
+async def insert_party(uow: UnitOfWork, party: Party, created_by: str | None) -> None:
+    await uow.conn.execute(
+        parties.insert().values(
+            id=party.id,
+            kind=party.kind.value,
+            name=party.name,
+            email=party.email,
+            created_by_principal=created_by,
+            created_us=party.created_us,
+        )
+    )
+
+
+async def get_party(uow: UnitOfWork, party_id: str) -> Party | None:
+    row = (
+        (await uow.conn.execute(sa.select(parties).where(parties.c.id == party_id)))
+        .mappings()
+        .first()
+    )
+    return None if row is None else _party(row)
+
+
+async def find_card(uow: UnitOfWork, bidder_id: str, payment_method: str) -> Card | None:
+    t = party_cards
+    row = (
+        (
+            await uow.conn.execute(
+                sa.select(t).where(t.c.bidder_id == bidder_id, t.c.payment_method == payment_method)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else _card(row)
+
+
+async def insert_card(uow: UnitOfWork, card: Card) -> None:
+    await uow.conn.execute(
+        party_cards.insert().values(
+            id=card.id,
+            bidder_id=card.bidder_id,
+            payment_method=card.payment_method,
+            brand=card.brand,
+            last4=card.last4,
+            created_us=card.created_us,
+        )
+    )
+
+
+async def latest_card(uow: UnitOfWork, bidder_id: str) -> Card | None:
+    t = party_cards
+    row = (
+        (
+            await uow.conn.execute(
+                sa.select(t)
+                .where(t.c.bidder_id == bidder_id)
+                .order_by(t.c.created_us.desc(), t.c.id.desc())
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else _card(row)

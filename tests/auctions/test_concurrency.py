@@ -1,0 +1,114 @@
+"""50 bidders x 20 bids racing on one lot over real PostgreSQL connections.
+
+The lot's row lock serializes them: the accepted bids carry the sequence 1..N without a gap or a
+repeat, every refusal is ``bid_too_low``, and the lot's final price, leader and runner-up equal a
+from-scratch replay of the accepted bids in sequence order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from hammerlock.auctions.errors import BidTooLow
+from hammerlock.auctions.model import AcceptedBid, standing_of
+from hammerlock.auctions.service import NewLot
+from hammerlock.audit.model import Context
+from hammerlock.bootstrap import Container
+from hammerlock.parties import service as parties
+from hammerlock.parties.model import PartyKind
+from hammerlock.settings import Settings
+from tests.auctions.test_model import reference
+from tests.conftest import require_service
+
+BIDDERS = 50
+BIDS_EACH = 20
+
+
+@pytest.fixture
+def backend() -> str:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    return "postgresql"
+
+
+@pytest.fixture
+def app_settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        api_key_pepper="test-pepper-not-secret",
+        db_pool_size=20,
+    )
+
+
+async def test_concurrent_bids_are_serialized_and_priced_as_a_replay(
+    container: Container,
+) -> None:
+    ctx = Context.system("tests")
+    pepper = container.pepper
+    async with container.db.transaction() as uow:
+        seller, _ = await parties.register(
+            uow, ctx, kind=PartyKind.SELLER, name="s", email=None, pepper=pepper
+        )
+        bidders = []
+        for i in range(BIDDERS):
+            bidder, _ = await parties.register(
+                uow, ctx, kind=PartyKind.BIDDER, name=f"b{i}", email=None, pepper=pepper
+            )
+            await parties.add_card(
+                uow, ctx, bidder.id, payment_method=f"tok_{i}", brand=None, last4=None
+            )
+            bidders.append(bidder.id)
+    now = container.clock.now_us()
+    auctions = container.auctions
+    lot = await auctions.create_lot(
+        ctx,
+        NewLot(
+            seller_id=seller.id,
+            title="hot lot",
+            currency="USD",
+            estimate=0,
+            starting_price=100,
+            reserve_price=50_000,
+            starts_at_us=now,
+            ends_at_us=now + 3_600_000_000,
+        ),
+    )
+    await auctions.open_lot(ctx, lot.id)
+    rng = random.Random(6)
+
+    async def bidder_run(bidder_id: str) -> tuple[int, int]:
+        accepted = refused = 0
+        for amount in sorted(rng.randint(100, 200_000) for _ in range(BIDS_EACH)):
+            try:
+                await auctions.place_bid(
+                    ctx, lot.id, bidder_id=bidder_id, max_amount=amount, idempotency_key=None
+                )
+                accepted += 1
+            except BidTooLow:
+                refused += 1
+        return accepted, refused
+
+    results = await asyncio.gather(*(bidder_run(b) for b in bidders))
+    assert sum(a + r for a, r in results) == BIDDERS * BIDS_EACH
+    final, bids = await auctions.list_bids(ctx, lot.id, after_seq=0, limit=BIDDERS * BIDS_EACH)
+    accepted = sum(a for a, _ in results)
+    assert [b.seq for b in bids] == list(range(1, accepted + 1))
+    assert final.standing.last_seq == final.standing.bid_count == accepted
+    replay = standing_of(final.terms, (AcceptedBid(b.seq, b.bidder_id, b.max_amount) for b in bids))
+    assert replay == final.standing
+    expected = reference(final.terms, [(b.bidder_id, b.max_amount) for b in bids])
+    assert (final.standing.price, final.standing.leader_id, final.standing.runner_up_id) == (
+        expected.price,
+        expected.leader,
+        expected.runner_up,
+    )
+    # Each accepted bid's recorded price is the replay's price after it.
+    for i, bid in enumerate(bids, start=1):
+        prefix = standing_of(
+            final.terms, (AcceptedBid(b.seq, b.bidder_id, b.max_amount) for b in bids[:i])
+        )
+        assert (bid.price_after, bid.leader_after) == (prefix.price, prefix.leader_id)

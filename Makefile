@@ -6,16 +6,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HAMMERLOCK_DATA_DIR ?= ./var
 
-.PHONY: run test test-long lint format demo admin-key bench-ledger bench-audit clean help
+.PHONY: run test test-long lint format demo tour admin-key bench-ledger bench-audit bench-auctions clean help
 
 help:
 	@echo "make run          set up and start hammerlock on http://127.0.0.1:8000 (docs at /docs)"
 	@echo "make test         set up, then lint, type-check, check imports and run the test suite"
-	@echo "make demo         walk through the ledger against the running server (make run first)"
+	@echo "make demo         a marketplace day against the running server, in under a minute (make run first)"
+	@echo "make tour         a guided walk through the ledger and card payments (make run first)"
 	@echo "make admin-key    print a new admin API key"
 	@echo "make test-long    long property and soak runs"
 	@echo "make bench-ledger ledger throughput against pgbench in the same run"
 	@echo "make bench-audit  audit append rate, outbox cost per transfer, audit verify over 1M events"
+	@echo "make bench-auctions bids/s (hot lot, 100 lots) and lot settlements/s over HTTP"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -31,6 +33,9 @@ admin-key: $(STAMP)
 	@$(BIN)/hammerlock keys create --role admin --name "admin ($(USER))" | tail -n 1
 
 demo: $(STAMP)
+	$(BIN)/hammerlock demo
+
+tour: $(STAMP)
 	$(BIN)/python -m hammerlock.cli.demo
 
 lint: $(STAMP)
@@ -60,6 +65,10 @@ bench-audit: $(STAMP)
 	$(BIN)/python bench/audit_verify_bench.py --doc
 	$(BIN)/python bench/audit_verify_bench.py --doc \
 		--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/hl_audit_verify_bench
+
+# Bids and settlements through a real server beside raw asyncpg inserts; needs wrk (apt).
+bench-auctions: $(STAMP)
+	$(BIN)/python bench/auction_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

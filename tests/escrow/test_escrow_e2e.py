@@ -110,6 +110,11 @@ async def test_a_lot_from_bids_to_payout(
     assert hammer >= 1_100_000
     assert order["second_chance"]["amount"] == 1_100_000
     assert (await market.client.get(f"/v1/orders/{order_id}", headers=b.headers)).status_code == 404
+    # The lot names its order to those who may see it: the winner yes, the loser not.
+    seen_by_a = (await market.client.get(f"/v1/lots/{lot['id']}", headers=a.headers)).json()
+    assert [o["id"] for o in seen_by_a["orders"]] == [order_id]
+    seen_by_b = (await market.client.get(f"/v1/lots/{lot['id']}", headers=b.headers)).json()
+    assert seen_by_b["orders"] == []
 
     r = await market.client.post(
         f"/v1/orders/{order_id}/pay", json={}, headers={**a.headers, **idem()}

@@ -178,7 +178,10 @@ async def open_lot(request: Request, lot_id: LotId) -> Response:
 )
 async def get_lot(request: Request, lot_id: LotId) -> Response:
     ctx = get_ctx(request)
-    return _json(_lot(ctx, await _auctions(request).get_lot(ctx, lot_id)))
+    lot = _lot(ctx, await _auctions(request).get_lot(ctx, lot_id))
+    # Additive: the orders this lot led to, those the caller may see (a bidder: their own).
+    lot["orders"] = await get_container(request).escrow.orders_of_lot(ctx, lot_id)
+    return _json(lot)
 
 
 @router.post(

@@ -1,4 +1,4 @@
-"""`make demo`: a guided walk through the ledger and card payments against the running server
+"""`make tour`: a guided walk through the ledger and card payments against the running server
 (`make run`, which starts the card vault beside the API).
 
 It creates keys in the local data dir, then uses only the public HTTP APIs (the API on :8000,
@@ -48,7 +48,7 @@ def show(response: httpx.Response) -> Any:
 
 
 def operator_key() -> str:
-    return new_key("operator", "make demo")
+    return new_key("operator", "make tour")
 
 
 def new_key(role: str, name: str) -> str:
@@ -90,7 +90,7 @@ def main() -> None:
     except httpx.HTTPError:
         console.print(
             f"[red]hammerlock is not answering on {BASE}.[/red] Start it first with "
-            "[bold]make run[/bold] (in another terminal), then run [bold]make demo[/bold] again."
+            "[bold]make run[/bold] (in another terminal), then run [bold]make tour[/bold] again."
         )
         raise SystemExit(1) from None
     run = uuid.uuid4().hex[:6]

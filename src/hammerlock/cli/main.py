@@ -550,6 +550,24 @@ def _print_problems(report: Report) -> None:
         out.print(f"  … and {report.problem_count - len(report.problems):,} more", highlight=False)
 
 
+@app.command("demo")
+def demo_cmd(
+    api_url: Annotated[
+        str, typer.Option("--api-url", help="The running API")
+    ] = "http://127.0.0.1:8000",
+    vault_url: Annotated[
+        str, typer.Option("--vault-url", help="Its card vault")
+    ] = "http://127.0.0.1:8001",
+) -> None:
+    """A marketplace day against the running server (`make run` first), in under a minute:
+    parties, cards, three lots, bids, escrow, a default, a dispute, payouts; then the ledger
+    check and the audit trail's signed heads and proofs. Use the server's HAMMERLOCK_* settings:
+    it mints its own keys."""
+    from hammerlock.cli.marketplace_demo import run
+
+    raise typer.Exit(run(api_url, vault_url))
+
+
 @app.command("version")
 def version_cmd() -> None:
     """Print the version."""

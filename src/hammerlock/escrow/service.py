@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+import sqlalchemy as sa
 import structlog
 
 from hammerlock.audit import service as audit
@@ -333,6 +334,28 @@ class Escrow:
         self.card_on_file = card_on_file
 
     # -- reads -------------------------------------------------------------------------------
+
+    async def orders_of_lot(self, ctx: Context, lot_id: str) -> list[dict[str, Any]]:
+        """The orders a lot led to (the winner's, then any second-chance one), those ``ctx``
+        may see: ``{"id", "buyer_id", "status", "generation"}`` each."""
+        async with self.db.transaction(write=False) as uow:
+            rows = await uow.conn.execute(
+                sa.select(storage.escrow_orders.c.id)
+                .where(storage.escrow_orders.c.lot_id == lot_id)
+                .order_by(storage.escrow_orders.c.generation)
+                .limit(16)
+            )
+            orders = [await storage.get_order(uow, r[0]) for r in rows]
+        return [
+            {
+                "id": o.id,
+                "buyer_id": o.buyer_id,
+                "status": o.status.value,
+                "generation": o.generation,
+            }
+            for o in orders
+            if o is not None and _visible(ctx, o)
+        ]
 
     async def get(self, ctx: Context, order_id: str) -> OrderView:
         async with self.db.transaction(write=False) as uow:

@@ -1,0 +1,786 @@
+"""`make bench-auctions`: bids and lot settlements over HTTP beside raw asyncpg, in one run.
+
+One `hammerlock serve` process (with its embedded card vault and the sandbox gateway) on a
+scratch PostgreSQL database; lots without deposits (estimate below the deposit threshold).
+
+1. Bids on one hot lot: wrk (a C client, -t2 -c16) posts proxy bids from 250 bidders, each bid's
+   maximum above the last one sent (a bid that arrives after a higher one may be refused
+   `bid_too_low`: accepted bids are counted in `lot_bids` afterwards). Latency p50/p99 is wrk's,
+   over all requests.
+2. The same across 100 lots.
+3. Full settlements: close (admin) → order (read from `escrow_orders`, the API has no lot→order
+   route) → pay (sandbox gateway through the vault) → ship → accept (release + payout), 16 lots
+   at a time, httpx (lots prepared beforehand: create, open, one bid).
+
+Baselines, same run, same concurrency (16 connections): raw asyncpg inserts of the same bid rows
+into a table shaped like `lot_bids` (one row per transaction), and the same insert with the lot
+row locked and updated in the transaction (the floor of per-lot serialization).
+
+`--profile` samples the server with py-spy during a hot-lot run and prints the top costs.
+Appends the table with date, machine and load average to docs/benchmarks.md unless --no-record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import itertools
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG = "postgresql://postgres@127.0.0.1:5432"
+DBNAME = "hl_bench_auctions"
+DSN = f"{PG}/{DBNAME}"
+CONC = 16
+BIDDERS = 250
+LOTS = 100
+SPACING = 2_000_000  # cents between successive maxima: > 2 steps of the top increment band
+
+LUA = r"""
+local threads = 0
+local all = {}
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+  all[#all + 1] = thread
+end
+function init(args)
+  prefix = args[1]
+  base = tonumber(args[2])
+  spacing = tonumber(args[3])
+  nthreads = tonumber(args[4])
+  keys, lots = {}, {}
+  for line in io.lines(args[5]) do
+    local k, l = line:match("(%S+) (%S+)")
+    keys[#keys + 1] = k
+    lots[#lots + 1] = l
+  end
+  counter = 0
+  statuses = {}
+end
+response = function(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+done = function(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(all) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("status %d %d\n", k, v)) end
+end
+request = function()
+  local g = counter * nthreads + tid
+  counter = counter + 1
+  local i = g % #keys + 1
+  local body = string.format('{"max_amount":%d}', base + g * spacing)
+  local headers = {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. keys[i],
+    ["Idempotency-Key"] = prefix .. "-" .. g,
+  }
+  return wrk.format("POST", "/v1/lots/" .. lots[i] .. "/bids", headers, body)
+end
+"""
+
+
+def sh(cmd: list[str], **kw: object) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600, **kw).stdout  # type: ignore[call-overload,no-any-return]
+
+
+def loadavg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def admin_sql(sql: str) -> None:
+    conn = await asyncpg.connect(f"{PG}/postgres", timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def fetchval(sql: str, *args: object) -> object:
+    conn = await asyncpg.connect(DSN, timeout=10)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def server(data_dir: Path) -> Iterator[tuple[str, str, str, int, int]]:
+    env = {
+        **os.environ,
+        "HAMMERLOCK_DATABASE_URL": DSN.replace("postgresql://", "postgresql+asyncpg://"),
+        "HAMMERLOCK_DATA_DIR": str(data_dir),
+        "HAMMERLOCK_LOG_LEVEL": "warning",
+        "HAMMERLOCK_DB_POOL_SIZE": "20",
+        "HAMMERLOCK_VAULT_TOKENIZE_IP_LIMIT": "100000",
+        "HAMMERLOCK_VAULT_TOKENIZE_CARD_LIMIT": "100000",
+    }
+    env.pop("HAMMERLOCK_VAULT_URL", None)
+    sh([str(BIN / "hammerlock"), "migrate"], env=env)
+    key = (
+        sh(
+            [str(BIN / "hammerlock"), "keys", "create", "--role", "admin", "--name", "bench"],
+            env=env,
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    port, vault_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            str(BIN / "hammerlock"),
+            "serve",
+            "--port",
+            str(port),
+            "--vault-port",
+            str(vault_port),
+            "--no-migrate",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (
+                    httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+                    and httpx.get(f"http://127.0.0.1:{vault_port}/healthz", timeout=1).status_code
+                    == 200
+                ):
+                    break
+            time.sleep(0.3)
+        else:
+            sys.exit("server did not start")
+        yield base, key, f"http://127.0.0.1:{vault_port}", api_pid(proc.pid, port), proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def api_pid(root: int, port: int) -> int:
+    """The process listening on the API port (serve may run the API in a child)."""
+    out = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], check=False, capture_output=True, text=True
+    )
+    match = re.search(r"pid=(\d+)", out.stdout)
+    return int(match.group(1)) if match else root
+
+
+# -- setup through the API ---------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, base: str, key: str) -> None:
+        self.client = httpx.AsyncClient(
+            base_url=base,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+            limits=httpx.Limits(max_connections=CONC, max_keepalive_connections=CONC),
+        )
+
+    async def post(self, path: str, body: dict[str, object], key: str | None = None) -> dict:  # type: ignore[type-arg]
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        r = await self.client.post(path, json=body, headers=headers)
+        if r.status_code >= 300:
+            raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:300]}")
+        return r.json()  # type: ignore[no-any-return]
+
+
+async def gather_limited(coros: list, limit: int = CONC) -> list:  # type: ignore[type-arg]
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c):  # type: ignore[no-untyped-def]
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+def _ts(offset_s: int) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_s)).isoformat()
+
+
+async def setup_parties(api: Api, vault: str) -> tuple[str, list[tuple[str, str]]]:
+    async with httpx.AsyncClient(timeout=30) as v:
+        r = await v.post(
+            f"{vault}/v1/tokens",
+            json={"number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        )
+        r.raise_for_status()
+        token = r.json()["id"]
+    seller = await api.post("/v1/sellers", {"name": "bench seller"})
+    bidders = await gather_limited(
+        [api.post("/v1/bidders", {"name": f"bench bidder {n}"}) for n in range(BIDDERS)]
+    )
+    await gather_limited(
+        [api.post(f"/v1/bidders/{b['id']}/cards", {"payment_method": token}) for b in bidders]
+    )
+    return seller["id"], [(b["id"], b["api_key"]) for b in bidders]
+
+
+async def new_lot(api: Api, seller_id: str, *, premium: int = 0, commission: int = 0) -> str:
+    lot = await api.post(
+        "/v1/lots",
+        {
+            "seller_id": seller_id,
+            "title": "bench lot",
+            "currency": "USD",
+            "estimate": 50_000,  # USD 500.00: no deposit
+            "starting_price": 1_000,
+            "ends_at": _ts(3_600),
+            "buyer_premium_bps": premium,
+            "seller_commission_bps": commission,
+        },
+    )
+    opened = await api.post(f"/v1/lots/{lot['id']}/open", {})
+    assert opened["status"] == "open", opened
+    return str(lot["id"])
+
+
+# -- bids with wrk -----------------------------------------------------------------------------
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", text)
+    if m is None:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def wrk_bids(
+    base: str, lines: list[str], prefix: str, *, start: int, duration_s: int, workdir: Path
+) -> tuple[int, float, float, float]:
+    """Run wrk; return (requests, elapsed s, p50 ms, p99 ms)."""
+    keys = workdir / f"{prefix}.keys"
+    keys.write_text("\n".join(lines) + "\n")
+    script = workdir / "bids.lua"
+    script.write_text(LUA)
+    started = time.monotonic()
+    out = sh(
+        [
+            "wrk",
+            "-t2",
+            f"-c{CONC}",
+            f"-d{duration_s}s",
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            base,
+            "--",
+            prefix,
+            str(start),
+            str(SPACING),
+            "2",
+            str(keys),
+        ]
+    )
+    elapsed = time.monotonic() - started
+    reqs = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"50%\s+(\S+)", out)
+    p99 = re.search(r"99%\s+(\S+)", out)
+    if reqs is None or p50 is None or p99 is None:
+        sys.exit(f"could not read wrk output:\n{out}")
+    codes = ", ".join(
+        f"{c}: {n}" for c, n in sorted(re.findall(r"^status (\d+) (\d+)$", out, re.M))
+    )
+    print(f"    wrk statuses {codes}", flush=True)
+    return int(reqs.group(1)), elapsed, _ms(p50.group(1)), _ms(p99.group(1))
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds of every process in a process group (the server and its vault)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == pgid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bid_scenario(
+    base: str, lines: list[str], label: str, *, duration_s: int, workdir: Path, pid: int
+) -> dict[str, float]:
+    tag = re.sub(r"[^a-z0-9]", "", label.lower())[:12] + uuid.uuid4().hex[:6]
+    top = int(asyncio.run(fetchval("SELECT coalesce(max(leading_max), 0) FROM lots")))  # type: ignore[call-overload]
+    wrk_bids(base, lines, tag + "w", start=top + SPACING, duration_s=2, workdir=workdir)  # warm-up
+    top = int(asyncio.run(fetchval("SELECT coalesce(max(leading_max), 0) FROM lots")))  # type: ignore[call-overload]
+    load = loadavg()
+    cpu0 = cpu_s(pid)
+    reqs, elapsed, p50, p99 = wrk_bids(
+        base, lines, tag, start=top + 10 * SPACING, duration_s=duration_s, workdir=workdir
+    )
+    cpu = cpu_s(pid) - cpu0
+    accepted = int(
+        asyncio.run(  # type: ignore[call-overload]
+            fetchval("SELECT count(*) FROM lot_bids WHERE idempotency_key LIKE $1", tag + "-%")
+        )
+    )
+    res = {
+        "accepted_per_s": accepted / elapsed,
+        "requests_per_s": reqs / elapsed,
+        "accepted": accepted,
+        "requests": reqs,
+        "p50": p50,
+        "p99": p99,
+        "cpu_ms": 1000 * cpu / max(reqs, 1),
+        "cpu_util": cpu / elapsed,
+    }
+    print(
+        f"  {label}: {res['accepted_per_s']:,.0f} accepted bids/s ({accepted:,} of {reqs:,} "
+        f"requests, {res['requests_per_s']:,.0f} req/s), p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+        f"API process {res['cpu_ms']:.1f} ms CPU per request, {res['cpu_util']:.0%} of a core "
+        f"(load {load})",
+        flush=True,
+    )
+    res["load"] = os.getloadavg()[0]
+    return res
+
+
+# -- baselines: raw asyncpg --------------------------------------------------------------------
+
+
+async def baseline(lot_ids: list[str], *, lock: bool, duration_s: float) -> dict[str, float]:
+    conns = [await asyncpg.connect(DSN) for _ in range(CONC)]
+    await conns[0].execute(
+        "DROP TABLE IF EXISTS bench_bids; DROP TABLE IF EXISTS bench_lots;"
+        "CREATE TABLE bench_bids (LIKE lot_bids INCLUDING ALL);"
+        "CREATE TABLE bench_lots (LIKE lots INCLUDING ALL);"
+        "INSERT INTO bench_lots SELECT * FROM lots;"
+    )
+    seqs: dict[str, itertools.count[int]] = {lot: itertools.count(1) for lot in lot_ids}
+    ticket = itertools.count()
+    lat: list[float] = []
+    insert = (
+        "INSERT INTO bench_bids (lot_id, seq, id, bidder_id, max_amount, kind, status, "
+        "price_after, leader_after, placed_us, created_by_key_id, idempotency_key) "
+        "VALUES ($1, $2, $3, $4, $5, 'proxy', 'accepted', $6, $7, $8, $9, $10)"
+    )
+    stop = time.monotonic() + duration_s
+
+    async def worker(conn: asyncpg.Connection) -> None:
+        while time.monotonic() < stop:
+            g = next(ticket)
+            lot = lot_ids[g % len(lot_ids)]
+            args = (
+                f"bid_{uuid.uuid4().hex[:20]}",
+                f"bdr_b{g % BIDDERS:04d}",
+                1_000 + g,
+                1_000 + g,
+                f"bdr_b{(g + 1) % BIDDERS:04d}",
+                time.time_ns() // 1_000,
+                f"key_{g % BIDDERS}",
+                f"bl-{g}",
+            )
+            t0 = time.perf_counter()
+            if lock:
+                async with conn.transaction():
+                    await conn.fetchrow(
+                        "SELECT last_seq FROM bench_lots WHERE id = $1 FOR UPDATE", lot
+                    )
+                    await conn.execute(insert, lot, next(seqs[lot]), *args)
+                    await conn.execute(
+                        "UPDATE bench_lots SET last_seq = last_seq + 1, current_price = $2, "
+                        "version = version + 1 WHERE id = $1",
+                        lot,
+                        1_000 + g,
+                    )
+            else:
+                await conn.execute(insert, lot, next(seqs[lot]), *args)
+            lat.append((time.perf_counter() - t0) * 1000)
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.monotonic() - started
+    for c in conns:
+        await c.close()
+    q = statistics.quantiles(lat, n=100)
+    return {"per_s": len(lat) / elapsed, "p50": q[49], "p99": q[98]}
+
+
+# -- settlement --------------------------------------------------------------------------------
+
+
+async def settlement(
+    base: str,
+    key: str,
+    seller_id: str,
+    bidders: list[tuple[str, str]],
+    *,
+    n_lots: int,
+    dur: float,
+    pids: tuple[int, int],
+    spy_raw: Path | None,
+) -> dict[str, float]:
+    api = Api(base, key)
+    print(f"  preparing {n_lots} lots (create, open, one bid each) …", flush=True)
+
+    async def prepare(i: int) -> tuple[str, str]:
+        lot = await new_lot(api, seller_id, premium=2_500, commission=1_000)
+        bidder_id, bidder_key = bidders[i % len(bidders)]
+        await api.post(f"/v1/lots/{lot}/bids", {"max_amount": 5_000}, key=bidder_key)
+        return lot, bidder_id
+
+    lots = await gather_limited([prepare(i) for i in range(n_lots)])
+    pg = await asyncpg.create_pool(DSN, min_size=2, max_size=4)
+    queue = collections.deque(lots)
+    lat: list[float] = []
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    failures: list[str] = []
+    stop = time.monotonic() + dur
+
+    async def timed(name: str, path: str, body: dict[str, object]) -> dict:  # type: ignore[type-arg]
+        t0 = time.perf_counter()
+        out = await api.post(path, body)
+        steps[name].append((time.perf_counter() - t0) * 1000)
+        return out
+
+    async def worker() -> None:
+        while queue and time.monotonic() < stop:
+            lot, _ = queue.popleft()
+            t0 = time.perf_counter()
+            try:
+                closed = await timed("close", f"/v1/lots/{lot}/close", {})
+                assert closed["status"] == "closed", closed["status"]
+                order = await pg.fetchval(
+                    "SELECT id FROM escrow_orders WHERE lot_id = $1 AND generation = 0", lot
+                )
+                paid = await timed("pay", f"/v1/orders/{order}/pay", {})
+                assert paid["status"] == "paid", paid
+                await timed(
+                    "ship",
+                    f"/v1/orders/{order}/ship",
+                    {"carrier": "ups", "tracking_number": "1Z" + uuid.uuid4().hex[:16].upper()},
+                )
+                done = await timed("accept", f"/v1/orders/{order}/accept", {})
+                assert done["status"] == "released", done["status"]
+            except (AssertionError, RuntimeError) as exc:
+                failures.append(str(exc)[:300])
+                continue
+            lat.append((time.perf_counter() - t0) * 1000)
+
+    load = loadavg()
+    api_pid_, group = pids
+    spy = None if spy_raw is None else start_spy(api_pid_, int(dur), spy_raw)
+    cpu_api, cpu_all = cpu_s(api_pid_), group_cpu_s(group)
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(CONC)))
+    elapsed = time.monotonic() - started
+    cpu_api, cpu_all = cpu_s(api_pid_) - cpu_api, group_cpu_s(group) - cpu_all
+    if spy is not None:
+        spy.wait(timeout=60)
+    payouts = await pg.fetchval(
+        "SELECT count(*) FROM escrow_orders WHERE status = 'released' AND payout_status = 'paid'"
+    )
+    await pg.close()
+    await api.client.aclose()
+    if failures:
+        print(f"  {len(failures)} failed, e.g. {failures[0]}", flush=True)
+    if not lat:
+        sys.exit("no settlement completed")
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
+    rate = len(lat) / elapsed
+    print(
+        f"  settlements: {rate:,.1f}/s ({len(lat)} in {elapsed:.1f} s; {payouts} payouts paid), "
+        f"p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms; CPU per settlement: API "
+        f"{1000 * cpu_api / len(lat):.0f} ms, vault {1000 * (cpu_all - cpu_api) / len(lat):.0f} "
+        f"ms (load {load})",
+        flush=True,
+    )
+    for name, xs in steps.items():
+        print(f"    {name:<7} median {statistics.median(xs):6.1f} ms", flush=True)
+    return {
+        "per_s": rate,
+        "done": len(lat),
+        "payouts": int(payouts),
+        "p50": q[49],
+        "p99": q[98],
+        "failed": len(failures),
+        "cpu_api_ms": 1000 * cpu_api / len(lat),
+        "cpu_vault_ms": 1000 * (cpu_all - cpu_api) / len(lat),
+        **{f"step_{k}": statistics.median(v) for k, v in steps.items()},
+    }
+
+
+# -- profile -----------------------------------------------------------------------------------
+
+
+def start_spy(pid: int, duration_s: int, raw: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy (100 Hz, non-idle samples) on one process, or None when it is not installed."""
+    spy = shutil.which("py-spy") or os.environ.get("PY_SPY", "py-spy")
+    if shutil.which(spy) is None:
+        print("  py-spy not installed (pip install py-spy; or PY_SPY=path): no profile")
+        return None
+    cmd = [spy, "record", "-p", str(pid), "-d", str(duration_s), "-r", "100", "-f", "raw"]
+    return subprocess.Popen(
+        [*cmd, "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+BUCKETS = (  # inclusive, by a substring of a frame
+    ("HTTP request, all of it (middleware down)", "RequestContextMiddleware.__call__"),
+    ("  idempotency lease (before the handler)", "IdempotencyStore._begin"),
+    ("  idempotency completion (after)", "IdempotencyStore._complete"),
+    ("  key check (_authorize)", "_authorize (hammerlock/api/route.py"),
+    ("  PAN guard on the body", "_pan_guard"),
+    ("  the bid: Auctions.place_bid", "Auctions.place_bid"),
+    ("  the settlement: escrow service", "hammerlock/escrow/service.py"),
+    ("  the settlement: payments service", "hammerlock/payments/service.py"),
+    ("  audit event in the transaction (audit.record)", "record (hammerlock/audit/service.py"),
+    ("SQLAlchemy statement compile / cache key", "_compile_w_cache"),
+    ("SQLAlchemy execute, all (incl. asyncpg)", "AsyncConnection.execute"),
+    ("asyncpg execute", "PreparedStatement.__bind_execute"),
+    ("background: audit sequencer", "hammerlock/audit/sequencer.py"),
+    ("background: audit archive sink", "hammerlock/audit/sinks/archive.py"),
+    ("background: relays, webhooks", "relay"),
+    ("worker threads (to_thread)", "concurrent/futures/thread.py"),
+)
+
+
+def summarize(raw: Path, label: str) -> list[str]:
+    if not raw.exists():
+        return []
+    selfc: collections.Counter[str] = collections.Counter()
+    pkg: collections.Counter[str] = collections.Counter()
+    bucket: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        count = int(n)
+        frames = [re.sub(r" \(.*?/site-packages/", " (", f) for f in stack.split(";")]
+        total += count
+        selfc[frames[-1]] += count
+        m = re.search(r"\(([A-Za-z_]+)[/.]", frames[-1])
+        pkg[m.group(1) if m else "?"] += count
+        for name, needle in BUCKETS:
+            if any(needle in f for f in frames):
+                bucket[name] += count
+    total = max(total, 1)
+    out = [f"py-spy, {total} non-idle samples at 100 Hz of the API process during {label}"]
+    out += [
+        "self time by package: "
+        + ", ".join(f"{p} {100 * c / total:.0f}%" for p, c in pkg.most_common(12))
+    ]
+    out += ["inclusive:"] + [f"  {100 * bucket[n] / total:5.1f}%  {n}" for n, _ in BUCKETS]
+    out += ["self, top 12:"] + [f"  {100 * c / total:5.1f}%  {f}" for f, c in selfc.most_common(12)]
+    return out
+
+
+def profile_bids(base: str, lines: list[str], pid: int, workdir: Path, duration_s: int) -> Path:
+    raw = workdir / "profile-bids.txt"
+    top = int(asyncio.run(fetchval("SELECT coalesce(max(leading_max), 0) FROM lots")))  # type: ignore[call-overload]
+    spy_proc = start_spy(pid, duration_s, raw)
+    if spy_proc is None:
+        return raw
+    time.sleep(1)
+    wrk_bids(base, lines, "prof" + uuid.uuid4().hex[:6], start=top + 10 * SPACING,
+             duration_s=duration_s, workdir=workdir)  # fmt: skip
+    spy_proc.wait(timeout=60)
+    return raw
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    pg_version = asyncio.run(fetchval("SHOW server_version"))
+    return (
+        f"{platform.node()} · {os.cpu_count()} cores (nproc) · {mem_kb / 1024 / 1024:.0f} GiB · "
+        f"{platform.python_implementation()} {platform.python_version()} · PostgreSQL {pg_version}"
+    )
+
+
+def ok(flag: bool) -> str:
+    return "✅" if flag else "❌"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    parser.add_argument("--settle-lots", type=int, default=200, help="lots prepared to settle")
+    parser.add_argument("--profile", action="store_true", help="py-spy the API process")
+    parser.add_argument("--profile-dir", help="keep py-spy's raw stacks here")
+    parser.add_argument("--no-record", action="store_true", help="do not append to docs")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, timeout=600)
+    if shutil.which("wrk") is None:
+        sys.exit("missing wrk (apt-get install wrk)")
+    d = args.duration
+    load_start = loadavg()
+    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{DBNAME}" WITH (FORCE)'))
+    asyncio.run(admin_sql(f'CREATE DATABASE "{DBNAME}"'))
+    host = machine()
+    print(f"machine: {host}; load average {load_start}", flush=True)
+    prof: list[str] = []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        server(Path(tmp) / "data") as (base, key, vault, pid, pgid),
+    ):
+        work = Path(tmp)
+        spy_dir = Path(args.profile_dir) if args.profile_dir else work
+        spy_dir.mkdir(parents=True, exist_ok=True)
+        api = Api(base, key)
+
+        async def setup() -> tuple[str, list[tuple[str, str]], list[str]]:
+            seller, bidders = await setup_parties(api, vault)
+            lots = await gather_limited([new_lot(api, seller) for _ in range(LOTS + 1)])
+            return seller, bidders, lots
+
+        seller_id, bidders, lot_ids = asyncio.run(setup())
+        hot, many = lot_ids[0], lot_ids[1:]
+        hot_lines = [f"{k} {hot}" for _, k in bidders]
+        many_lines = [f"{bidders[j % BIDDERS][1]} {many[j % LOTS]}" for j in range(500)]
+        print("bids over HTTP (wrk -t2 -c16):", flush=True)
+        r_hot = bid_scenario(base, hot_lines, "one hot lot", duration_s=d, workdir=work, pid=pid)
+        r_many = bid_scenario(base, many_lines, f"{LOTS} lots", duration_s=d, workdir=work, pid=pid)
+        if args.profile:
+            raw = profile_bids(base, hot_lines, pid, work, d)
+            if raw.exists():
+                shutil.copy(raw, spy_dir / raw.name)
+            prof = summarize(raw, "a hot-lot bid run")
+            print("\n".join(prof), flush=True)
+        print(f"baselines (raw asyncpg, {CONC} connections):", flush=True)
+        b = {}
+        for name, lots, lock in (
+            ("hot", [hot], False),
+            ("many", many, False),
+            ("hot_lock", [hot], True),
+            ("many_lock", many, True),
+        ):
+            b[name] = asyncio.run(baseline(lots, lock=lock, duration_s=d))
+            print(
+                f"  {name}: {b[name]['per_s']:,.0f} rows/s, p50 {b[name]['p50']:.1f} ms, "
+                f"p99 {b[name]['p99']:.1f} ms",
+                flush=True,
+            )
+        print("settlement (close → order → pay → ship → accept: release + payout):", flush=True)
+        r_settle = asyncio.run(
+            settlement(
+                base,
+                key,
+                seller_id,
+                bidders,
+                n_lots=args.settle_lots,
+                dur=d,
+                pids=(pid, pgid),
+                spy_raw=spy_dir / "profile-settle.txt" if args.profile else None,
+            )
+        )
+        if args.profile:
+            print("\n".join(summarize(spy_dir / "profile-settle.txt", "settlements")), flush=True)
+    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{DBNAME}" WITH (FORCE)'))
+
+    title = (
+        f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC — `make bench-auctions` "
+        f"(`bench/auction_bench.py`, {d} s per scenario)"
+    )
+    setup_line = (
+        "One `hammerlock serve` process (embedded vault, sandbox gateway), PostgreSQL; bids from "
+        f"wrk `-t2 -c{CONC}`, {BIDDERS} bidders each raising the maximum, lots without "
+        f"deposits; baselines are raw asyncpg with {CONC} connections, one row (or one "
+        "lot-locked bid) per transaction. Latency p50 / p99 in ms. A bid that reaches the lot "
+        "after a higher one is refused (`bid_too_low`); only accepted bids are counted."
+    )
+    h, m, bh, bhl = r_hot, r_many, b["hot"], b["hot_lock"]
+    hot_row = (
+        f"| bids, one hot lot (accepted; load {h['load']:.1f}) | **{h['accepted_per_s']:,.0f}/s** "
+        f"({h['accepted']:,.0f} of {h['requests']:,.0f} requests), {h['p50']:.1f} / "
+        f"{h['p99']:.1f} ms; API {h['cpu_ms']:.1f} ms CPU/request | insert {bh['per_s']:,.0f}/s "
+        f"({bh['p50']:.1f} / {bh['p99']:.1f} ms); lock + insert + update "
+        f"{bhl['per_s']:,.0f}/s ({bhl['p50']:.1f} / {bhl['p99']:.1f} ms) | "
+        f"≥ 2,000/s {ok(h['accepted_per_s'] >= 2_000)}, p99 < 25 ms {ok(h['p99'] < 25)} |"
+    )
+    many_row = (
+        f"| bids, {LOTS} lots (accepted; load {m['load']:.1f}) | **{m['accepted_per_s']:,.0f}/s** "
+        f"({m['accepted']:,.0f} of {m['requests']:,.0f}), {m['p50']:.1f} / {m['p99']:.1f} ms; "
+        f"API {m['cpu_ms']:.1f} ms CPU/request | insert {b['many']['per_s']:,.0f}/s; "
+        f"lock + insert + update {b['many_lock']['per_s']:,.0f}/s | "
+        f"≥ 5,000/s {ok(m['accepted_per_s'] >= 5_000)} |"
+    )
+    st = r_settle
+    settle_row = (
+        "| lot settlements, close → order → pay → ship → accept (release + payout), "
+        f"{CONC} at a time | **{st['per_s']:,.1f}/s** ({st['done']:,.0f} done, "
+        f"{st['payouts']:,.0f} payouts paid), {st['p50']:.0f} / {st['p99']:.0f} ms per "
+        f"settlement | — | ≥ 100/s {ok(st['per_s'] >= 100)} |"
+    )
+    steps = ", ".join(
+        f"{k.removeprefix('step_')} {v:.0f}" for k, v in st.items() if k.startswith("step_")
+    )
+    lines = [
+        "",
+        title,
+        "",
+        f"Machine: {host} · load average {load_start} (1/5/15 min) at the start",
+        "",
+        setup_line,
+        "",
+        "| scenario | figure | baseline | target |",
+        "|---|---:|---:|---:|",
+        hot_row,
+        many_row,
+        settle_row,
+        "",
+        f"Settlement steps, median ms: {steps}.",
+    ]
+    print("\n".join(lines))
+    if not args.no_record:
+        with (ROOT / "docs" / "benchmarks.md").open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+        print("appended to docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()

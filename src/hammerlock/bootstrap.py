@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from hammerlock.api.app import create_app
 from hammerlock.api.idempotency import IdempotencyStore
 from hammerlock.auctions.service import Auctions
+from hammerlock.auctions.service import mark_settled as mark_lot_settled
 from hammerlock.audit.alerts import AlertEngine, AlertRules
 from hammerlock.audit.model import Context
 from hammerlock.audit.notifiers import ChannelNotifier, LogNotifier, Notifier, WebhookNotifier
@@ -169,6 +170,7 @@ class Container:
                 sweeper_grace_s=settings.payments_janitor_grace_s,
             ),
             card_on_file=parties_service.default_card,
+            on_settled=mark_lot_settled,
         )
         # Auctions (issue #6): lots, bids, deposits; closes open an order with escrow.
         self.auctions = Auctions(self.db, self.payments, close_batch=settings.auctions_close_batch)

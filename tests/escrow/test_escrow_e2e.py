@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from hammerlock.auctions import service as auctions_service
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
@@ -79,6 +80,7 @@ async def test_a_lot_from_bids_to_payout(
         container.gateways,
         config=EscrowConfig(sweeper_grace_s=0),
         card_on_file=parties_service.default_card,
+        on_settled=auctions_service.mark_settled,
     )
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -151,3 +153,5 @@ async def test_a_lot_from_bids_to_payout(
     assert done["escrow_balance"] == 0
     assert done["payout"]["status"] == "paid"
     assert done["released"]["to_seller"] == hammer - hammer // 10
+    settled = (await market.client.get(f"/v1/lots/{lot['id']}", headers=a.headers)).json()
+    assert settled["status"] == "settled"  # the release settled the lot, in its transaction

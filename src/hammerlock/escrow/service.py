@@ -315,6 +315,12 @@ def _acting_as(ctx: Context, order: Order, side: str) -> None:
         raise OrderNotFound(f"no order {order.id!r}")
 
 
+# The auctions domain's hook: its lot becomes ``settled`` in the transaction that releases or
+# refunds the order (``auctions.service.mark_settled``; wired by the composition root).
+LotSettled = Callable[[UnitOfWork, Context, str], Awaitable[object]]
+_SETTLES_THE_LOT: Final = frozenset({OrderStatus.RELEASED, OrderStatus.REFUNDED})
+
+
 class Escrow:
     """The escrow service. One per process; holds no state but its collaborators."""
 
@@ -326,12 +332,14 @@ class Escrow:
         *,
         config: EscrowConfig | None = None,
         card_on_file: CardOnFile | None = None,
+        on_settled: LotSettled | None = None,
     ) -> None:
         self.db = db
         self.payments = payments
         self.gateways = gateways
         self.config = config or EscrowConfig()
         self.card_on_file = card_on_file
+        self.on_settled = on_settled
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -399,6 +407,8 @@ class Escrow:
             saved = await _save(uow, order, changed)
             name = label or _LABELS.get(event, event.value)
             await _record(uow, ctx, saved, name, {"event": event.value, **details})
+            if self.on_settled is not None and saved.status in _SETTLES_THE_LOT:
+                await self.on_settled(uow, ctx, saved.lot_id)  # lot closed → settled, same txn
             return saved
 
     # -- payment -----------------------------------------------------------------------------

@@ -942,14 +942,14 @@ class Auctions:
 
 async def mark_settled(uow: UnitOfWork, ctx: Context, lot_id: str) -> bool:
     """``closed`` → ``settled``, inside the caller's transaction (escrow calls it when the lot's
-    order is released to the seller). False when the lot is already settled; idempotent."""
+    order is released to the seller). Idempotent; False when there is nothing to do — the lot
+    is already settled, or is not a closed lot here: lot bookkeeping never blocks the release
+    of an order's money (such a case is logged)."""
     lot = await storage.get_lot(uow, lot_id, for_update=True)
-    if lot is None:
-        raise LotNotFound(f"no lot {lot_id}")
-    if lot.status is LotStatus.SETTLED:
+    if lot is None or lot.status is not LotStatus.CLOSED:
+        if lot is None or lot.status is not LotStatus.SETTLED:
+            log.warning("auctions.settle_skipped", lot=lot_id, status=lot and lot.status.value)
         return False
-    if lot.status is not LotStatus.CLOSED:
-        raise InvalidTransition(f"lot {lot_id} is {lot.status.value}; it cannot settle")
     now_us = uow.clock.now_us()
     settled = replace(lot, status=LotStatus.SETTLED, version=lot.version + 1, updated_us=now_us)
     if not await storage.save_lot(uow, settled, expected_version=lot.version):

@@ -8,10 +8,12 @@ from typing import Any
 import httpx
 import pytest
 
-from hammerlock.audit.model import Context
+from hammerlock.audit.model import Actor, Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from hammerlock.ledger import service as ledger
+from hammerlock.payments.model import RefundReason
+from hammerlock.payments.service import NewIntent, NewRefund
 from hammerlock.security.permissions import Role
 from tests.conftest import Keys
 from tests.payments.fake_gateway import FakeGateway
@@ -490,3 +492,31 @@ async def test_a_gateway_blip_is_retried_within_the_request(
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "succeeded"
     assert len(gateway.charges) == 1
+
+
+async def test_a_domain_scoped_request_is_one_payment_whoever_repeats_it(
+    container: Container, gateway: FakeGateway
+) -> None:
+    """Escrow and auctions name their payments by their own keys: an operator's call and the
+    sweeper's resume (no API key), or two keys of one buyer, must find the same intent and
+    refund, never make a second charge or refund."""
+    operator = Context(actor=Actor(principal_id="op", role="operator", key_id="key_op"))
+    sweeper = Context.system("tests.sweeper")
+    new = NewIntent(amount=7_000, currency="USD", payment_method="tok_ok_scope", confirm=True)
+    first = await container.payments.create(
+        operator, new, idempotency_key="ord_1.pay", scope="domain:escrow"
+    )
+    again = await container.payments.create(
+        sweeper, new, idempotency_key="ord_1.pay", scope="domain:escrow"
+    )
+    assert again.id == first.id
+    assert len(gateway.charges) == 1
+    refund = NewRefund(first.id, 3_000, RefundReason.DISPUTE)
+    r1 = await container.payments.refund(
+        operator, refund, idempotency_key="ord_1.refund", scope="domain:escrow"
+    )
+    r2 = await container.payments.refund(
+        sweeper, refund, idempotency_key="ord_1.refund", scope="domain:escrow"
+    )
+    assert r2.id == r1.id
+    assert len(gateway.refunds) == 1

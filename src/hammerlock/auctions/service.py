@@ -84,6 +84,9 @@ from hammerlock.webhooks import service as webhooks
 __all__ = ["Auctions", "NewLot", "OrderOpener", "mark_settled"]
 
 log = structlog.get_logger("hammerlock.auctions")
+# Deposit intents are identified by the deposit, not by the API key of the caller: a renewal by
+# the scheduler after a crash finds the intent it made instead of authorizing the card again.
+_PAYMENTS_SCOPE = "domain:auctions"
 
 OrderOpener = Callable[[UnitOfWork, Context, OrderTerms], Awaitable[str]]
 
@@ -732,6 +735,7 @@ class Auctions:
                 destination_account=deposit.account,
             ),
             idempotency_key=f"deposit:{deposit.id}:renew:{old.id}",
+            scope=_PAYMENTS_SCOPE,
         )
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
             log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=new.id)
@@ -781,6 +785,7 @@ class Auctions:
                 destination_account=deposit.account,
             ),
             idempotency_key=f"deposit:{deposit.id}",
+            scope=_PAYMENTS_SCOPE,
         )
         status = DepositStatus.HELD if intent.status in _HELD_INTENT else DepositStatus.FAILED
         async with self.db.transaction() as uow:

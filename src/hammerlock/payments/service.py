@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol, TypeVar
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import Context, Outcome
@@ -240,19 +241,34 @@ class Payments:
         return gateway
 
     async def create(
-        self, ctx: Context, new: NewIntent, *, idempotency_key: str | None
+        self,
+        ctx: Context,
+        new: NewIntent,
+        *,
+        idempotency_key: str | None,
+        scope: str | None = None,
     ) -> PaymentIntent:
         """Create an intent (and confirm it when asked). A re-run of the same request (same API
         key and Idempotency-Key) finds the intent it made and resumes it."""
         gateway_name = new.gateway or self.config.default_gateway
         self._gateway(gateway_name)
-        key_id = ctx.actor.key_id
-        async with self.db.transaction() as uow:
-            existing = None
-            if key_id is not None and idempotency_key is not None:
-                existing = await storage.find_intent_by_request(uow, key_id, idempotency_key)
-            if existing is None:
-                intent = await self._insert(uow, ctx, new, gateway_name, idempotency_key)
+        key_id = scope or ctx.actor.key_id
+        for attempt in range(2):
+            try:
+                async with self.db.transaction() as uow:
+                    existing = None
+                    if key_id is not None and idempotency_key is not None:
+                        existing = await storage.find_intent_by_request(
+                            uow, key_id, idempotency_key
+                        )
+                    if existing is None:
+                        intent = await self._insert(
+                            uow, ctx, new, gateway_name, request=(key_id, idempotency_key)
+                        )
+                break
+            except IntegrityError:
+                if attempt:  # a concurrent twin won the unique pair: the lookup finds it now
+                    raise
         if existing is not None:
             if new.confirm and existing.status is IntentStatus.REQUIRES_CONFIRMATION:
                 return await self.confirm(ctx, existing.id)
@@ -267,8 +283,10 @@ class Payments:
         ctx: Context,
         new: NewIntent,
         gateway_name: str,
-        idempotency_key: str | None,
+        *,
+        request: tuple[str | None, str | None],
     ) -> PaymentIntent:
+        key_id, idempotency_key = request
         now = uow.clock.now_us()
         intent = PaymentIntent(
             id=_fresh_id("pi", now),
@@ -288,7 +306,7 @@ class Payments:
             description=new.description,
             metadata=dict(new.metadata),
             return_url=new.return_url,
-            created_by_key_id=ctx.actor.key_id,
+            created_by_key_id=key_id,
             created_by_principal=ctx.actor.principal_id,
             idempotency_key=idempotency_key,
             action_key=None,
@@ -955,20 +973,42 @@ class Payments:
 
     # -- refunds -----------------------------------------------------------------------------
 
-    async def refund(self, ctx: Context, new: NewRefund, *, idempotency_key: str | None) -> Refund:
-        key_id = ctx.actor.key_id
-        async with self.db.transaction() as uow:
-            existing = None
-            if key_id is not None and idempotency_key is not None:
-                existing = await storage.find_refund_by_request(uow, key_id, idempotency_key)
-            if existing is None:
-                refund_id = await self._insert_refund(uow, ctx, new, idempotency_key)
+    async def refund(
+        self,
+        ctx: Context,
+        new: NewRefund,
+        *,
+        idempotency_key: str | None,
+        scope: str | None = None,
+    ) -> Refund:
+        key_id = scope or ctx.actor.key_id
+        for attempt in range(2):
+            try:
+                async with self.db.transaction() as uow:
+                    existing = None
+                    if key_id is not None and idempotency_key is not None:
+                        existing = await storage.find_refund_by_request(
+                            uow, key_id, idempotency_key
+                        )
+                    if existing is None:
+                        refund_id = await self._insert_refund(
+                            uow, ctx, new, key_id, idempotency_key
+                        )
+                break
+            except IntegrityError:
+                if attempt:  # a concurrent twin won the unique pair: the lookup finds it now
+                    raise
         if existing is not None:
             return await self.drive_refund(ctx, existing.id)
         return await self.drive_refund(ctx, refund_id)
 
     async def _insert_refund(
-        self, uow: UnitOfWork, ctx: Context, new: NewRefund, idempotency_key: str | None
+        self,
+        uow: UnitOfWork,
+        ctx: Context,
+        new: NewRefund,
+        key_id: str | None,
+        idempotency_key: str | None,
     ) -> str:
         intent = await storage.get_intent(uow, new.payment_intent, for_update=True)
         if intent is None:
@@ -1003,7 +1043,7 @@ class Payments:
                 "gateway_refund_id": None,
                 "review_id": None,
                 "failure_code": None,
-                "created_by_key_id": ctx.actor.key_id,
+                "created_by_key_id": key_id,
                 "created_by_principal": ctx.actor.principal_id,
                 "idempotency_key": idempotency_key,
                 "pending_since_us": None if need else now,

@@ -318,6 +318,10 @@ def _acting_as(ctx: Context, order: Order, side: str) -> None:
 # The auctions domain's hook: its lot becomes ``settled`` in the transaction that releases or
 # refunds the order (``auctions.service.mark_settled``; wired by the composition root).
 LotSettled = Callable[[UnitOfWork, Context, str], Awaitable[object]]
+# Payments this domain asks for are identified by their own keys (order id + purpose), not by
+# the API key of whoever triggered them: a buyer's second key, the operator and the sweeper
+# resuming after a crash all find the one intent or refund instead of making another.
+_SCOPE: Final = "domain:escrow"
 _SETTLES_THE_LOT: Final = frozenset({OrderStatus.RELEASED, OrderStatus.REFUNDED})
 
 
@@ -480,6 +484,12 @@ class Escrow:
             deposit, _ = await self.payments.get(order.deposit_intent_id)
             if deposit.status in {IntentStatus.PROCESSING, IntentStatus.REQUIRES_CAPTURE}:
                 return None  # the deposit's fate decides the rest: try again shortly
+            if deposit.status is IntentStatus.SUCCEEDED:
+                # Captured since we looked: move it into escrow first, or the rest below would
+                # charge the whole total on top of it.
+                order = await self._take_deposit(ctx, order)
+                if order.status is not OrderStatus.AWAITING_PAYMENT:
+                    return None
         rest = order.total - order.deposit_in_escrow
         if rest <= 0:
             return None
@@ -502,10 +512,15 @@ class Escrow:
                 destination_account=order.escrow_account,
             ),
             idempotency_key=f"{order.id}.pay",
+            scope=_SCOPE,  # the same order's payment, whichever key or process asks
         )
         async with self.db.transaction() as uow:
             current = await _locked(uow, order.id)
-            if current.payment_intent_id is None:
+            stale = current.status is not OrderStatus.AWAITING_PAYMENT
+            if stale and current.payment_intent_id is None:
+                abandoned = True  # defaulted meanwhile (the sweeper): never confirm it
+            elif current.payment_intent_id is None:
+                abandoned = False
                 saved = await _save(
                     uow,
                     current,
@@ -520,6 +535,13 @@ class Escrow:
                 )
             elif current.payment_intent_id != created.id:
                 raise LedgerInvariantError(f"order {order.id} has two payment intents")
+            else:
+                abandoned = False
+        if abandoned:
+            # Not confirmed, so nothing is held at the gateway: cancel it and let the caller
+            # look at the order again.
+            await self.payments.cancel(ctx, created.id, reason="abandoned")
+            return None
         return await self._resume_intent(ctx, created.id, payment_method)
 
     async def _resume_intent(
@@ -623,6 +645,7 @@ class Escrow:
                 ctx,
                 NewRefund(payment_intent=intent_id, amount=amount, reason=RefundReason.DISPUTE),
                 idempotency_key=f"{order.id}.refund.{intent_id}",
+                scope=_SCOPE,  # the operator's call and the sweeper's resume are one refund
             )
             async with self.db.transaction() as uow:
                 current = await _locked(uow, order.id)
@@ -667,13 +690,9 @@ class Escrow:
         return await self._payout_done(ctx, order.id, name, payout_id, None)
 
     async def _call_payout(self, gateway: Gateway, order: Order, key: str) -> str:
-        if gateway.name == "braintree" and order.payment_intent_id is not None:
-            # Braintree Marketplace holds the sale in its own escrow: releasing it pays the
-            # seller's sub-merchant account (ADR 0011).
-            intent, _ = await self.payments.get(order.payment_intent_id)
-            if intent.authorize_key is not None:
-                charge = await gateway.release_from_escrow(intent.authorize_key)
-                return charge.charge_id
+        # Always a payout of exactly what the ledger released to the seller. (Braintree's
+        # release_from_escrow would pay out the whole sale — premium, commission and any partial
+        # refund included — and only for sales held in its escrow, which intents do not ask for.)
         payout = await gateway.payout(
             PayoutRequest(
                 payout_key=key,
@@ -983,7 +1002,8 @@ async def _penalise(
                 order, "penalty.escrow", order.escrow_account, penalties, order.deposit_in_escrow
             )
         )
-    if deposit_captured:
+    if deposit_captured and not order.deposit_in_escrow:
+        # A deposit already moved into escrow is penalised from there, never a second time.
         transfers.append(
             _transfer(order, "penalty.deposit", order.deposit_account, penalties, deposit_captured)
         )
@@ -996,7 +1016,7 @@ async def _penalise(
         offer_status=OfferStatus.OPEN if offer else OfferStatus.NONE,
         offer_expires_us=now + order.payment_window_s * 1_000_000 if offer else None,
     )
-    penalty = order.deposit_in_escrow + deposit_captured
+    penalty = order.deposit_in_escrow or deposit_captured
     return defaulted, {"penalty": penalty, "second_chance": offer}
 
 

@@ -181,6 +181,7 @@ class Container:
     async def start(self) -> None:
         if self.settings.ledger_group_commit:
             await self.ledger_writer.start()
+        await self.auctions.bids.start()
         if self._background:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="ledger-sweeper"))
             self._tasks.append(
@@ -253,6 +254,7 @@ class Container:
             await self.webhook_deliverer.close()
         await self.tamper_guard.flush()
         await self.ledger_writer.stop()
+        await self.auctions.bids.stop()
         if self.vault is not None:
             await self.vault.aclose()
         for adapter in self._webhook_adapters:

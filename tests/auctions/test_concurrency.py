@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,11 @@ from hammerlock.auctions.model import AcceptedBid, standing_of
 from hammerlock.auctions.service import NewLot
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
+from hammerlock.clock import FixedClock
 from hammerlock.parties import service as parties
 from hammerlock.parties.model import PartyKind
 from hammerlock.settings import Settings
+from tests.auctions.test_bid_batches import _setup
 from tests.auctions.test_model import reference
 from tests.conftest import require_service
 
@@ -112,3 +115,40 @@ async def test_concurrent_bids_are_serialized_and_priced_as_a_replay(
             final.terms, (AcceptedBid(b.seq, b.bidder_id, b.max_amount) for b in bids[:i])
         )
         assert (bid.price_after, bid.leader_after) == (prefix.price, prefix.leader_id)
+
+
+async def test_two_writers_on_one_lot_keep_a_strict_sequence(
+    container: Container, app_settings: Any, clock: FixedClock
+) -> None:
+    """Two containers = two processes' pools and writers, racing on one PostgreSQL lot row."""
+    lot, bidders = await _setup(container, 20)
+    other = Container(app_settings, clock=clock, background=False)
+    await other.start()
+    try:
+        ctx = Context.system("tests")
+        rng = random.Random(13)
+
+        async def run(node: Container, bidder_id: str) -> int:
+            accepted = 0
+            for amount in sorted(rng.randint(100, 500_000) for _ in range(15)):
+                try:
+                    await node.auctions.place_bid(
+                        ctx, lot.id, bidder_id=bidder_id, max_amount=amount, idempotency_key=None
+                    )
+                    accepted += 1
+                except BidTooLow:
+                    pass
+            return accepted
+
+        counts = await asyncio.gather(
+            *(run(container if i % 2 else other, b) for i, b in enumerate(bidders))
+        )
+    finally:
+        await other.stop()
+    final, bids = await container.auctions.list_bids(ctx, lot.id, after_seq=0, limit=1_000)
+    assert [b.seq for b in bids] == list(range(1, sum(counts) + 1))
+    replay = standing_of(final.terms, (AcceptedBid(b.seq, b.bidder_id, b.max_amount) for b in bids))
+    assert replay == final.standing
+    expected = reference(final.terms, [(b.bidder_id, b.max_amount) for b in bids])
+    assert (final.standing.price, final.standing.leader_id) == (expected.price, expected.leader)
+    assert container.auctions.bids.batches < container.auctions.bids.requests  # coalesced

@@ -31,35 +31,22 @@ from starlette.responses import Response
 
 from hammerlock.api.problems import ApiError
 from hammerlock.db.engine import Database
-from hammerlock.db.metadata import metadata
+from hammerlock.db.receipts import Receipt, Stored, idempotency_keys
 
 __all__ = [
     "PENDING_HEADER",
+    "REPLAYED_HEADERS",
     "IdempotencyStore",
     "fingerprint",
     "idempotency_keys",
+    "replay",
+    "stored_headers",
     "validate_key",
 ]
 
 log = structlog.get_logger("hammerlock.idempotency")
 
-idempotency_keys = sa.Table(
-    "idempotency_keys",
-    metadata,
-    sa.Column("scope", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(12), nullable=False),
-    sa.Column("lease_token", sa.String(32), nullable=True),
-    sa.Column("lease_expires_us", sa.BigInteger, nullable=True),
-    sa.Column("status_code", sa.Integer, nullable=True),
-    sa.Column("headers", sa.Text, nullable=True),
-    sa.Column("body", sa.LargeBinary, nullable=True),
-    sa.Column("created_us", sa.BigInteger, nullable=False),
-    sa.Column("expires_us", sa.BigInteger, nullable=False),
-)
-
-_REPLAYED_HEADERS = ("content-type", "location")
+REPLAYED_HEADERS = ("content-type", "location")
 # A handler whose outcome is not final yet answers with this header set to "pending"; such an
 # answer is never stored for replay (a retry resumes the work instead).
 PENDING_HEADER = "hammerlock-outcome"
@@ -101,6 +88,17 @@ class _Stored:
         return Response(content=self.body, status_code=self.status_code, headers=headers)
 
 
+def replay(stored: Stored) -> Response:
+    """A stored answer, as the response a retry gets."""
+    headers = dict(stored.headers)
+    headers["Idempotent-Replayed"] = "true"
+    return Response(content=stored.body, status_code=stored.status_code, headers=headers)
+
+
+def stored_headers(response: Response) -> dict[str, str]:
+    return {name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers}
+
+
 async def _stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -112,6 +110,10 @@ class IdempotencyStore:
         self._ttl_us = ttl_s * 1_000_000
         self._lease_us = lease_s * 1_000_000
         self._renew_every_s = max(lease_s / 3, 0.2)
+
+    def receipt(self, *, scope: str, key: str, fingerprint: str) -> Receipt:
+        """For a route that stores its answer in its own transaction (docs/adr/0013)."""
+        return Receipt(scope=scope, key=key, fingerprint=fingerprint, ttl_us=self._ttl_us)
 
     async def run(
         self,
@@ -248,9 +250,7 @@ class IdempotencyStore:
 
     async def _complete(self, scope: str, key: str, token: str, response: Response) -> None:
         t = idempotency_keys
-        headers = {
-            name: response.headers[name] for name in _REPLAYED_HEADERS if name in response.headers
-        }
+        headers = stored_headers(response)
         async with self._db.single_statement() as uow:
             done = await uow.conn.execute(
                 t.update()

@@ -25,6 +25,9 @@ class Policy:
     permission: Permission
     money_moving: bool = False
     max_body_bytes: int | None = None  # None: the configured default (1 MiB)
+    # The handler stores its answer in its own transaction (request.state.receipt; ADR 0013)
+    # instead of the idempotency store's lease before and completion after.
+    receipt_in_transaction: bool = False
 
     @classmethod
     def from_openapi_extra(cls, extra: dict[str, Any] | None) -> Policy | None:
@@ -35,17 +38,24 @@ class Policy:
             permission=Permission(raw["permission"]),
             money_moving=bool(raw.get("money_moving", False)),
             max_body_bytes=raw.get("max_body_bytes"),
+            receipt_in_transaction=bool(raw.get("receipt_in_transaction", False)),
         )
 
 
 def policy(
-    permission: Permission, *, money_moving: bool = False, max_body_bytes: int | None = None
+    permission: Permission,
+    *,
+    money_moving: bool = False,
+    max_body_bytes: int | None = None,
+    receipt_in_transaction: bool = False,
 ) -> dict[str, Any]:
     if max_body_bytes is not None and not 0 < max_body_bytes <= BATCH_MAX_BODY_BYTES:
         raise ValueError("max_body_bytes must be within (0, 8 MiB]")
     body: dict[str, Any] = {"permission": permission.value, "money_moving": money_moving}
     if max_body_bytes is not None:
         body["max_body_bytes"] = max_body_bytes
+    if receipt_in_transaction:
+        body["receipt_in_transaction"] = True
     extra: dict[str, Any] = {EXTENSION: body}
     if permission is not Permission.PUBLIC:
         extra["security"] = [{"ApiKey": []}]

@@ -45,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "transfer_not_found": 404,
     "account_reserved": 403,
     "ledger_busy": 503,
+    "bids_busy": 503,
     # audit
     "tree_head_not_found": 404,
     "audit_proof_unavailable": 404,

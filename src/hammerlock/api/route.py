@@ -3,7 +3,9 @@
 1. body size limit (413, before the body is read into memory) and content type (415);
 2. request firewall: the PAN guard refuses any card number in a string field or header (400);
 3. authentication (401) and the route's declared permission (403), both audited on failure;
-4. idempotency: lease, replay, reuse and in-flight checks for POSTs (400/409/422);
+4. idempotency: lease, replay, reuse and in-flight checks for POSTs (400/409/422) — or, for a
+   route whose policy says ``receipt_in_transaction``, a receipt the handler checks and stores
+   in the transaction that makes its change (ADR 0013);
 5. FastAPI: schema validation (422, unknown fields rejected), then the handler.
 
 Domain errors raised by a handler become problem responses *inside* step 4, so an idempotent
@@ -84,11 +86,16 @@ class HammerlockRoute(APIRoute):
                     )
                 return await run()
             scope = ctx.actor.key_id or "public"
+            key = validate_key(raw_key)
+            fp = fingerprint(request.method, request.url.path, scope, body)
+            if route_policy.receipt_in_transaction:
+                # The handler checks and stores the key in its own transaction (ADR 0013).
+                request.state.receipt = container.idempotency.receipt(
+                    scope=scope, key=key, fingerprint=fp
+                )
+                return await run()
             return await container.idempotency.run(
-                scope=scope,
-                key=validate_key(raw_key),
-                fingerprint=fingerprint(request.method, request.url.path, scope, body),
-                handler=run,
+                scope=scope, key=key, fingerprint=fp, handler=run
             )
 
         return handler

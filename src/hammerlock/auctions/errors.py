@@ -5,6 +5,7 @@ AuctionError
  ├── BidNotFound        bid_not_found             404
  ├── LotNotOpen         lot_not_open              409
  ├── InvalidTransition  invalid_state_transition  409
+ ├── BidsBusy           bids_busy                 503  (the bid queue is full or timed out)
  ├── BidTooLow          bid_too_low               422  (with ``ask``)
  ├── OwnLot             own_lot_bid               403  (a seller bidding on its own lot)
  ├── CardRequired       card_required             409
@@ -22,6 +23,7 @@ __all__ = [
     "AuctionError",
     "BidNotFound",
     "BidTooLow",
+    "BidsBusy",
     "BuyNowUnavailable",
     "CardRequired",
     "DepositNotNeeded",
@@ -91,3 +93,8 @@ class BuyNowUnavailable(AuctionError):
 class InvalidLot(AuctionError):
     code = "invalid_lot"
     title = "The lot's terms are not valid"
+
+
+class BidsBusy(AuctionError):
+    code = "bids_busy"
+    title = "Too many bids in flight; retry with the same Idempotency-Key"

@@ -17,15 +17,19 @@ from pydantic import AwareDatetime, Field, StringConstraints
 from starlette.responses import Response
 
 from hammerlock.api.deps import get_container, get_ctx
+from hammerlock.api.idempotency import replay, stored_headers
 from hammerlock.api.policy import policy
 from hammerlock.api.problems import ApiError
-from hammerlock.api.route import HammerlockRoute
+from hammerlock.api.route import HammerlockRoute, domain_problem
 from hammerlock.api.schemas import MAX_SAFE_INT, ApiModel
-from hammerlock.auctions.model import Band, Lot
+from hammerlock.auctions.bidding import Answer, BidRequest
+from hammerlock.auctions.model import Band, Bid, Lot
 from hammerlock.auctions.service import Auctions, NewLot
 from hammerlock.auctions.views import bid_json, deposit_json, lot_json
 from hammerlock.audit.model import Context
 from hammerlock.clock import to_us
+from hammerlock.db.receipts import ReceiptConflict, Stored
+from hammerlock.errors import DomainError
 from hammerlock.parties import service as parties
 from hammerlock.security.permissions import Permission
 
@@ -186,20 +190,41 @@ async def get_lot(request: Request, lot_id: LotId) -> Response:
 
 @router.post(
     "/v1/lots/{lot_id}/bids",
-    openapi_extra=policy(Permission.BIDS_CREATE, money_moving=True),
+    openapi_extra=policy(Permission.BIDS_CREATE, money_moving=True, receipt_in_transaction=True),
     summary="Place a proxy bid (your maximum); answers with its seq and the lot's new state",
 )
 async def place_bid(request: Request, lot_id: LotId, body: BidIn) -> Response:
+    """Group-committed with concurrent bids; the answer (accepted or refused) is stored for
+    Idempotency-Key replays in the bid's own transaction (ADR 0013)."""
     ctx = get_ctx(request)
     bidder_id = _party_id(ctx, body.bidder_id, "bidder", "bidder_id")
-    bid, lot = await _auctions(request).place_bid(
-        ctx,
-        lot_id,
-        bidder_id=bidder_id,
-        max_amount=body.max_amount,
-        idempotency_key=request.headers.get("idempotency-key"),
+
+    def render(outcome: tuple[Bid, Lot] | DomainError) -> Answer:
+        if isinstance(outcome, DomainError):
+            response = domain_problem(outcome)
+        else:
+            bid, lot = outcome
+            response = _json({**bid_json(bid, show_max=True), "lot": _lot(ctx, lot)}, 201)
+        return Answer(response.status_code, stored_headers(response), bytes(response.body))
+
+    outcome = await _auctions(request).submit_bid(
+        BidRequest(
+            ctx=ctx,
+            lot_id=lot_id,
+            bidder_id=bidder_id,
+            max_amount=body.max_amount,
+            idempotency_key=request.headers.get("idempotency-key"),
+            receipt=getattr(request.state, "receipt", None),
+            render=render,
+        )
     )
-    return _json({**bid_json(bid, show_max=True), "lot": _lot(ctx, lot)}, 201)
+    if isinstance(outcome, ReceiptConflict):
+        raise ApiError(outcome.code, outcome.detail)
+    if not isinstance(outcome, Answer):  # pragma: no cover - a rendered request gets one
+        raise TypeError(f"unexpected bid outcome {type(outcome).__name__}")
+    if outcome.replayed:
+        return replay(Stored(outcome.status_code, outcome.headers, outcome.body))
+    return Response(outcome.body, outcome.status_code, headers=outcome.headers)
 
 
 @router.get(

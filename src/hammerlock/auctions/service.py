@@ -17,17 +17,24 @@ until every deposit is released.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import structlog
 
 from hammerlock.auctions import storage
+from hammerlock.auctions.bidding import (
+    AskPayments,
+    BidRequest,
+    BidWriter,
+    Outcome,
+    bid_event,
+    lot_event,
+    may_see,
+)
 from hammerlock.auctions.errors import (
     BidNotFound,
-    BidTooLow,
     BuyNowUnavailable,
     CardRequired,
     DepositNotNeeded,
@@ -46,19 +53,15 @@ from hammerlock.auctions.model import (
     Band,
     Bid,
     BidKind,
-    BidRefusal,
     Deposit,
     DepositStatus,
     Lot,
     LotStatus,
     Standing,
-    apply_bid,
-    ask_for,
     default_deposit_bps,
     default_increments,
     deposit_account,
     deposit_amount,
-    extend_end,
     new_id,
     standing_of,
     validate_increments,
@@ -68,6 +71,7 @@ from hammerlock.audit import service as audit
 from hammerlock.audit.model import Context
 from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
+from hammerlock.errors import DomainError
 from hammerlock.escrow import service as escrow
 from hammerlock.escrow.model import OrderTerms
 from hammerlock.ledger import service as ledger
@@ -108,14 +112,6 @@ _OPEN_DEPOSITS: Final = frozenset({DepositStatus.PENDING, DepositStatus.HELD})
 _RENEW_MARGIN_US: Final = 24 * 3_600 * 1_000_000  # renew a day before the authorization lapses
 _RENEW_PAGES: Final = 100
 _RENEW_EVERY_US: Final = 60 * 1_000_000
-
-
-class _AskPayments(Exception):
-    """Leave the bid's transaction to ask the payments service about these deposit intents."""
-
-    def __init__(self, intent_ids: list[str]) -> None:
-        super().__init__("deposit intents to check")
-        self.intent_ids = intent_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +174,10 @@ class Auctions:
     open_order: OrderOpener = escrow.open_order
     close_batch: int = 100
     renewed_us: int = 0  # when this process last looked for deposits to renew
+    bids: BidWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bids = BidWriter(self.db)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -280,85 +280,33 @@ class Auctions:
         max_amount: int,
         idempotency_key: str | None,
     ) -> tuple[Bid, Lot]:
-        """One transaction for a lot without a deposit. On a deposit lot, the first attempt
-        finds the bidder's deposit intents and steps out (rolling back) so that their state
-        is asked of the payments service outside the lot's lock; the second attempt decides."""
-        bid = functools.partial(
-            self._bid_once,
-            ctx,
-            lot_id,
-            bidder_id=bidder_id,
-            max_amount=max_amount,
-            idempotency_key=idempotency_key,
-        )
-        try:
-            return await bid(deposit_ok=None)
-        except _AskPayments as ask:
-            return await bid(deposit_ok=await self._any_authorized(ask.intent_ids))
-
-    async def _bid_once(
-        self,
-        ctx: Context,
-        lot_id: str,
-        *,
-        bidder_id: str,
-        max_amount: int,
-        idempotency_key: str | None,
-        deposit_ok: bool | None,
-    ) -> tuple[Bid, Lot]:
-        async with self.db.transaction() as uow:
-            lot = await self._visible(uow, ctx, lot_id, for_update=True)
-            replayed = await self._replayed_bid(uow, ctx, idempotency_key)
-            if replayed is not None:
-                return replayed, lot
-            now_us = uow.clock.now_us()
-            lot = await self._admit_bidder(uow, ctx, lot, bidder_id, now_us)
-            if lot.deposit_amount > 0 and not deposit_ok:
-                intents = await self._held_deposit_intents(uow, lot.id, bidder_id)
-                if intents and deposit_ok is None:
-                    raise _AskPayments(intents)
-                raise DepositRequired(
-                    f"lot {lot_id} asks for a deposit of {lot.deposit_amount} {lot.currency} "
-                    "before the first bid (POST /v1/lots/{id}/deposits)",
-                    deposit_amount=lot.deposit_amount,
-                )
-            after = apply_bid(lot.terms, lot.standing, bidder_id, max_amount)
-            if isinstance(after, BidRefusal):
-                ask = ask_for(lot.terms, lot.standing, bidder_id)
-                raise BidTooLow(f"the ask is {ask} {lot.currency}", ask=ask)
-            ends_at, extended = extend_end(
-                lot.ends_at_us, lot.latest_end_us, now_us, lot.soft_close_s
-            )
-            bid = Bid(
-                id=new_id("bid"),
-                lot_id=lot.id,
-                seq=after.last_seq,
+        """Place one bid (group-committed with concurrent ones: :mod:`.bidding`)."""
+        outcome = await self.submit_bid(
+            BidRequest(
+                ctx=ctx,
+                lot_id=lot_id,
                 bidder_id=bidder_id,
                 max_amount=max_amount,
-                kind=BidKind.PROXY,
-                status="accepted",
-                price_after=after.price or 0,
-                leader_after=after.leader_id or bidder_id,
-                placed_us=now_us,
-                retracted_us=None,
-                retracted_by=None,
-                retraction_reason=None,
+                idempotency_key=idempotency_key,
             )
-            await storage.insert_bid(
-                uow, bid, key_id=ctx.actor.key_id, idempotency_key=idempotency_key
-            )
-            updated = await self._save(
-                uow,
-                lot,
-                replace(
-                    lot,
-                    standing=after,
-                    ends_at_us=ends_at,
-                    extensions=lot.extensions + int(extended),
-                ),
-            )
-            await self._audit_bid(uow, ctx, updated, bid, "auctions.bid.place", extended=extended)
-            return bid, updated
+        )
+        if isinstance(outcome, DomainError):
+            raise outcome
+        if not isinstance(outcome, tuple):  # only a request with a receipt gets these
+            raise TypeError(f"unexpected bid outcome {type(outcome).__name__}")
+        return outcome
+
+    async def submit_bid(self, request: BidRequest) -> Outcome:
+        """The bid's outcome as the writer decided it. On a deposit lot, the first pass finds
+        the bidder's deposit intents and steps out of the batch so that their state is asked of
+        the payments service outside the lot's lock; the second pass decides."""
+        outcome = await self.bids.submit(request)
+        if isinstance(outcome, AskPayments):
+            authorized = await self._any_authorized(outcome.intent_ids)
+            outcome = await self.bids.submit(replace(request, deposit_ok=authorized))
+            if isinstance(outcome, AskPayments):  # pragma: no cover - deposit_ok is set
+                raise TypeError("a bid asked about its deposit twice")
+        return outcome
 
     async def _replayed_bid(
         self, uow: UnitOfWork, ctx: Context, idempotency_key: str | None
@@ -899,50 +847,12 @@ class Auctions:
         *,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        s = lot.standing
-        await audit.record(
-            uow,
-            ctx.event(
-                action,
-                resource_type="lot",
-                resource_id=lot.id,
-                ts_us=uow.clock.now_us(),
-                details={
-                    "status": lot.status.value,
-                    "seller_id": lot.seller_id,
-                    "currency": lot.currency,
-                    "price": s.price,
-                    "leader": s.leader_id,
-                    "bid_count": s.bid_count,
-                    "hammer_price": lot.hammer_price,
-                    "winner_id": lot.winner_id,
-                    **(extra or {}),
-                },
-            ),
-        )
+        await audit.record(uow, lot_event(ctx, lot, action, ts_us=uow.clock.now_us(), extra=extra))
 
     async def _audit_bid(
         self, uow: UnitOfWork, ctx: Context, lot: Lot, bid: Bid, action: str, *, extended: bool
     ) -> None:
-        await audit.record(
-            uow,
-            ctx.event(
-                action,
-                resource_type="bid",
-                resource_id=bid.id,
-                ts_us=bid.placed_us,
-                details={
-                    "lot_id": lot.id,
-                    "seq": bid.seq,
-                    "bidder_id": bid.bidder_id,
-                    "max_amount": bid.max_amount,
-                    "price_after": bid.price_after,
-                    "leader_after": bid.leader_after,
-                    "ends_at_us": lot.ends_at_us,
-                    "extended": extended,
-                },
-            ),
-        )
+        await audit.record(uow, bid_event(ctx, lot, bid, action, extended=extended))
 
 
 async def mark_settled(uow: UnitOfWork, ctx: Context, lot_id: str) -> bool:
@@ -972,11 +882,4 @@ async def mark_settled(uow: UnitOfWork, ctx: Context, lot_id: str) -> bool:
     return True
 
 
-def _may_see(ctx: Context, lot: Lot) -> bool:
-    """Staff and the service see every lot; a seller its own; a bidder every lot past draft."""
-    role = ctx.actor.role
-    if role == "seller":
-        return lot.seller_id == ctx.actor.principal_id
-    if role == "bidder":
-        return lot.status is not LotStatus.DRAFT
-    return True
+_may_see = may_see

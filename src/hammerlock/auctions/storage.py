@@ -9,6 +9,7 @@ lots never wait on, nor close, the same lot.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -240,6 +241,17 @@ async def get_lot(uow: UnitOfWork, lot_id: str, *, for_update: bool = False) -> 
     return None if row is None else _lot(row)
 
 
+async def lock_lots(uow: UnitOfWork, lot_ids: Iterable[str]) -> dict[str, Lot]:
+    """The lots of ``lot_ids`` that exist, locked in id order (one statement; a fixed order so
+    two batches over the same lots never deadlock)."""
+    ids = sorted(set(lot_ids))
+    query = sa.select(lots).where(lots.c.id.in_(ids)).order_by(lots.c.id)
+    if uow.is_postgres:
+        query = query.with_for_update()
+    rows = (await uow.conn.execute(query)).mappings().all()
+    return {row["id"]: _lot(row) for row in rows}
+
+
 async def save_lot(uow: UnitOfWork, lot: Lot, *, expected_version: int) -> bool:
     values = _lot_values(lot)
     del values["id"]
@@ -339,6 +351,55 @@ async def insert_bid(
             idempotency_key=idempotency_key,
         )
     )
+
+
+async def insert_bids(uow: UnitOfWork, rows: Sequence[tuple[Bid, str | None, str | None]]) -> None:
+    """Many bids in one statement: (bid, creating key id, its Idempotency-Key)."""
+    if not rows:
+        return
+    await uow.conn.execute(
+        lot_bids.insert(),
+        [
+            {
+                "lot_id": bid.lot_id,
+                "seq": bid.seq,
+                "id": bid.id,
+                "bidder_id": bid.bidder_id,
+                "max_amount": bid.max_amount,
+                "kind": bid.kind.value,
+                "status": bid.status,
+                "price_after": bid.price_after,
+                "leader_after": bid.leader_after,
+                "placed_us": bid.placed_us,
+                "retracted_us": None,
+                "retracted_by": None,
+                "retraction_reason": None,
+                "created_by_key_id": key_id,
+                "idempotency_key": idempotency_key,
+            }
+            for bid, key_id, idempotency_key in rows
+        ],
+    )
+
+
+async def find_bids_by_requests(
+    uow: UnitOfWork, requests: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Bid]:
+    """Bids made by (key id, Idempotency-Key) pairs, one statement."""
+    pairs = sorted(set(requests))
+    if not pairs:
+        return {}
+    t = lot_bids
+    rows = (
+        (
+            await uow.conn.execute(
+                sa.select(t).where(sa.tuple_(t.c.created_by_key_id, t.c.idempotency_key).in_(pairs))
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return {(row["created_by_key_id"], row["idempotency_key"]): _bid(row) for row in rows}
 
 
 async def find_bid_by_request(uow: UnitOfWork, key_id: str, idempotency_key: str) -> Bid | None:

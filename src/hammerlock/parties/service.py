@@ -10,6 +10,8 @@ principal; another party's object answers 404 (:func:`check_owner`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import Context
 from hammerlock.db.uow import UnitOfWork
@@ -22,6 +24,7 @@ from hammerlock.security.permissions import Role
 __all__ = [
     "PARTY_ROLES",
     "add_card",
+    "bidders_ready",
     "check_owner",
     "default_card",
     "get_party",
@@ -132,3 +135,19 @@ async def default_card(uow: UnitOfWork, bidder_id: str) -> str | None:
     """The bidder's card on file to charge (the latest added), as a payment method token."""
     card = await storage.latest_card(uow, bidder_id)
     return None if card is None else card.payment_method
+
+
+async def bidders_ready(uow: UnitOfWork, bidder_ids: Iterable[str]) -> dict[str, str]:
+    """For each id: ``ready`` (a bidder with a card on file), ``no_card`` or ``not_found``.
+    Two statements for any number of bidders (the bid batch asks once per batch)."""
+    ids = set(bidder_ids)
+    found = await storage.get_parties(uow, ids)
+    carded = await storage.with_cards(uow, ids)
+    out: dict[str, str] = {}
+    for bidder_id in ids:
+        party = found.get(bidder_id)
+        if party is None or party.kind is not PartyKind.BIDDER:
+            out[bidder_id] = "not_found"
+        else:
+            out[bidder_id] = "ready" if bidder_id in carded else "no_card"
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
@@ -124,3 +126,23 @@ async def latest_card(uow: UnitOfWork, bidder_id: str) -> Card | None:
         .first()
     )
     return None if row is None else _card(row)
+
+
+async def get_parties(uow: UnitOfWork, party_ids: Iterable[str]) -> dict[str, Party]:
+    ids = sorted(set(party_ids))
+    if not ids:
+        return {}
+    rows = (await uow.conn.execute(sa.select(parties).where(parties.c.id.in_(ids)))).mappings()
+    return {row["id"]: _party(row) for row in rows}
+
+
+async def with_cards(uow: UnitOfWork, bidder_ids: Iterable[str]) -> set[str]:
+    """Which of ``bidder_ids`` have at least one card on file."""
+    ids = sorted(set(bidder_ids))
+    if not ids:
+        return set()
+    t = party_cards
+    rows = await uow.conn.execute(
+        sa.select(t.c.bidder_id).where(t.c.bidder_id.in_(ids)).group_by(t.c.bidder_id)
+    )
+    return {str(r[0]) for r in rows}

@@ -571,6 +571,8 @@ def start_spy(pid: int, duration_s: int, raw: Path) -> subprocess.Popen[bytes] |
         print("  py-spy not installed (pip install py-spy; or PY_SPY=path): no profile")
         return None
     cmd = [spy, "record", "-p", str(pid), "-d", str(duration_s), "-r", "100", "-f", "raw"]
+    if os.environ.get("PY_SPY_IDLE"):  # wall time: where requests wait, not only CPU
+        cmd.append("--idle")
     return subprocess.Popen(
         [*cmd, "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -665,6 +667,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the API process")
     parser.add_argument("--profile-dir", help="keep py-spy's raw stacks here")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs")
+    parser.add_argument(
+        "--bids-only", action="store_true", help="bids over HTTP only (no baselines, no record)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None and os.geteuid() == 0:
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, timeout=600)
@@ -700,7 +705,14 @@ def main() -> None:
         r_many = bid_scenario(base, many_lines, f"{LOTS} lots", duration_s=d, workdir=work, pid=pid)
         if args.profile:
             raw = profile_bids(base, hot_lines, pid, work, d)
-            if raw.exists():
+            if raw.exists() and spy_dir != work:
+                shutil.copy(raw, spy_dir / raw.name)
+            prof = summarize(raw, "a hot-lot bid run")
+            print("\n".join(prof), flush=True)
+        if args.bids_only:
+            return
+        if False:
+            if raw.exists() and spy_dir != work:
                 shutil.copy(raw, spy_dir / raw.name)
             prof = summarize(raw, "a hot-lot bid run")
             print("\n".join(prof), flush=True)

@@ -135,7 +135,7 @@ async def fetchval(sql: str, *args: object) -> object:
 
 
 @contextlib.contextmanager
-def server(data_dir: Path) -> Iterator[tuple[str, str, str, int, int]]:
+def server(data_dir: Path, workers: int = 1) -> Iterator[tuple[str, str, str, int, int]]:
     env = {
         **os.environ,
         "HAMMERLOCK_DATABASE_URL": DSN.replace("postgresql://", "postgresql+asyncpg://"),
@@ -165,6 +165,8 @@ def server(data_dir: Path) -> Iterator[tuple[str, str, str, int, int]]:
             "--vault-port",
             str(vault_port),
             "--no-migrate",
+            "--workers",
+            str(workers),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -667,6 +669,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the API process")
     parser.add_argument("--profile-dir", help="keep py-spy's raw stacks here")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs")
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes (serve)")
     parser.add_argument(
         "--bids-only", action="store_true", help="bids over HTTP only (no baselines, no record)"
     )
@@ -684,7 +687,7 @@ def main() -> None:
     prof: list[str] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        server(Path(tmp) / "data") as (base, key, vault, pid, pgid),
+        server(Path(tmp) / "data", args.workers) as (base, key, vault, pid, pgid),
     ):
         work = Path(tmp)
         spy_dir = Path(args.profile_dir) if args.profile_dir else work
@@ -752,7 +755,8 @@ def main() -> None:
         f"(`bench/auction_bench.py`, {d} s per scenario)"
     )
     setup_line = (
-        "One `hammerlock serve` process (embedded vault, sandbox gateway), PostgreSQL; bids from "
+        f"`hammerlock serve --workers {args.workers}` (embedded vault, sandbox gateway), "
+        "PostgreSQL; bids from "
         f"wrk `-t2 -c{CONC}`, {BIDDERS} bidders each raising the maximum, lots without "
         f"deposits; baselines are raw asyncpg with {CONC} connections, one row (or one "
         "lot-locked bid) per transaction. Latency p50 / p99 in ms. A bid that reaches the lot "

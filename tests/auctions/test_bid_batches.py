@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from hammerlock.auctions.bidding import Answer, BidRequest
+from hammerlock.auctions.errors import BidsBusy
 from hammerlock.auctions.model import Bid, Lot
 from hammerlock.auctions.service import NewLot
 from hammerlock.audit.model import Context
@@ -156,3 +157,23 @@ async def test_one_bad_request_does_not_fail_its_batch(container: Container) -> 
     assert 4_444 not in {b.max_amount for b in bids}
     assert [b.seq for b in bids] == list(range(1, len(bids) + 1))
     assert len(bids) == sum(isinstance(r, Answer) and r.status_code == 201 for r in results)
+
+
+async def test_stopping_the_writer_answers_every_waiting_bid(container: Container) -> None:
+    lot, bidders = await _setup(container, 10)
+    ctx = Context.system("tests")
+    waiting = [
+        asyncio.create_task(
+            container.auctions.place_bid(
+                ctx, lot.id, bidder_id=b, max_amount=10_000 * (i + 1), idempotency_key=None
+            )
+        )
+        for i, b in enumerate(bidders)
+    ]
+    await asyncio.sleep(0)  # queued, and the first batch under way
+    await container.auctions.bids.stop()
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 10)
+    assert all(isinstance(r, (tuple, BidsBusy)) for r in results), results
+    await container.auctions.bids.start()
+    _, bids = await container.auctions.list_bids(ctx, lot.id, after_seq=0, limit=100)
+    assert len(bids) == sum(isinstance(r, tuple) for r in results)  # a refusal wrote nothing

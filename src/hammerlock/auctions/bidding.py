@@ -404,6 +404,7 @@ class BidWriter:
         self._timeout_s = timeout_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
+        self._current: list[_Job] = []  # the batch being decided (answered if we stop mid-way)
         self.batches = 0
         self.requests = 0
 
@@ -417,10 +418,15 @@ class BidWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while not self._queue.empty():  # nobody will answer these: say so
-            job = self._queue.get_nowait()
+        left = [*self._current]
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        for job in left:  # nobody will answer these: say so (a cancelled batch rolled back)
             if not job.future.done():
-                job.future.set_exception(BidsBusy("the server is stopping; retry the bid"))
+                job.future.set_exception(
+                    BidsBusy("the server is stopping; retry with the same Idempotency-Key")
+                )
+        self._current = []
 
     async def submit(self, request: BidRequest) -> Outcome:
         if self._task is None:  # not started (CLI, tests): a batch of one, same semantics
@@ -446,7 +452,9 @@ class BidWriter:
                 batch.append(self._queue.get_nowait())
             live = [j for j in batch if not j.future.done()]
             if live:
+                self._current = live
                 await self._process(live)
+                self._current = []
 
     async def _process(self, batch: list[_Job]) -> None:
         self.batches += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from hammerlock.auctions.bidding import Answer, BidRequest
 from hammerlock.auctions.errors import BidsBusy
 from hammerlock.auctions.model import Bid, Lot
 from hammerlock.auctions.service import NewLot
-from hammerlock.audit.model import Context
+from hammerlock.audit.model import Actor, Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from hammerlock.db.receipts import idempotency_keys
@@ -177,3 +178,22 @@ async def test_stopping_the_writer_answers_every_waiting_bid(container: Containe
     await container.auctions.bids.start()
     _, bids = await container.auctions.list_bids(ctx, lot.id, after_seq=0, limit=100)
     assert len(bids) == sum(isinstance(r, tuple) for r in results)  # a refusal wrote nothing
+
+
+async def test_service_twins_in_one_batch_make_one_bid(container: Container) -> None:
+    """Callers without a receipt (the service API) still get one bid per (key, Idempotency-Key)."""
+    lot, bidders = await _setup(container, 1)
+    ctx = replace(
+        Context.system("tests"), actor=Actor(principal_id="svc", role="service", key_id="key_t")
+    )
+    results = await asyncio.gather(
+        *(
+            container.auctions.place_bid(
+                ctx, lot.id, bidder_id=bidders[0], max_amount=5_000, idempotency_key="same"
+            )
+            for _ in range(5)
+        )
+    )
+    assert len({bid.id for bid, _ in results}) == 1
+    _, bids = await container.auctions.list_bids(ctx, lot.id, after_seq=0, limit=100)
+    assert len(bids) == 1

@@ -348,6 +348,8 @@ async def _decide(uow: UnitOfWork, batch: _Batch, request: BidRequest) -> tuple[
     )
     batch.lots[lot.id] = lot
     batch.bids.append((bid, key_id, request.idempotency_key))
+    if key_id is not None and request.idempotency_key is not None:
+        batch.made[(key_id, request.idempotency_key)] = bid  # a twin later in the batch
     batch.events.append(bid_event(ctx, lot, bid, "auctions.bid.place", extended=extended))
     return bid, lot
 

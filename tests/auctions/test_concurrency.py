@@ -12,8 +12,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from hammerlock.api.app import create_app
 from hammerlock.auctions.errors import BidTooLow
 from hammerlock.auctions.model import AcceptedBid, standing_of
 from hammerlock.auctions.service import NewLot
@@ -22,6 +24,8 @@ from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from hammerlock.parties import service as parties
 from hammerlock.parties.model import PartyKind
+from hammerlock.security import service as keys_service
+from hammerlock.security.permissions import Role
 from hammerlock.settings import Settings
 from tests.auctions.test_bid_batches import _setup
 from tests.auctions.test_model import reference
@@ -152,3 +156,45 @@ async def test_two_writers_on_one_lot_keep_a_strict_sequence(
     expected = reference(final.terms, [(b.bidder_id, b.max_amount) for b in bids])
     assert (final.standing.price, final.standing.leader_id) == (expected.price, expected.leader)
     assert container.auctions.bids.batches < container.auctions.bids.requests  # coalesced
+
+
+async def test_one_key_sent_to_two_processes_makes_one_bid(
+    container: Container, app_settings: Any, clock: FixedClock
+) -> None:
+    """The same Idempotency-Key raced through two nodes: they meet on idempotency_keys' primary
+    key; the loser's batch retries and replays the winner's answer, byte for byte."""
+    lot, bidders = await _setup(container, 4)
+    other = Container(app_settings, clock=clock, background=False)
+    await other.start()
+    try:
+        async with container.db.transaction() as uow:
+            created = await keys_service.create_key(
+                uow, Context.system("tests"), pepper=container.pepper, role=Role.SERVICE, name="s"
+            )
+        headers = {"Authorization": f"Bearer {created.plaintext}"}
+        clients = [
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=create_app(node)), base_url="http://t"
+            )
+            for node in (container, other)
+        ]
+        for round_ in range(10):
+            key = {"Idempotency-Key": f"race-{round_}"}
+            body = {"bidder_id": bidders[round_ % 4], "max_amount": 100_000 * (round_ + 1)}
+            answers = await asyncio.gather(
+                *(
+                    c.post(f"/v1/lots/{lot.id}/bids", json=body, headers={**headers, **key})
+                    for c in clients
+                    for _ in range(2)
+                )
+            )
+            assert {r.status_code for r in answers} == {201}, [r.text for r in answers]
+            assert len({r.content for r in answers}) == 1
+        for c in clients:
+            await c.aclose()
+    finally:
+        await other.stop()
+    _, bids = await container.auctions.list_bids(
+        Context.system("tests"), lot.id, after_seq=0, limit=100
+    )
+    assert [b.seq for b in bids] == list(range(1, 11))

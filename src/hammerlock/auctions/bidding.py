@@ -2,18 +2,21 @@
 
 A bid is read-lock-decide-write on its lot's row, so one lot takes one bid per commit at best —
 a few hundred a second on a disk that needs a few milliseconds per fsync. Here concurrent bids
-queue to one writer task per process, which takes everything queued (any lots, at most
-``max_batch`` bids) into **one transaction**:
+on a lot queue to that lot's *lane* (one task per lot with bids waiting, in each process), which
+takes everything queued (at most ``max_batch`` bids) into **one transaction**:
 
 1. the requests' idempotency receipts are looked up (one statement): stored answers replay;
-2. the batch's lots are locked in id order (one ``SELECT … ORDER BY id FOR UPDATE``: two
-   processes' batches never deadlock), and bids already made under the same (key, Idempotency-Key)
-   are found (one statement), and the bidders' standing (two statements);
+2. the lot is locked (``SELECT … FOR UPDATE``; :func:`run_batch` takes any lots, in id order, so
+   callers batching several lots never deadlock either), bids already made under the same
+   (key, Idempotency-Key) are found (one statement), and the bidders' standing (two statements);
 3. the bids are decided one after the other, in arrival order, by the same pure model as before
    (:func:`hammerlock.auctions.model.apply_bid`), each seeing the lot as the previous one left it —
    so the sequence is strict per lot and every answer is the one a one-at-a-time run would give;
-4. one INSERT for all accepted bids, one UPDATE per touched lot, one INSERT for their audit
-   events and one for the answers (idempotency receipts), and one commit.
+4. one INSERT for all accepted bids, one UPDATE of the lot, one INSERT for their audit events and
+   one for the answers (idempotency receipts), and one commit.
+
+A lot whose row is held elsewhere (a close, a settlement, another process's batch) stalls only
+its own lane; other lots' bids go on.
 
 Each waiter gets its own answer. A batch that fails on a transient error (deadlock,
 serialization, a twin request in another process winning a key) is retried whole; one that
@@ -24,6 +27,7 @@ Several processes are safe: they meet on the lot rows' locks, as single bids did
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from collections.abc import Callable, Sequence
@@ -71,10 +75,12 @@ from hammerlock.parties import service as parties
 from hammerlock.parties.errors import PartyNotFound
 
 __all__ = [
+    "REUSE_DETAIL",
     "Answer",
     "AskPayments",
     "BidRequest",
     "BidWriter",
+    "KeyReused",
     "Outcome",
     "Render",
     "bid_event",
@@ -88,6 +94,29 @@ log = structlog.get_logger("hammerlock.auctions.bidding")
 _RETRYABLE_SQLSTATES: Final = {"40001", "40P01", "23505", "55P03"}
 _MAX_ATTEMPTS: Final = 6
 _QUEUE_LIMIT: Final = 10_000
+
+
+REUSE_DETAIL: Final = (
+    "this Idempotency-Key was used with a different request; use a new key for a new request"
+)
+
+
+class KeyReused(DomainError):
+    """The (key, Idempotency-Key) already made another bid (its stored answer may have expired:
+    the bid row keeps the key): answering with that bid would say a bid was placed when none
+    was."""
+
+    code = "idempotency_key_reuse"
+    title = "Unprocessable content"
+
+
+def _same_bid(earlier: Bid, request: BidRequest) -> bool:
+    return (
+        earlier.kind is BidKind.PROXY
+        and earlier.lot_id == request.lot_id
+        and earlier.bidder_id == request.bidder_id
+        and earlier.max_amount == request.max_amount
+    )
 
 
 class AskPayments(Exception):
@@ -239,6 +268,11 @@ async def run_batch(uow: UnitOfWork, requests: Sequence[BidRequest]) -> list[Out
         except AskPayments as ask:
             outcomes.append(ask)
             continue
+        except KeyReused as exc:  # like every reuse, not stored: the key keeps its first request
+            outcomes.append(
+                exc if request.render is None else ReceiptConflict(exc.code, exc.detail)
+            )
+            continue
         except DomainError as exc:
             outcomes.append(_answer(batch, request, exc))
             continue
@@ -290,6 +324,8 @@ async def _decide(uow: UnitOfWork, batch: _Batch, request: BidRequest) -> tuple[
     if key_id is not None and request.idempotency_key is not None:
         earlier = batch.made.get((key_id, request.idempotency_key))
         if earlier is not None:
+            if not _same_bid(earlier, request):  # e.g. a key reused once its answer expired
+                raise KeyReused(REUSE_DETAIL)
             return earlier, lot
     lot = _start_if_due(batch, ctx, lot, now_us)
     if lot.status is not LotStatus.OPEN or not lot.starts_at_us <= now_us < lot.ends_at_us:
@@ -398,47 +434,57 @@ class _Job:
 
 
 class BidWriter:
-    """One writer task per process: bids queued while a batch commits form the next batch."""
+    """Group commit per lot: each lot with bids waiting has its own lane (a queue and a task
+    that exits when the queue is empty). Bids that queue on a lot while its batch commits form
+    its next batch; a lot whose row is held elsewhere (a close, a settlement, another process)
+    stalls only its own lane."""
 
     def __init__(self, db: Database, *, max_batch: int = 256, timeout_s: float = 30) -> None:
         self._db = db
         self._max = max_batch
         self._timeout_s = timeout_s
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
-        self._task: asyncio.Task[None] | None = None
-        self._current: list[_Job] = []  # the batch being decided (answered if we stop mid-way)
+        self._lanes: dict[str, _Lane] = {}
+        self._waiting = 0  # bids queued or being decided, over all lanes (bounded)
+        self._running = False
         self.batches = 0
         self.requests = 0
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="bid-writer")
+        self._running = True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        left = [*self._current]
-        while not self._queue.empty():
-            left.append(self._queue.get_nowait())
-        for job in left:  # nobody will answer these: say so (a cancelled batch rolled back)
-            if not job.future.done():
-                job.future.set_exception(
-                    BidsBusy("the server is stopping; retry with the same Idempotency-Key")
-                )
-        self._current = []
+        self._running = False
+        lanes, self._lanes = list(self._lanes.values()), {}
+        for lane in lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+        for lane in lanes:
+            if lane.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lane.task
+            # Nobody will answer these: say so (a cancelled batch rolled back).
+            for job in [*lane.current, *lane.queue]:
+                if not job.future.done():
+                    job.future.set_exception(
+                        BidsBusy("the server is stopping; retry with the same Idempotency-Key")
+                    )
 
     async def submit(self, request: BidRequest) -> Outcome:
-        if self._task is None:  # not started (CLI, tests): a batch of one, same semantics
+        if not self._running:  # not started (CLI, tests): a batch of one, same semantics
             [outcome] = await _run_with_retries(self._db, [request])
             return outcome
+        if self._waiting >= _QUEUE_LIMIT:
+            raise BidsBusy("too many bids are queued; retry shortly")
         job = _Job(request)
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise BidsBusy("too many bids are queued; retry shortly") from None
+        lane = self._lanes.get(request.lot_id)
+        if lane is None:
+            lane = self._lanes[request.lot_id] = _Lane()
+        lane.queue.append(job)
+        self._waiting += 1
+        if lane.task is None:
+            lane.task = asyncio.create_task(
+                self._drain(request.lot_id, lane), name=f"bids-{request.lot_id}"
+            )
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), self._timeout_s)
         except TimeoutError:
@@ -447,16 +493,23 @@ class BidWriter:
                 "Idempotency-Key to learn its outcome"
             ) from None
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            live = [j for j in batch if not j.future.done()]
-            if live:
-                self._current = live
-                await self._process(live)
-                self._current = []
+    async def _drain(self, lot_id: str, lane: _Lane) -> None:
+        try:
+            while lane.queue:
+                take = min(len(lane.queue), self._max)
+                batch = [lane.queue.popleft() for _ in range(take)]
+                live = [j for j in batch if not j.future.done()]
+                self._waiting -= take - len(live)
+                if live:
+                    lane.current = live
+                    await self._process(live)
+                    self._waiting -= len(live)
+                    lane.current = []
+        finally:
+            # No await between the last look at the queue and this: a bid submitted from now
+            # on finds no lane and starts a new one.
+            if self._lanes.get(lot_id) is lane:
+                del self._lanes[lot_id]
 
     async def _process(self, batch: list[_Job]) -> None:
         self.batches += 1
@@ -475,3 +528,10 @@ class BidWriter:
         for job, outcome in zip(batch, outcomes, strict=True):
             if not job.future.done():
                 job.future.set_result(outcome)
+
+
+@dataclass(slots=True)
+class _Lane:
+    queue: collections.deque[_Job] = field(default_factory=collections.deque)
+    current: list[_Job] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None

@@ -25,9 +25,11 @@ import structlog
 
 from hammerlock.auctions import storage
 from hammerlock.auctions.bidding import (
+    REUSE_DETAIL,
     AskPayments,
     BidRequest,
     BidWriter,
+    KeyReused,
     Outcome,
     bid_event,
     lot_event,
@@ -415,6 +417,14 @@ class Auctions:
             lot = await self._visible(uow, ctx, lot_id, for_update=True)
             replayed = await self._replayed_bid(uow, ctx, idempotency_key)
             if replayed is not None:
+                # The key's earlier request is this one only if it bought this lot for this
+                # bidder (its stored answer may have expired, and the key be reused).
+                if (replayed.kind, replayed.lot_id, replayed.bidder_id) != (
+                    BidKind.BUY_NOW,
+                    lot_id,
+                    bidder_id,
+                ):
+                    raise KeyReused(REUSE_DETAIL)
                 return replayed, lot
             now_us = uow.clock.now_us()
             lot = await self._admit_bidder(uow, ctx, lot, bidder_id, now_us)
@@ -762,6 +772,8 @@ class Auctions:
                     uow, ctx.actor.key_id, idempotency_key
                 )
                 if found is not None:
+                    if (found.lot_id, found.bidder_id) != (lot_id, bidder_id):
+                        raise KeyReused(REUSE_DETAIL)  # the key made another deposit
                     return found, card
             await self._check_deposit(uow, ctx, lot, bidder_id, card)
             for prior in await storage.deposits_of(uow, lot_id, bidder_id):

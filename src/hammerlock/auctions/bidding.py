@@ -225,8 +225,21 @@ class _Batch:
     answered: dict[tuple[str, str], tuple[str, Answer]] = field(default_factory=dict)
 
 
-async def run_batch(uow: UnitOfWork, requests: Sequence[BidRequest]) -> list[Outcome]:
-    """Decide ``requests`` in order inside ``uow`` and write them; one outcome per request."""
+class LotBusy:
+    """The bid's lot is held by another transaction: not decided in this batch (``skip_locked``);
+    the writer hands it to the lot's own lane, which waits for the lock."""
+
+    __slots__ = ()
+
+
+LOT_BUSY: Final = LotBusy()
+
+
+async def run_batch(
+    uow: UnitOfWork, requests: Sequence[BidRequest], *, skip_locked: bool = False
+) -> list[Outcome | LotBusy]:
+    """Decide ``requests`` in order inside ``uow`` and write them; one outcome per request.
+    With ``skip_locked``, bids on a lot held elsewhere are left undecided (:data:`LOT_BUSY`)."""
     receipts = [r.receipt for r in requests if r.receipt is not None]
     decisions, stale = await check_receipts(uow, receipts) if receipts else ([], set())
     decided = iter(decisions)
@@ -234,7 +247,7 @@ async def run_batch(uow: UnitOfWork, requests: Sequence[BidRequest]) -> list[Out
         next(decided) if r.receipt is not None else None for r in requests
     ]
     live = [r for r, p in zip(requests, prior, strict=True) if p is None]
-    locked = await storage.lock_lots(uow, (r.lot_id for r in live))
+    locked, held = await storage.lock_lots(uow, (r.lot_id for r in live), skip_locked=skip_locked)
     made = await storage.find_bids_by_requests(
         uow,
         (
@@ -251,8 +264,11 @@ async def run_batch(uow: UnitOfWork, requests: Sequence[BidRequest]) -> list[Out
         ready=ready,
         now_us=uow.clock.now_us(),
     )
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome | LotBusy] = []
     for request, earlier in zip(requests, prior, strict=True):
+        if earlier is None and request.lot_id in held:
+            outcomes.append(LOT_BUSY)
+            continue
         if isinstance(earlier, Stored):
             outcomes.append(Answer(earlier.status_code, earlier.headers, earlier.body, True))
             continue
@@ -412,11 +428,13 @@ def _retryable(exc: BaseException) -> bool:
     return "database is locked" in str(orig)
 
 
-async def _run_with_retries(db: Database, requests: Sequence[BidRequest]) -> list[Outcome]:
+async def _run_with_retries(
+    db: Database, requests: Sequence[BidRequest], *, skip_locked: bool = False
+) -> list[Outcome | LotBusy]:
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:
             async with db.transaction() as uow:
-                return await run_batch(uow, requests)
+                return await run_batch(uow, requests, skip_locked=skip_locked)
         except DBAPIError as exc:
             if attempt == _MAX_ATTEMPTS or not _retryable(exc):
                 raise
@@ -434,57 +452,66 @@ class _Job:
 
 
 class BidWriter:
-    """Group commit per lot: each lot with bids waiting has its own lane (a queue and a task
-    that exits when the queue is empty). Bids that queue on a lot while its batch commits form
-    its next batch; a lot whose row is held elsewhere (a close, a settlement, another process)
-    stalls only its own lane."""
+    """Group commit: one writer task per process takes every bid queued (any lots, at most
+    ``max_batch``) into one transaction, locking the lots with ``SKIP LOCKED``. Bids on a lot
+    whose row another transaction holds (a close, a settlement, another process's batch) move to
+    that lot's own *lane* — a task that waits for the lock and drains the lot's bids, then ends —
+    so one busy lot never stalls the others. While a lot has a lane, its new bids go there."""
 
     def __init__(self, db: Database, *, max_batch: int = 256, timeout_s: float = 30) -> None:
         self._db = db
         self._max = max_batch
         self._timeout_s = timeout_s
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._current: list[_Job] = []
         self._lanes: dict[str, _Lane] = {}
-        self._waiting = 0  # bids queued or being decided, over all lanes (bounded)
-        self._running = False
+        self._waiting = 0  # bids queued or being decided, over the writer and all lanes
         self.batches = 0
         self.requests = 0
 
     async def start(self) -> None:
-        self._running = True
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="bid-writer")
 
     async def stop(self) -> None:
-        self._running = False
+        tasks = [] if self._task is None else [self._task]
         lanes, self._lanes = list(self._lanes.values()), {}
+        tasks += [lane.task for lane in lanes if lane.task is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        left = [*self._current, *self._queue]
         for lane in lanes:
-            if lane.task is not None:
-                lane.task.cancel()
-        for lane in lanes:
-            if lane.task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await lane.task
-            # Nobody will answer these: say so (a cancelled batch rolled back).
-            for job in [*lane.current, *lane.queue]:
-                if not job.future.done():
-                    job.future.set_exception(
-                        BidsBusy("the server is stopping; retry with the same Idempotency-Key")
-                    )
+            left += [*lane.current, *lane.queue]
+        self._queue.clear()
+        self._current = []
+        for job in left:  # nobody will answer these: say so (a cancelled batch rolled back)
+            if not job.future.done():
+                job.future.set_exception(
+                    BidsBusy("the server is stopping; retry with the same Idempotency-Key")
+                )
 
     async def submit(self, request: BidRequest) -> Outcome:
-        if not self._running:  # not started (CLI, tests): a batch of one, same semantics
+        if self._task is None:  # not started (CLI, tests): a batch of one, same semantics
             [outcome] = await _run_with_retries(self._db, [request])
+            if isinstance(outcome, LotBusy):  # pragma: no cover - only with skip_locked
+                raise TypeError("a bid left undecided without skip_locked")
             return outcome
         if self._waiting >= _QUEUE_LIMIT:
             raise BidsBusy("too many bids are queued; retry shortly")
         job = _Job(request)
-        lane = self._lanes.get(request.lot_id)
-        if lane is None:
-            lane = self._lanes[request.lot_id] = _Lane()
-        lane.queue.append(job)
         self._waiting += 1
-        if lane.task is None:
-            lane.task = asyncio.create_task(
-                self._drain(request.lot_id, lane), name=f"bids-{request.lot_id}"
-            )
+        lane = self._lanes.get(request.lot_id)
+        if lane is not None:
+            lane.queue.append(job)
+        else:
+            self._queue.append(job)
+            self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), self._timeout_s)
         except TimeoutError:
@@ -493,41 +520,69 @@ class BidWriter:
                 "Idempotency-Key to learn its outcome"
             ) from None
 
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            take = min(len(self._queue), self._max)
+            batch = [self._queue.popleft() for _ in range(take)]
+            self._current = batch
+            await self._process(batch, skip_locked=True)
+            self._current = []
+
+    def _to_lane(self, job: _Job) -> None:
+        lot_id = job.request.lot_id
+        lane = self._lanes.get(lot_id)
+        if lane is None:
+            lane = self._lanes[lot_id] = _Lane()
+            lane.task = asyncio.create_task(self._drain(lot_id, lane), name=f"bids-{lot_id}")
+        lane.queue.append(job)
+
     async def _drain(self, lot_id: str, lane: _Lane) -> None:
         try:
             while lane.queue:
                 take = min(len(lane.queue), self._max)
-                batch = [lane.queue.popleft() for _ in range(take)]
-                live = [j for j in batch if not j.future.done()]
-                self._waiting -= take - len(live)
-                if live:
-                    lane.current = live
-                    await self._process(live)
-                    self._waiting -= len(live)
-                    lane.current = []
+                lane.current = [lane.queue.popleft() for _ in range(take)]
+                await self._process(lane.current, skip_locked=False)
+                lane.current = []
         finally:
             # No await between the last look at the queue and this: a bid submitted from now
-            # on finds no lane and starts a new one.
+            # on finds no lane and goes to the writer.
             if self._lanes.get(lot_id) is lane:
                 del self._lanes[lot_id]
 
-    async def _process(self, batch: list[_Job]) -> None:
-        self.batches += 1
-        self.requests += len(batch)
-        try:
-            outcomes = await _run_with_retries(self._db, [j.request for j in batch])
-        except Exception as exc:  # noqa: BLE001 - isolated below, then re-raised per request
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                return
-            log.warning("bids.batch_failed_isolating", size=len(batch), error=type(exc).__name__)
-            for job in batch:
-                await self._process([job])
+    async def _process(self, batch: list[_Job], *, skip_locked: bool) -> None:
+        live = [j for j in batch if not j.future.done()]
+        self._waiting -= len(batch) - len(live)
+        if not live:
             return
-        for job, outcome in zip(batch, outcomes, strict=True):
-            if not job.future.done():
-                job.future.set_result(outcome)
+        self.batches += 1
+        self.requests += len(live)
+        try:
+            outcomes = await _run_with_retries(
+                self._db, [j.request for j in live], skip_locked=skip_locked
+            )
+        except Exception as exc:  # noqa: BLE001 - isolated below, then re-raised per request
+            if len(live) == 1:
+                self._waiting -= 1
+                if not live[0].future.done():
+                    live[0].future.set_exception(exc)
+                return
+            log.warning("bids.batch_failed_isolating", size=len(live), error=type(exc).__name__)
+            for job in live:
+                await self._process([job], skip_locked=skip_locked)
+            return
+        for job, outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, LotBusy):
+                self._to_lane(job)  # still waiting: counted until its lane answers it
+            else:
+                self._answer(job, outcome)
+
+    def _answer(self, job: _Job, outcome: Outcome) -> None:
+        self._waiting -= 1
+        if not job.future.done():
+            job.future.set_result(outcome)
 
 
 @dataclass(slots=True)

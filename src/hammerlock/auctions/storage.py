@@ -241,15 +241,23 @@ async def get_lot(uow: UnitOfWork, lot_id: str, *, for_update: bool = False) -> 
     return None if row is None else _lot(row)
 
 
-async def lock_lots(uow: UnitOfWork, lot_ids: Iterable[str]) -> dict[str, Lot]:
+async def lock_lots(
+    uow: UnitOfWork, lot_ids: Iterable[str], *, skip_locked: bool = False
+) -> tuple[dict[str, Lot], set[str]]:
     """The lots of ``lot_ids`` that exist, locked in id order (one statement; a fixed order so
-    two batches over the same lots never deadlock)."""
+    two batches over the same lots never deadlock), and — with ``skip_locked`` — the ids of
+    those that exist but whose row another transaction holds (not waited for)."""
     ids = sorted(set(lot_ids))
     query = sa.select(lots).where(lots.c.id.in_(ids)).order_by(lots.c.id)
     if uow.is_postgres:
-        query = query.with_for_update()
+        query = query.with_for_update(skip_locked=skip_locked)
     rows = (await uow.conn.execute(query)).mappings().all()
-    return {row["id"]: _lot(row) for row in rows}
+    found = {row["id"]: _lot(row) for row in rows}
+    missing = [i for i in ids if i not in found]
+    if not skip_locked or not missing or not uow.is_postgres:
+        return found, set()
+    held = await uow.conn.execute(sa.select(lots.c.id).where(lots.c.id.in_(missing)))
+    return found, {str(r[0]) for r in held}
 
 
 async def save_lot(uow: UnitOfWork, lot: Lot, *, expected_version: int) -> bool:

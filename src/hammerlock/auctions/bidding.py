@@ -2,21 +2,22 @@
 
 A bid is read-lock-decide-write on its lot's row, so one lot takes one bid per commit at best —
 a few hundred a second on a disk that needs a few milliseconds per fsync. Here concurrent bids
-on a lot queue to that lot's *lane* (one task per lot with bids waiting, in each process), which
-takes everything queued (at most ``max_batch`` bids) into **one transaction**:
+queue to one writer task per process, which takes everything queued (any lots, at most
+``max_batch`` bids) into **one transaction**:
 
 1. the requests' idempotency receipts are looked up (one statement): stored answers replay;
-2. the lot is locked (``SELECT … FOR UPDATE``; :func:`run_batch` takes any lots, in id order, so
-   callers batching several lots never deadlock either), bids already made under the same
-   (key, Idempotency-Key) are found (one statement), and the bidders' standing (two statements);
+2. the batch's lots are locked in id order with ``SKIP LOCKED`` (one statement; a fixed order,
+   so two batches never deadlock), bids already made under the same (key, Idempotency-Key) are
+   found (one statement), and the bidders' standing (two statements);
 3. the bids are decided one after the other, in arrival order, by the same pure model as before
    (:func:`hammerlock.auctions.model.apply_bid`), each seeing the lot as the previous one left it —
    so the sequence is strict per lot and every answer is the one a one-at-a-time run would give;
-4. one INSERT for all accepted bids, one UPDATE of the lot, one INSERT for their audit events and
-   one for the answers (idempotency receipts), and one commit.
+4. one INSERT for all accepted bids, one UPDATE per touched lot, one INSERT for their audit
+   events and one for the answers (idempotency receipts), and one commit.
 
-A lot whose row is held elsewhere (a close, a settlement, another process's batch) stalls only
-its own lane; other lots' bids go on.
+Bids on a lot whose row another transaction holds (a close, a settlement, another process's
+batch) are not waited for: they move to that lot's own *lane*, a task that waits for the lock
+and drains the lot's bids (new ones included) and then ends — so a busy lot stalls only itself.
 
 Each waiter gets its own answer. A batch that fails on a transient error (deadlock,
 serialization, a twin request in another process winning a key) is retried whole; one that

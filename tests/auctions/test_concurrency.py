@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from hammerlock.api.app import create_app
 from hammerlock.auctions.errors import BidTooLow
@@ -198,3 +199,57 @@ async def test_one_key_sent_to_two_processes_makes_one_bid(
         Context.system("tests"), lot.id, after_seq=0, limit=100
     )
     assert [b.seq for b in bids] == list(range(1, 11))
+
+
+async def test_bids_on_lots_held_now_and_then_by_others_are_all_decided_in_sequence(
+    container: Container,
+) -> None:
+    """Lots locked at random by other transactions (closes, settlements elsewhere) while bids
+    race on them: held lots' bids go to their own lanes and every bid is still decided, with a
+    strict sequence per lot and prices equal to a replay."""
+    lots_and_bidders = [await _setup(container, 6) for _ in range(4)]
+    ctx = Context.system("tests")
+    rng = random.Random(21)
+    stop = asyncio.Event()
+
+    async def hold_lots_now_and_then() -> None:
+        while not stop.is_set():
+            lot_id = rng.choice(lots_and_bidders)[0].id
+            async with container.db.engine.connect() as other:
+                await other.begin()
+                await other.execute(
+                    sa.text("SELECT id FROM lots WHERE id = :id FOR UPDATE"), {"id": lot_id}
+                )
+                await asyncio.sleep(rng.uniform(0.005, 0.05))
+                await other.rollback()
+
+    async def bidder_run(lot_id: str, bidder_id: str) -> int:
+        accepted = 0
+        for amount in sorted(rng.randint(100, 900_000) for _ in range(8)):
+            try:
+                await container.auctions.place_bid(
+                    ctx, lot_id, bidder_id=bidder_id, max_amount=amount, idempotency_key=None
+                )
+                accepted += 1
+            except BidTooLow:
+                pass
+        return accepted
+
+    holder = asyncio.create_task(hold_lots_now_and_then())
+    try:
+        counts = await asyncio.gather(
+            *(bidder_run(lot.id, b) for lot, bidders in lots_and_bidders for b in bidders)
+        )
+    finally:
+        stop.set()
+        await holder
+    assert container.auctions.bids.lanes_opened > 0  # some bids did find their lot held
+    per_lot = [sum(counts[i * 6 : (i + 1) * 6]) for i in range(4)]
+    for (lot, _), accepted in zip(lots_and_bidders, per_lot, strict=True):
+        final, bids = await container.auctions.list_bids(ctx, lot.id, after_seq=0, limit=1_000)
+        assert [b.seq for b in bids] == list(range(1, accepted + 1))
+        expected = reference(final.terms, [(b.bidder_id, b.max_amount) for b in bids])
+        assert (final.standing.price, final.standing.leader_id) == (
+            expected.price,
+            expected.leader,
+        )

@@ -471,6 +471,7 @@ class BidWriter:
         self._waiting = 0  # bids queued or being decided, over the writer and all lanes
         self.batches = 0
         self.requests = 0
+        self.lanes_opened = 0
 
     async def start(self) -> None:
         if self._task is None:
@@ -537,6 +538,7 @@ class BidWriter:
         lane = self._lanes.get(lot_id)
         if lane is None:
             lane = self._lanes[lot_id] = _Lane()
+            self.lanes_opened += 1
             lane.task = asyncio.create_task(self._drain(lot_id, lane), name=f"bids-{lot_id}")
         lane.queue.append(job)
 

@@ -22,6 +22,8 @@ from hammerlock.audit.sequencer import TILE_SIZE, Sequencer
 from hammerlock.audit.storage import audit_log, audit_outbox, audit_tree_heads, audit_tree_tiles
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
+from hammerlock.ledger import service as ledger
+from hammerlock.ledger.model import AccountFlag, AccountInput, TransferInput
 
 
 async def _emit(container: Container, n: int, prefix: str = "e") -> None:
@@ -151,3 +153,67 @@ async def test_readyz_reports_a_backlog_over_the_high_water_mark(
     assert r.json()["status"] == "degraded"
     await container.sequencer.run_once()
     assert (await client.get("/readyz")).json()["status"] == "ok"
+
+
+class _Boom(Exception):
+    pass
+
+
+async def test_an_event_commits_and_rolls_back_with_its_transaction(container: Container) -> None:
+    """Recorded as the transaction's first statement (the outbox insert may bypass SQLAlchemy's
+    cursor): it still rolls back with the transaction, and a duplicate is SQLAlchemy's error."""
+    event = Context.system("tests").event("test.event", resource_type="t", resource_id="1", ts_us=1)
+
+    async def record_then_fail() -> None:
+        async with container.db.transaction() as uow:
+            await audit.record(uow, event)
+            raise _Boom
+
+    with pytest.raises(_Boom):
+        await record_then_fail()
+    assert await _rows(container, audit_outbox, audit_outbox.c.id) == []
+    async with container.db.transaction() as uow:
+        await audit.record(uow, event)
+    with pytest.raises(sa.exc.IntegrityError):
+        async with container.db.transaction() as uow:
+            await audit.record_many(uow, [event, event])
+    assert [r["event_id"] for r in await _rows(container, audit_outbox, audit_outbox.c.id)] == [
+        event.event_id
+    ]
+
+
+@pytest.mark.parametrize("transfers", [1, 3])
+async def test_a_ledger_request_records_one_event_with_its_transfers(
+    container: Container, transfers: int
+) -> None:
+    """One transfer: on PostgreSQL the event goes inside the transfer INSERT (a CTE); several:
+    its own INSERT. Either way one event, in the transaction, and none when it rolls back."""
+    ctx = Context.system("tests")
+    async with container.db.transaction() as uow:
+        await ledger.create_accounts(
+            uow, None, [AccountInput(f"a{i}", "USD", "t", AccountFlag(0), "{}") for i in (1, 2)]
+        )
+    before = len(await _rows(container, audit_outbox, audit_outbox.c.id))
+
+    def batch(prefix: str) -> list[TransferInput]:
+        return [
+            TransferInput(f"{prefix}{i}", "a1", "a2", amount=1, currency="USD", code="t")
+            for i in range(transfers)
+        ]
+
+    async with container.db.transaction() as uow:
+        assert await ledger.post(uow, batch("x"), ctx=ctx) == ["ok"] * transfers
+
+    async def post_then_fail() -> None:
+        async with container.db.transaction() as uow:
+            await ledger.post(uow, batch("y"), ctx=ctx)
+            raise _Boom
+
+    with pytest.raises(_Boom):
+        await post_then_fail()
+    rows = (await _rows(container, audit_outbox, audit_outbox.c.id))[before:]
+    assert [r["action"] for r in rows] == ["ledger.transfers.create"]
+    event = orjson.loads(rows[0]["event"])
+    assert event["details"]["count"] == transfers
+    assert event["resource"]["id"] == "x0"
+    assert await container.sequencer.run_once() >= 1

@@ -793,3 +793,27 @@ def test_malformed_heads_are_refused(size: Any, root_hex: Any, timestamp: Any) -
         sign_tree_head(_key(1), size, root_hex, timestamp)
     signature = sign_tree_head(_key(1), 8, ROOT_HEX, TIMESTAMP)
     assert verify_tree_head(_key(1).public_key(), size, root_hex, timestamp, signature) is False
+
+
+@given(
+    sizes=st.lists(st.integers(0, 70), min_size=1, max_size=6),
+    level=st.integers(0, 5),
+)
+def test_extend_tiles_returns_the_roots_of_the_tiles_it_completes(
+    sizes: list[int], level: int
+) -> None:
+    entries = [b"e%d" % i for i in range(sum(sizes))]
+    leaves = [leaf_hash(e) for e in entries]
+    tree, plain, done, tiles = CompactTree(), CompactTree(), 0, []
+    for n in sizes:
+        tiles += tree.extend_tiles(leaves[done : done + n], level)
+        plain.extend(leaves[done : done + n])
+        done += n
+        assert tree.to_state() == plain.to_state()
+    width = 1 << level
+    assert tiles == [
+        (i, naive_mth(tuple(entries[i * width : (i + 1) * width])))
+        for i in range(len(entries) // width)
+    ]
+    assert tree.size == len(entries)
+    assert tree.root() == naive_mth(tuple(entries))

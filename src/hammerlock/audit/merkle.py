@@ -232,6 +232,43 @@ class CompactTree:
             size += 1
         self._size = size
 
+    def extend_tiles(self, leaf_hashes: Iterable[bytes], level: int) -> list[tuple[int, bytes]]:
+        """:meth:`extend`, returning ``(index, root)`` of every perfect ``2**level``-leaf subtree
+        (a "tile": leaves ``index * 2**level`` up to the next multiple) the new leaves complete.
+
+        Free of extra hashing: the carry that appends a tile's last leaf merges its way up through
+        that tile's root, which is the node after ``level`` merges.
+        """
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < 63:
+            raise ValueError("tile level must be an integer in 0..62")
+        batch = list(leaf_hashes)
+        _require_hashes(batch, "leaf hash")
+        if self._size + len(batch) > MAX_TREE_SIZE:
+            raise ValueError(f"the tree would exceed {MAX_TREE_SIZE} leaves")
+        sha256 = _sha256
+        nodes = self._nodes
+        size = self._size
+        tiles: list[tuple[int, bytes]] = []
+        for node in batch:
+            carry = size
+            merged = node
+            height = 0
+            while carry & 1:
+                if height == level:
+                    break
+                merged = sha256(b"\x01" + nodes.pop() + merged).digest()
+                carry >>= 1
+                height += 1
+            if height == level:  # size had `level` trailing 1-bits: size + 1 ends a tile
+                tiles.append((((size + 1) >> level) - 1, merged))
+            while carry & 1:  # above the tile: carry on as extend() does
+                merged = sha256(b"\x01" + nodes.pop() + merged).digest()
+                carry >>= 1
+            nodes.append(merged)
+            size += 1
+        self._size = size
+        return tiles
+
     def append_subtree(self, level: int, root: bytes) -> None:
         """Add ``2**level`` leaves at once, given the root of the perfect subtree they form.
 

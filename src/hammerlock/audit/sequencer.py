@@ -4,12 +4,14 @@ Business transactions only INSERT into ``audit_outbox`` (no global lock, no hash
 path). The sequencer, leader of a lease in ``audit_state`` so it runs once across processes,
 repeatedly takes the oldest committed outbox rows and, in one transaction:
 
-1. gives each the next ``seq`` (the Merkle leaf index), renders the event exactly as
-   ``GET /v1/audit/events`` serves it (minus ``leaf_hash``), canonicalises it (RFC 8785) and
-   hashes it (RFC 9162 leaf hash);
-2. appends the rows to ``audit_log``, deletes them from the outbox, stores every completed
-   256-leaf tile root (``audit_tree_tiles``, for O(log n) proofs) and the tree's compact frontier
-   (``audit_state``), so a restart resumes without re-reading the log;
+1. takes them out of the outbox (one ``DELETE … RETURNING`` on PostgreSQL), gives each the
+   next ``seq`` (the Merkle leaf index), renders the event exactly as ``GET /v1/audit/events``
+   serves it (minus ``leaf_hash``) in RFC 8785 form — the outbox text with its ``seq`` spliced
+   in, see :func:`render_log_rows` — and hashes it (RFC 9162 leaf hash);
+2. appends the rows to ``audit_log`` (PostgreSQL ``COPY``, fed while later rows render),
+   stores every completed 256-leaf tile root (``audit_tree_tiles``, for O(log n) proofs; the
+   tree's own carries compute them) and the tree's compact frontier (``audit_state``), so a
+   restart resumes without re-reading the log;
 3. signs a tree head (Ed25519, once per head, never per event) at least every second while events
    arrive, and appends it to ``audit_tree_heads`` — and, after commit, to the archive file
    ``<data_dir>/audit/tree_heads.jsonl`` outside the database.
@@ -25,8 +27,9 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +39,131 @@ import structlog
 
 from hammerlock.audit import service as audit_service
 from hammerlock.audit.jcs import canonical_json
-from hammerlock.audit.merkle import CompactTree, root_from_leaf_hashes, sign_tree_head
+from hammerlock.audit.merkle import CompactTree, sign_tree_head
 from hammerlock.audit.model import AuditEvent, Context, TreeHead
 from hammerlock.audit.signing import AuditSigner
 from hammerlock.audit.storage import (
     TILE_LEVEL,
     TILE_SIZE,
     append_log,
-    audit_log,
     audit_signing_keys,
     audit_state,
     audit_tree_heads,
     audit_tree_tiles,
-    delete_outbox,
-    outbox_batch,
+    take_outbox,
 )
 from hammerlock.clock import format_rfc3339
 from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
 
-__all__ = ["TILE_LEVEL", "TILE_SIZE", "Sequencer", "TreeHead", "canonical_event"]
+__all__ = ["TILE_LEVEL", "TILE_SIZE", "Sequencer", "TreeHead", "canonical_event", "render_log_rows"]
 
 log = structlog.get_logger("hammerlock.audit.sequencer")
 
 _STATE = "sequencer"
+
+
+# The leaf bytes without parsing. The outbox text is ``canonical_json`` of the event as served
+# minus ``seq`` (every writer of ``audit_outbox`` goes through ``audit.service.canonical_bytes``),
+# so its members are in RFC 8785 order and the last is ``ts``: ``seq`` is the only key of schema
+# v1 that sorts between ``resource`` and ``ts``. JCS of the event with its seq is therefore that
+# text with ``,"seq":N`` put in before ``,"ts":`` — byte for byte what parsing and re-encoding
+# gives (JCS writes each member the same whatever its neighbours), at a fraction of the cost.
+# Two patterns take the whole text apart around ``details`` (schema-v1 members in JCS order,
+# strings and nulls where schema v1 has them), which also finds the index columns; a text of any
+# other shape takes the parse-and-encode path. `audit verify` checks every stored row in full.
+_STR = rb'"[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*"'  # a JSON string token
+_EVENT_HEAD = re.compile(
+    (
+        rb'\{"action":(<s>),"actor":\{"key_id":<n>,"principal_id":(<n>),"role":<n>\},'
+        rb'"details":\{'
+    )
+    .replace(b"<n>", b"(?:null|<s>)")
+    .replace(b"<s>", _STR)
+)
+_EVENT_TAIL_AT = b'},"event_id":'  # the last one is after details (no string holds a bare ")
+_EVENT_TAIL = re.compile(
+    (
+        rb'\},"event_id":(<s>),"origin":\{"ip":<n>,"node":<n>,"user_agent":<n>\},'
+        rb'"outcome":\{"code":<n>,"status":<s>\},"request_id":<n>,'
+        rb'"resource":\{"id":(<n>),"type":(<n>)\}(),"ts":<s>\}'
+    )
+    .replace(b"<n>", b"(?:null|<s>)")
+    .replace(b"<s>", _STR)
+)
+
+
+def _text(token: bytes) -> Any:
+    """A JSON string token (or ``null``) of canonical text, decoded."""
+    if token == b"null":
+        return None
+    if b"\\" in token:
+        return orjson.loads(token)
+    return token[1:-1].decode()
+
+
+def _leaf_fast(text: bytes, seq: int) -> tuple[bytes, tuple[Any, ...]] | None:
+    """The leaf bytes and index columns (event_id, action, actor_id, resource_type,
+    resource_id) of outbox text of the expected shape; None for any other."""
+    head = _EVENT_HEAD.match(text)
+    if head is None:
+        return None
+    at = text.rfind(_EVENT_TAIL_AT)
+    if at < head.end():
+        return None
+    tail = _EVENT_TAIL.fullmatch(text, at)
+    if tail is None:
+        return None
+    cut = tail.start(4)
+    event_id, resource_id, resource_type = tail.group(1, 2, 3)
+    action, actor_id = head.group(1, 2)
+    return b'%s,"seq":%d%s' % (text[:cut], seq, text[cut:]), (
+        _text(event_id),
+        _text(action),
+        _text(actor_id),
+        _text(resource_type),
+        _text(resource_id),
+    )
+
+
+def _leaf_parsed(text: bytes, seq: int) -> tuple[bytes, tuple[Any, ...]]:
+    """:func:`_leaf_fast` the slow way, for any text: parse and encode again."""
+    event = orjson.loads(text)
+    canonical = canonical_event(event, seq, parsed_from=text)
+    actor, resource = event.get("actor") or {}, event.get("resource") or {}
+    return canonical, (
+        event["event_id"],
+        event["action"],
+        actor.get("principal_id"),
+        resource.get("type"),
+        resource.get("id"),
+    )
+
+
+def render_log_rows(
+    rows: Sequence[Sequence[Any]], start: int, hashes: list[bytes]
+) -> Iterator[tuple[Any, ...]]:
+    """``audit_log`` rows (in :data:`~hammerlock.audit.storage.LOG_COLUMNS` order) for outbox
+    rows ``(id, ts_us, event)`` given seqs from ``start``; each one's leaf hash is appended to
+    ``hashes`` as it is rendered (a generator: ``COPY`` sends rows while later ones render)."""
+    sha256, fast, parsed = hashlib.sha256, _leaf_fast, _leaf_parsed
+    for seq, (_id, ts_us, stored) in enumerate(rows, start):
+        text = stored.encode()
+        canonical, columns = fast(text, seq) or parsed(text, seq)
+        digest = sha256(b"\x00" + canonical).digest()  # merkle.leaf_hash, inlined
+        hashes.append(digest)
+        event_id, action, actor_id, resource_type, resource_id = columns
+        yield (
+            seq,
+            event_id,
+            int(ts_us),
+            action,
+            actor_id,
+            resource_type,
+            resource_id,
+            canonical.decode(),
+            digest.hex(),
+        )
 
 
 def canonical_event(event: dict[str, Any], seq: int, *, parsed_from: bytes | None = None) -> bytes:
@@ -108,21 +212,26 @@ class Sequencer:
                 return 0
             if self._lifecycle:
                 await self._record_lifecycle(uow, now)
-            rows = await outbox_batch(uow, self._batch_max)
+            rows = await take_outbox(uow, self._batch_max)
             start = int(state["position"])
             tree = CompactTree.from_state(
                 start, [bytes.fromhex(h) for h in orjson.loads(state["frontier"])]
             )
-            log_rows, hashes = self._render(rows, start)
-            tree.extend(hashes)
-            if log_rows:
-                await append_log(uow, log_rows)
-                await delete_outbox(uow, [r[0] for r in rows])
-                await self._store_tiles(uow, start, hashes)
+            if rows:
+                hashes: list[bytes] = []
+                await append_log(uow, render_log_rows(rows, start, hashes))
+                if len(hashes) != len(rows):
+                    raise RuntimeError("audit sequencer: rows and leaf hashes disagree")
+                tiles = tree.extend_tiles(hashes, TILE_LEVEL)
+                if tiles:
+                    await uow.conn.execute(
+                        audit_tree_tiles.insert(),
+                        [{"level": TILE_LEVEL, "idx": i, "hash": h.hex()} for i, h in tiles],
+                    )
             head = None
             last_head_us = int(state["last_head_us"])
             head_due = now - last_head_us >= self._head_interval_us or len(rows) < self._batch_max
-            if log_rows and head_due:
+            if rows and head_due:
                 head = await self._sign_head(uow, tree, now)
                 last_head_us = now
             fenced = await uow.conn.execute(
@@ -139,7 +248,7 @@ class Sequencer:
                 raise RuntimeError("audit sequencer lost its lease mid-batch; rolled back")
         if head is not None:
             self._archive_head(head)
-        return len(log_rows)
+        return len(rows)
 
     async def run_forever(self, interval_s: float = 0.2) -> None:
         self._lifecycle = True
@@ -200,58 +309,6 @@ class Sequencer:
             .mappings()
             .one()
         )
-
-    def _render(self, rows: Sequence[Any], start: int) -> tuple[list[tuple[Any, ...]], list[bytes]]:
-        """``audit_log`` rows (in :data:`~hammerlock.audit.storage.LOG_COLUMNS` order) and leaf
-        hashes for outbox rows given seqs from ``start``."""
-        log_rows: list[tuple[Any, ...]] = []
-        hashes: list[bytes] = []
-        sha256 = hashlib.sha256
-        for seq, (_id, ts_us, stored) in enumerate(rows, start):
-            text = stored.encode()
-            event = orjson.loads(text)
-            canonical = canonical_event(event, seq, parsed_from=text)
-            digest = sha256(b"\x00" + canonical).digest()  # merkle.leaf_hash, inlined
-            hashes.append(digest)
-            actor = event.get("actor") or {}
-            resource = event.get("resource") or {}
-            log_rows.append(
-                (
-                    seq,
-                    event["event_id"],
-                    int(ts_us),
-                    event["action"],
-                    actor.get("principal_id"),
-                    resource.get("type"),
-                    resource.get("id"),
-                    canonical.decode(),
-                    digest.hex(),
-                )
-            )
-        return log_rows, hashes
-
-    async def _store_tiles(self, uow: UnitOfWork, start: int, hashes: list[bytes]) -> None:
-        end = start + len(hashes)
-        first_tile, last_tile = start // TILE_SIZE, end // TILE_SIZE
-        tiles = []
-        for tile in range(first_tile, last_tile):
-            lo, hi = tile * TILE_SIZE, (tile + 1) * TILE_SIZE
-            leaves: list[bytes] = []
-            if lo < start:  # the tile began in an earlier batch
-                earlier = await uow.conn.execute(
-                    sa.select(audit_log.c.leaf_hash)
-                    .where(audit_log.c.seq >= lo, audit_log.c.seq < start)
-                    .order_by(audit_log.c.seq)
-                )
-                leaves.extend(bytes.fromhex(h) for (h,) in earlier)
-            leaves.extend(hashes[max(lo, start) - start : hi - start])
-            if len(leaves) != TILE_SIZE:
-                raise RuntimeError(f"audit tile {tile} has {len(leaves)} leaves")
-            tiles.append(
-                {"level": TILE_LEVEL, "idx": tile, "hash": root_from_leaf_hashes(leaves).hex()}
-            )
-        if tiles:
-            await uow.conn.execute(audit_tree_tiles.insert(), tiles)
 
     async def _sign_head(self, uow: UnitOfWork, tree: CompactTree, now: int) -> TreeHead:
         await self._register_key(uow, now)

@@ -52,6 +52,7 @@ __all__ = [
     "latest_tree_head",
     "list_events",
     "list_tree_heads",
+    "outbox_insert",
     "public_keys",
     "record",
     "record_many",
@@ -68,26 +69,29 @@ def canonical_bytes(event: AuditEvent) -> bytes:
     return canonical_json(event.to_json_object())
 
 
-def _row(event: AuditEvent) -> dict[str, object]:
+def _row(event: AuditEvent) -> tuple[str, int, str, str]:
     body = canonical_bytes(event)
     if len(body) > MAX_DETAILS_BYTES * 2:
         raise ValueError(f"audit event {event.action} is too large ({len(body)} bytes)")
-    return {
-        "event_id": event.event_id,
-        "ts_us": event.ts_us,
-        "action": event.action,
-        "event": body.decode(),
-    }
+    return (event.event_id, event.ts_us, event.action, body.decode())
 
 
 async def record(uow: UnitOfWork, event: AuditEvent) -> None:
     """Write ``event`` to the outbox; it commits or rolls back with the caller's change."""
-    await uow.conn.execute(audit_outbox.insert(), [_row(event)])
+    await storage.insert_outbox(uow, [_row(event)])
 
 
 async def record_many(uow: UnitOfWork, events: Sequence[AuditEvent]) -> None:
     if events:
-        await uow.conn.execute(audit_outbox.insert(), [_row(e) for e in events])
+        await storage.insert_outbox(uow, [_row(e) for e in events])
+
+
+def outbox_insert(event: AuditEvent) -> tuple[sa.Insert, dict[str, Any]]:
+    """:func:`record` as a statement and its parameters, for a caller that runs it inside one of
+    its own (the ledger's transfer INSERT, as a PostgreSQL CTE: no round trip of its own). The
+    statement is the same object every time and its parameters are named ``audit_…``. The
+    caller must run it, or call :func:`record`, in the same transaction."""
+    return storage.OUTBOX_INSERT, storage.outbox_params(_row(event))
 
 
 # --------------------------------------------------------------------------------------------

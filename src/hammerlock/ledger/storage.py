@@ -10,6 +10,7 @@ the service retries the batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -291,33 +292,52 @@ def _balance_values(prefix: str, b: Balances) -> dict[str, int]:
     }
 
 
-async def write_changes(uow: UnitOfWork, snapshot: Snapshot, before: dict[str, Balances]) -> None:
-    """Persist a snapshot's accepted changes: transfers, holds, one UPDATE per account."""
+async def write_changes(
+    uow: UnitOfWork,
+    snapshot: Snapshot,
+    before: dict[str, Balances],
+    *,
+    along: tuple[sa.Insert, dict[str, Any]] | None = None,
+) -> bool:
+    """Persist a snapshot's accepted changes: transfers, holds, one UPDATE per account.
+
+    ``along``: another INSERT for the same transaction (the request's audit event) and its
+    parameters (none named like a transfer column). On PostgreSQL, when the batch inserts one
+    transfer (a request's usual shape), it goes inside that INSERT as a data-modifying CTE,
+    which PostgreSQL always runs to completion: one round trip for both. Returns whether it
+    ran; if not, the caller runs it.
+    """
+    folded = along is not None and uow.is_postgres and len(snapshot.new_transfers) == 1
     if snapshot.new_transfers:
-        await uow.conn.execute(
-            transfers.insert(),
-            [
-                {
-                    "id": t.id,
-                    "debit_account_id": t.debit_account_id,
-                    "credit_account_id": t.credit_account_id,
-                    "amount": t.amount,
-                    "requested_amount": t.requested_amount,
-                    "currency": t.currency,
-                    "code": t.code,
-                    "requested_code": t.requested_code,
-                    "flags": int(t.flags),
-                    "pending_id": t.pending_id,
-                    "timeout_s": t.timeout_s,
-                    "metadata": t.metadata,
-                    "timestamp_us": t.timestamp_us,
-                    "expires_us": t.expires_us,
-                    **_balance_values("dr_", t.debit_after),
-                    **_balance_values("cr_", t.credit_after),
-                }
-                for t in snapshot.new_transfers
-            ],
-        )
+        rows = [
+            {
+                "id": t.id,
+                "debit_account_id": t.debit_account_id,
+                "credit_account_id": t.credit_account_id,
+                "amount": t.amount,
+                "requested_amount": t.requested_amount,
+                "currency": t.currency,
+                "code": t.code,
+                "requested_code": t.requested_code,
+                "flags": int(t.flags),
+                "pending_id": t.pending_id,
+                "timeout_s": t.timeout_s,
+                "metadata": t.metadata,
+                "timestamp_us": t.timestamp_us,
+                "expires_us": t.expires_us,
+                **_balance_values("dr_", t.debit_after),
+                **_balance_values("cr_", t.credit_after),
+            }
+            for t in snapshot.new_transfers
+        ]
+        if folded and along is not None:
+            statement, params = along
+            await uow.conn.execute(
+                _insert_with(statement, tuple(rows[0])),
+                {**{f"transfer_{k}": v for k, v in rows[0].items()}, **params},
+            )
+        else:
+            await uow.conn.execute(transfers.insert(), rows)
     if snapshot.new_holds:
         await uow.conn.execute(
             holds.insert(),
@@ -350,6 +370,16 @@ async def write_changes(uow: UnitOfWork, snapshot: Snapshot, before: dict[str, B
         if result.rowcount not in (-1, len(snapshot.changed_holds)):
             raise RuntimeError("a hold changed state under its account lock")
     await _update_balances(uow, snapshot, before)
+    return folded
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_with(along: sa.Insert, columns: tuple[str, ...]) -> sa.Insert:
+    """One transfer's INSERT with ``along`` as a data-modifying CTE, built once (a constant
+    statement: its compiled form is cached). Parameters are named ``transfer_`` + column, so
+    none is taken for a column of ``along``'s table."""
+    values: dict[str, Any] = {name: sa.bindparam(f"transfer_{name}") for name in columns}
+    return transfers.insert().values(values).add_cte(along.cte("audit_events"))
 
 
 async def _update_balances(

@@ -31,6 +31,7 @@ from hammerlock.audit.tamper import TamperGuard
 from hammerlock.clock import Clock, SystemClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.escrow.service import Escrow, EscrowConfig
+from hammerlock.escrow.service import chargeback as escrow_chargeback
 from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.writer import LedgerWriter
 from hammerlock.parties import service as parties_service
@@ -166,12 +167,15 @@ class Container:
             self.gateways,
             config=EscrowConfig(
                 auto_delivery_s=settings.escrow_auto_delivery_s,
+                ship_window_s=settings.escrow_ship_window_s,
                 default_gateway=settings.payments_gateway,
                 sweeper_grace_s=settings.payments_janitor_grace_s,
             ),
             card_on_file=parties_service.default_card,
+            payout_destination=parties_service.payout_destination,
             on_settled=mark_lot_settled,
         )
+        self.payments.on_chargeback = escrow_chargeback  # a chargeback freezes its order
         # Auctions (issue #6): lots, bids, deposits; closes open an order with escrow.
         self.auctions = Auctions(self.db, self.payments, close_batch=settings.auctions_close_batch)
         self._stop = asyncio.Event()

@@ -284,6 +284,12 @@ class Settings(BaseSettings):
         le=366 * 86_400,
         description="A shipped order with no word from the buyer this long counts as delivered.",
     )
+    escrow_ship_window_s: int = Field(
+        default=7 * 86_400,
+        ge=1,
+        le=366 * 86_400,
+        description="A paid order not shipped this long is canceled and refunded in full.",
+    )
 
     auctions_scheduler_interval_s: float = Field(
         default=0.5,

@@ -62,6 +62,8 @@ ORDER_READERS = frozenset({"admin", "operator", "seller", "bidder", "service"})
 ORDER_BUYERS = frozenset({"admin", "bidder", "service"})  # pay, confirm, accept, dispute
 ORDER_SHIPPERS = frozenset({"admin", "seller", "service"})
 ORDER_RESOLVERS = frozenset({"admin", "operator"})  # operators resolve disputes
+# a seller names its own payout destination; staff and the service may set it for a seller
+PAYOUT_DESTINATION_WRITERS = frozenset({"admin", "operator", "service", "seller"})
 
 # (method, path template) -> (who may call it, the status an allowed call answers here)
 MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
@@ -105,9 +107,12 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
     ("POST", "/v1/orders/{order_id}/accept"): (ORDER_BUYERS, 200),
     ("POST", "/v1/orders/{order_id}/dispute"): (ORDER_BUYERS, 200),
     ("POST", "/v1/orders/{order_id}/resolve"): (ORDER_RESOLVERS, 200),
+    ("POST", "/v1/orders/{order_id}/refund"): (ORDER_RESOLVERS, 200),
+    ("POST", "/v1/orders/{order_id}/cancel"): (ORDER_RESOLVERS, 200),
     ("POST", "/v1/orders/{order_id}/second_chance/accept"): (ORDER_BUYERS, 201),
     ("POST", "/v1/bidders"): (PARTY_REGISTRARS, 201),
     ("POST", "/v1/sellers"): (PARTY_REGISTRARS, 201),
+    ("PUT", "/v1/sellers/{seller_id}/payout_destination"): (PAYOUT_DESTINATION_WRITERS, 200),
     ("POST", "/v1/bidders/{bidder_id}/cards"): (CARD_WRITERS, 201),
     ("POST", "/v1/lots"): (LOT_WRITERS, 201),
     ("POST", "/v1/lots/{lot_id}/open"): (LOT_WRITERS, 200),
@@ -271,6 +276,8 @@ class World:
                 await escrow.confirm_delivery(ctx, order_id)
             if steps >= 4:
                 await escrow.dispute(ctx, order_id, reason="matrix")
+            if kind == "released":
+                await escrow.accept(ctx, order_id)
             return order_id
 
         seconds = {caller: await order(caller, "second", 0, 1) for caller in EVERYONE}
@@ -286,6 +293,8 @@ class World:
                     "accept": await order(caller, "accept", 3),
                     "dispute": await order(caller, "dispute", 3),
                     "resolve": await order(caller, "resolve", 4),
+                    "refund_after": await order(caller, "released", 3),
+                    "order_cancel": await order(caller, "cancel", 1),
                     "second": seconds[caller],
                 }
             )
@@ -359,6 +368,12 @@ class World:
         return {
             ("POST", "/v1/bidders"): lambda: Call("POST", "/v1/bidders", {"name": f"b {n}"}),
             ("POST", "/v1/sellers"): lambda: Call("POST", "/v1/sellers", {"name": f"s {n}"}),
+            ("PUT", "/v1/sellers/{seller_id}/payout_destination"): lambda: Call(
+                "PUT",
+                f"/v1/sellers/{getattr(self, 'seller_id', '')}/payout_destination",
+                {"gateway_account": f"acct_m_{n}"},
+                self._as_party(caller),
+            ),
             ("POST", "/v1/bidders/{bidder_id}/cards"): lambda: Call(
                 "POST",
                 f"/v1/bidders/{bidder_id}/cards",
@@ -540,6 +555,15 @@ class World:
             ),
             ("POST", "/v1/orders/{order_id}/resolve"): lambda: Call(
                 "POST", f"/v1/orders/{mine['resolve']}/resolve", {"refund_amount": 1_000}, idem
+            ),
+            ("POST", "/v1/orders/{order_id}/refund"): lambda: Call(
+                "POST",
+                f"/v1/orders/{mine['refund_after']}/refund",
+                {"amount": 1_000, "reason": "matrix"},
+                idem,
+            ),
+            ("POST", "/v1/orders/{order_id}/cancel"): lambda: Call(
+                "POST", f"/v1/orders/{mine['order_cancel']}/cancel", {"reason": "matrix"}, idem
             ),
             ("POST", "/v1/orders/{order_id}/second_chance/accept"): lambda: Call(
                 "POST", f"/v1/orders/{mine['second']}/second_chance/accept", {}, idem

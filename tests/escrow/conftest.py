@@ -16,6 +16,7 @@ from hammerlock.audit.model import Actor, Context
 from hammerlock.bootstrap import Container
 from hammerlock.escrow.model import OrderTerms
 from hammerlock.escrow.service import Escrow, EscrowConfig, open_order
+from hammerlock.escrow.service import chargeback as escrow_chargeback
 from hammerlock.ledger import service as ledger
 from hammerlock.ledger.model import AccountFlag, AccountInput
 from hammerlock.payments.model import CaptureMethod, Purpose
@@ -40,6 +41,7 @@ def install(container: Container, gateway: FakeGateway, *, auto_delivery_s: int 
         container.gateways,
         config=PaymentsConfig(janitor_grace_s=0),
         risk=RulesAssessor(RiskRules()),
+        on_chargeback=escrow_chargeback,
     )
     container.escrow = Escrow(
         container.db,

@@ -1,6 +1,7 @@
 """From the first bid to the seller's payout over HTTP: parties, a lot with deposits, bids, the
 close (which opens the order in its own transaction), payment on the card on file, shipping,
-acceptance, release and payout; and the tables of migration 0007 match storage."""
+acceptance, release and payout (to the seller's payout destination); and the tables of
+migrations 0007 and 0008 match storage."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from hammerlock.db.metadata import metadata
 from hammerlock.escrow import storage as escrow_storage
 from hammerlock.escrow.service import Escrow, EscrowConfig
 from hammerlock.parties import service as parties_service
+from hammerlock.parties import storage as parties_storage
+from hammerlock.payments.gateways.base import Payout, PayoutRequest
 from hammerlock.payments.service import Payments, PaymentsConfig
 from hammerlock.risk.model import RiskRules
 from hammerlock.risk.service import RulesAssessor
@@ -26,7 +29,11 @@ from tests.auctions.conftest import Market, idem
 from tests.conftest import Keys
 from tests.payments.fake_gateway import FakeGateway
 
-MINE = {escrow_storage.escrow_orders.name, escrow_storage.escrow_order_events.name}
+MINE = {
+    escrow_storage.escrow_orders.name,
+    escrow_storage.escrow_order_events.name,
+    parties_storage.payout_destinations.name,  # migration 0008
+}
 
 
 def _diff(conn: sa.Connection) -> list[object]:
@@ -62,10 +69,20 @@ async def _order_of(container: Container, lot_id: str) -> str:
     return str(order_id)
 
 
+class RecordingPayouts(FakeGateway):
+    def __init__(self) -> None:
+        super().__init__()
+        self.destinations: list[str] = []
+
+    async def payout(self, request: PayoutRequest) -> Payout:
+        self.destinations.append(request.destination)
+        return await super().payout(request)
+
+
 async def test_a_lot_from_bids_to_payout(
     market: Market, container: Container, clock: FixedClock
 ) -> None:
-    fake = FakeGateway()
+    fake = RecordingPayouts()
     container.gateways["sandbox"] = fake
     container.payments = Payments(
         container.db,
@@ -81,6 +98,7 @@ async def test_a_lot_from_bids_to_payout(
         config=EscrowConfig(sweeper_grace_s=0),
         card_on_file=parties_service.default_card,
         on_settled=auctions_service.mark_settled,
+        payout_destination=parties_service.payout_destination,
     )
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -151,7 +169,34 @@ async def test_a_lot_from_bids_to_payout(
     done = r.json()
     assert done["status"] == "released"
     assert done["escrow_balance"] == 0
+    # The seller has no payout destination yet: the payout waits (not an error) ...
+    assert done["payout"]["status"] == "no_destination"
+    assert fake.destinations == []
+    assert (await container.escrow.sweep(Context.system("tests")))["payouts"] == 0
+    # ... until the seller names one (an account id at the gateway, never a card number).
+    path = f"/v1/sellers/{seller.id}/payout_destination"
+    for body, status in (
+        ({"gateway_account": "4242424242424242"}, 400),  # pan_not_allowed, before validation
+        ({"gateway_account": "a" * 129}, 422),
+        ({"gateway_account": "acct 1"}, 422),
+        ({"gateway_account": "acct_1", "extra": 1}, 422),
+    ):
+        r = await market.client.put(path, json=body, headers=seller.headers)
+        assert r.status_code == status, r.text
+    r = await market.client.put(path, json={"gateway_account": "acct_1"}, headers=a.headers)
+    assert r.status_code == 403, r.text  # a bidder may not
+    r = await market.client.put(
+        path, json={"gateway_account": "acct_seller_1"}, headers=seller.headers
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["gateway_account"] == "acct_seller_1"
+    assert (await container.escrow.sweep(Context.system("tests")))["payouts"] == 1
+    r = await market.client.get(f"/v1/orders/{order_id}", headers=seller.headers)
+    done = r.json()
     assert done["payout"]["status"] == "paid"
+    assert fake.destinations == ["acct_seller_1"]
+    events = [e["event"] for e in done["timeline"]]
+    assert events[-3:] == ["payout_no_destination", "payout_started", "payout_paid"]
     assert done["released"]["to_seller"] == hammer - hammer // 10
     settled = (await market.client.get(f"/v1/lots/{lot['id']}", headers=a.headers)).json()
     assert settled["status"] == "settled"  # the release settled the lot, in its transaction

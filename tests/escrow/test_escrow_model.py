@@ -122,10 +122,12 @@ def test_transition_table() -> None:
     assert next_status(s.PAID, e.DISPUTE) is None  # only during inspection
     assert next_status(s.SHIPPED, e.DISPUTE) is None
     assert next_status(s.DISPUTED, e.INSPECTION_END) is None  # a dispute freezes release
-    for (status, _), _target in transitions().items():
-        assert status not in TERMINAL
+    assert next_status(s.PAID, e.CANCEL) is s.REFUNDED
+    assert next_status(s.SHIPPED, e.CANCEL) is None  # shipped: too late to cancel
+    for (status, _), target in transitions().items():
+        assert status not in TERMINAL or target is status  # a terminal state is never left
     for status in TERMINAL:
-        assert all(next_status(status, event) is None for event in Event)
+        assert all(next_status(status, event) in {None, status} for event in Event)
 
 
 @pytest.mark.parametrize(

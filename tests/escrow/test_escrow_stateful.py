@@ -4,15 +4,18 @@ A Hypothesis state machine opens orders (with and without a deposit and a runner
 succeed, decline or ask for 3-D Secure; totals that need a risk review), then throws events at
 them in any order: pay (with the card on file or a new one), 3-D Secure challenges passed or
 failed, review decisions, ship, confirm delivery, accept, dispute, resolve (full, partial or no
-refund), second-chance acceptance, and time passing (the sweeper and the payments janitor run:
-payment windows, auto-delivery, inspection ends).
+refund), refund reviews approved or rejected and resolving again after a rejection, an operator's
+cancel of a paid order, refunds after release, chargebacks on the payment (in any state),
+second-chance acceptance, and time passing (the sweeper and the payments janitor run: payment
+windows, ship windows, auto-delivery, inspection ends).
 
 After every step: money is conserved (per currency, every ledger account together sums to zero,
 posted and pending); no escrow account is negative; every order only ever moved along the
 transition table, and a terminal order never moves again. At the end every order is driven to
 rest, and each ends in exactly one terminal state with the ledger matching it: released (escrow
-empty, seller share released and paid out, the rest as revenue), refunded (escrow empty, the
-total refunded), defaulted (escrow empty, the deposit kept as a penalty). SQLite and PostgreSQL.
+empty, seller share released and paid out, the rest as revenue, refunds after release from
+platform:refunds), refunded (escrow empty, the total refunded), defaulted (escrow empty, the
+deposit kept as a penalty). SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -39,11 +42,20 @@ from hammerlock.audit.model import Actor, Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from hammerlock.errors import DomainError
-from hammerlock.escrow.model import TERMINAL, Order, OrderStatus, PayoutStatus, transitions
+from hammerlock.escrow.model import (
+    TERMINAL,
+    Order,
+    OrderStatus,
+    PayoutStatus,
+    RefundKind,
+    refund_kind,
+    transitions,
+)
 from hammerlock.ledger import service as ledger
 from hammerlock.ledger.errors import TransferNotFound
 from hammerlock.ledger.storage import accounts as ledger_accounts
-from hammerlock.payments.gateways.base import ChargeStatus
+from hammerlock.ledger.storage import transfers as ledger_transfers
+from hammerlock.payments.gateways.base import DISPUTE_CREATED, ChargeStatus, WebhookEvent
 from hammerlock.payments.model import IntentStatus, RefundStatus, ReviewStatus
 from hammerlock.settings import Settings
 from tests.escrow.conftest import SYSTEM, install, open_test_order, party_ctx
@@ -60,6 +72,7 @@ REVIEWERS = [
     for n in (1, 2)
 ]
 ALLOWED = {(before, after) for (before, _), after in transitions().items()}
+_DEAD = frozenset({RefundStatus.CANCELED, RefundStatus.FAILED})
 AUTO_DELIVERY_S = 5 * 86_400
 _requests = itertools.count()
 
@@ -182,9 +195,53 @@ class OrdersMachine(RuleBasedStateMachine):
             self._try(self.payments.decide_review(reviewer, review.id, approve=approve, note=None))
 
     @rule(order=orders)
+    def reject_refund_reviews(self, order: str) -> None:
+        """A reviewer rejects a resolution's or a cancellation's refund: its amount stays in
+        escrow until the operator resolves again (``_nudge``). Refunds after release are
+        always approved here."""
+        for key, refund_id in self._order(order).refund_ids.items():
+            if refund_kind(key) is RefundKind.AFTER_RELEASE:
+                continue
+            refund = self.env.run(self.payments.get_refund(refund_id))
+            if refund.status is RefundStatus.REQUIRES_REVIEW and refund.review_id:
+                self._try(
+                    self.payments.decide_review(
+                        REVIEWERS[0], refund.review_id, approve=False, note=None
+                    )
+                )
+
+    @rule(order=orders)
+    def cancel(self, order: str) -> None:
+        self._try(self.escrow.cancel(OPERATOR, order, reason="never shipped"))
+
+    @rule(order=orders, share=st.sampled_from([(1, 1), (1, 2), (1, 1_000)]))
+    def refund_after_release(self, order: str, share: tuple[int, int]) -> None:
+        current = self._order(order)
+        amount = max(1, (current.total - current.refunded_amount) * share[0] // share[1])
+        self._try(
+            self.escrow.refund_after_release(
+                OPERATOR, order, amount=amount, reason="after", request_key=f"r{next(_requests)}"
+            )
+        )
+
+    def _reresolve(self, order: Order) -> None:
+        """Resolve again when a refund of the resolution was rejected: a full refund retried,
+        a partial one given up (the rest released)."""
+        dead = 0
+        for key, refund_id in order.refund_ids.items():
+            refund = self.env.run(self.payments.get_refund(refund_id))
+            kind = refund_kind(key)
+            if kind is not RefundKind.AFTER_RELEASE and refund.status in _DEAD:
+                dead += order.refund_plan[key]
+        if not dead:
+            return
+        first = order.total - order.released_to_seller - order.released_to_revenue
+        amount = order.total if order.status is OrderStatus.REFUNDED else first - dead
+        self._try(self.escrow.resolve(OPERATOR, order.id, refund_amount=amount))
+
+    @rule(order=orders)
     def approve_refund_reviews(self, order: str) -> None:
-        """Refunds a resolution asked for are approved (a rejected one is docs/escrow.md's
-        known gap: its amount would stay in escrow until an operator acts)."""
+        """Refunds asked for are approved (every reviewer)."""
         for refund_id in self._order(order).refund_ids.values():
             refund = self.env.run(self.payments.get_refund(refund_id))
             if refund.status is RefundStatus.REQUIRES_REVIEW and refund.review_id:
@@ -219,9 +276,38 @@ class OrdersMachine(RuleBasedStateMachine):
 
     @rule(order=orders, share=st.sampled_from([(0, 1), (1, 3), (1, 2), (1, 1)]))
     def resolve(self, order: str, share: tuple[int, int]) -> None:
-        total = self._order(order).total
-        refund = total * share[0] // share[1]
+        current = self._order(order)
+        refund = current.total * share[0] // share[1]
+        if current.status is OrderStatus.DISPUTED:  # never below what a chargeback took back
+            refund = max(refund, current.chargeback_uncovered)
         self._try(self.escrow.resolve(OPERATOR, order, refund_amount=refund))
+
+    @rule(order=orders, share=st.sampled_from([(1, 1), (1, 2), (1, 1_000)]))
+    def chargeback(self, order: str, share: tuple[int, int]) -> None:
+        """The buyer's bank takes back part of the rest's payment (the gateway's webhook)."""
+        current = self._order(order)
+        if current.payment_intent_id is None:
+            return
+        intent, _ = self.env.run(self.payments.get(current.payment_intent_id))
+        if intent.status is not IntentStatus.SUCCEEDED or intent.authorize_key is None:
+            return
+        refunds = sum(
+            amount for key, amount in current.refund_plan.items() if key.startswith(intent.id)
+        )
+        held = intent.amount_received - refunds - current.chargebacks.get(intent.id, 0)
+        amount = held * share[0] // share[1]
+        if amount <= 0:
+            return
+        event = WebhookEvent(
+            gateway="sandbox",
+            event_id=f"evt_sm{next(_requests)}",
+            type=DISPUTE_CREATED,
+            gateway_key=intent.authorize_key,
+            charge_id=None,
+            dispute_id=f"dp_sm{next(_requests)}",
+            amount=amount,
+        )
+        self.env.run(self.payments.chargeback(SYSTEM, "sandbox", event))
 
     @rule(order=orders)
     def accept_second_chance(self, order: str) -> None:
@@ -288,10 +374,22 @@ class OrdersMachine(RuleBasedStateMachine):
             self.env.clock.advance(8 * 86_400)
             self.env.run(self.payments.janitor_pass(SYSTEM))
             self.env.run(self.escrow.sweep(SYSTEM))
-            if all(self._order(o).status in TERMINAL for o in self.ids):
+            if all(self._at_rest(self._order(o)) for o in self.ids):
                 break
         for order_id in self.ids:
             self._check_terminal(self._order(order_id))
+
+    def _at_rest(self, order: Order) -> bool:
+        """Terminal, with every refund made and no payout to come (a refund the sweeper's
+        cancel asked for may still wait for its review)."""
+        if order.status not in TERMINAL or order.refunds_outstanding:
+            return False
+        if order.payout_status in {PayoutStatus.PENDING, PayoutStatus.NO_DESTINATION}:
+            return False
+        return all(
+            self.env.run(self.payments.get_refund(r)).status is RefundStatus.SUCCEEDED
+            for r in order.refund_ids.values()
+        )
 
     def _nudge(self, order_id: str, *, dispute: bool) -> None:
         order = self._order(order_id)
@@ -309,6 +407,8 @@ class OrdersMachine(RuleBasedStateMachine):
                 self.dispute(order_id)
             case OrderStatus.DISPUTED:
                 self.resolve(order_id, (1, 3) if dispute else (1, 1))
+            case OrderStatus.RELEASED | OrderStatus.REFUNDED:
+                self._reresolve(order)
             case _:
                 pass
 
@@ -319,19 +419,25 @@ class OrdersMachine(RuleBasedStateMachine):
         assert len({e["status"] for e in ends}) == 1, ends  # exactly one terminal state
         balance = self.env.run(self.escrow.get(SYSTEM, order.id)).escrow_balance
         assert balance == 0, (order.id, order.status, balance)
-        seller = self._transfer(f"{order.id}:release.seller")
-        revenue = self._transfer(f"{order.id}:release.revenue")
-        payout = self._transfer(f"{order.id}:payout")
+        seller = self._transfers(f"{order.id}:release.seller")
+        revenue = self._transfers(f"{order.id}:release.revenue")
+        payout = self._transfers(f"{order.id}:payout")
+        after_release = sum(
+            amount
+            for key, amount in order.refund_plan.items()
+            if refund_kind(key) is RefundKind.AFTER_RELEASE
+        )
         match order.status:
             case OrderStatus.RELEASED:
                 parts = order.released_to_seller + order.released_to_revenue
-                assert parts + order.refunded_amount == order.total
+                assert parts + order.refunded_amount - after_release == order.total
                 assert seller == order.released_to_seller
                 assert revenue == order.released_to_revenue
-                assert payout == order.released_to_seller
+                assert payout == order.paid_out == order.released_to_seller
                 paid_out = PayoutStatus.PAID if seller else PayoutStatus.NONE
                 assert order.payout_status is paid_out
             case OrderStatus.REFUNDED:
+                assert after_release == 0
                 assert order.refunded_amount == order.total
                 assert (seller, revenue, payout) == (0, 0, 0)
                 self._refunds_succeeded(order)
@@ -352,7 +458,8 @@ class OrdersMachine(RuleBasedStateMachine):
             refund = self.env.run(self.payments.get_refund(refund_id))
             assert refund.status is RefundStatus.SUCCEEDED, refund
             total += refund.amount
-        assert total == order.refunded_amount
+        # what a chargeback gave back was paid to platform:chargebacks from escrow, not refunded
+        assert total + order.chargeback_covered == order.refunded_amount
 
     def _deposit_captured(self, order: Order) -> int:
         if order.deposit_intent_id is None:
@@ -361,6 +468,21 @@ class OrdersMachine(RuleBasedStateMachine):
         if deposit.status is not IntentStatus.SUCCEEDED:
             return 0
         return deposit.amount_received
+
+    def _transfers(self, prefix: str) -> int:
+        """The sum of the transfers ``prefix`` and ``prefix.<n>`` (a re-resolution's)."""
+
+        async def read() -> int:
+            t = ledger_transfers.c
+            async with self.env.container.db.transaction(write=False) as uow:
+                total = await uow.conn.scalar(
+                    sa.select(sa.func.coalesce(sa.func.sum(t.amount), 0)).where(
+                        sa.or_(t.id == prefix, t.id.like(f"{prefix}.%"))
+                    )
+                )
+                return int(total or 0)
+
+        return self.env.run(read())
 
     def _transfer(self, transfer_id: str) -> int:
         async def read() -> int:

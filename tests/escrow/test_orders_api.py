@@ -369,3 +369,46 @@ async def test_default_and_second_chance_over_http(
     r = await client.post(url, json={}, headers=parties("runner_up"))
     assert r.status_code == 409
     assert r.json()["code"] == "second_chance_not_open"
+
+
+async def test_cancel_and_refund_after_release_over_http(
+    client: httpx.AsyncClient, container: Container, parties: Parties
+) -> None:
+    # cancel: operator only, a reason, Idempotency-Key; 409 from shipped onwards
+    order_id = await _paid_order(client, container, parties)
+    r = await _post(client, order_id, "cancel", parties("operator", False), {"reason": "x"})
+    assert r.status_code == 400, r.text
+    r = await _post(client, order_id, "cancel", parties("seller"), {"reason": "x"})
+    assert r.status_code == 403, r.text
+    r = await _post(client, order_id, "cancel", parties("operator"), {"reason": "x" * 1_001})
+    assert r.status_code == 422, r.text
+    r = await _post(client, order_id, "cancel", parties("operator"), {"reason": "no stock"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "refunded"
+    assert r.json()["refunds"][0]["kind"] == "cancellation"
+    shipped = await _paid_order(client, container, parties)
+    ship = {"carrier": "dhl", "tracking_number": "1234567890"}
+    assert (await _post(client, shipped, "ship", parties("seller"), ship)).status_code == 200
+    r = await _post(client, shipped, "cancel", parties("operator"), {"reason": "late"})
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "invalid_state_transition"
+    # refund after release: amount within what is left, replayed by its Idempotency-Key
+    assert (await _post(client, shipped, "accept", parties("buyer"))).status_code == 200
+    too_much = {"amount": 125_001, "reason": "broken"}
+    r = await _post(client, shipped, "refund", parties("operator"), too_much)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "refund_exceeds_total"
+    assert r.json()["refundable"] == 125_000
+    r = await _post(client, shipped, "refund", parties("operator"), {"amount": 0, "reason": "x"})
+    assert r.status_code == 422, r.text
+    headers = parties("operator")
+    body = {"amount": 10_000, "reason": "broken"}
+    first = await _post(client, shipped, "refund", headers, body)
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "released"
+    assert first.json()["refunded_amount"] == 10_000
+    again = await _post(client, shipped, "refund", headers, body)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["refunded_amount"] == 10_000
+    r = await _post(client, order_id, "refund", parties("operator"), body)
+    assert r.status_code == 409, r.text  # refunded (canceled), not released

@@ -67,6 +67,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "order_not_found": 404,
     "invalid_tracking_number": 422,
     "refund_exceeds_total": 422,
+    "refund_out_of_range": 422,
     "second_chance_not_open": 409,
     # parties and auctions
     "party_not_found": 404,

@@ -469,6 +469,13 @@ class Demo:
                 body = self.c.post("/v1/sellers", service, {"name": name})
                 self.sellers[handle] = Party(body["id"], name, body["api_key"])
                 self.names[body["id"]] = name
+                self.doing(f"PUT /v1/sellers/{body['id']}/payout_destination")
+                self.c.request(
+                    "PUT",
+                    f"/v1/sellers/{body['id']}/payout_destination",
+                    body["api_key"],  # the seller's own key
+                    body={"gateway_account": f"acct_demo_{handle}"},
+                )
             for name in ("Beatrix", "Carlos", "Dana", "Elif", "Femi"):
                 self.doing(f"POST /v1/bidders {name}")
                 body = self.c.post(
@@ -476,7 +483,10 @@ class Demo:
                 )
                 self.bidders[name] = Party(body["id"], name, body["api_key"])
                 self.names[body["id"]] = name
-            notes.append("2 sellers, 5 bidders registered, each with its own API key")
+            notes.append(
+                "2 sellers (each with a payout destination), 5 bidders registered, each with its "
+                "own API key"
+            )
 
     def cards(self) -> None:
         with self.phase("Cards on file") as notes:

@@ -5,6 +5,7 @@ EscrowError
  ├── InvalidTransition       invalid_state_transition  409
  ├── InvalidTrackingNumber   invalid_tracking_number   422
  ├── RefundTooLarge          refund_exceeds_total      422
+ ├── RefundOutOfRange        refund_out_of_range       422  (a re-resolution's refund_amount)
  ├── PaymentMethodRequired   payment_method_required   422  (no card on file and none given)
  └── OfferNotOpen            second_chance_not_open    409
 """
@@ -20,6 +21,7 @@ __all__ = [
     "OfferNotOpen",
     "OrderNotFound",
     "PaymentMethodRequired",
+    "RefundOutOfRange",
     "RefundTooLarge",
 ]
 
@@ -46,6 +48,11 @@ class InvalidTrackingNumber(EscrowError):
 class RefundTooLarge(EscrowError):
     code = "refund_exceeds_total"
     title = "Refund beyond what the buyer paid"
+
+
+class RefundOutOfRange(EscrowError):
+    code = "refund_out_of_range"
+    title = "Refund outside what a re-resolution may ask"
 
 
 class PaymentMethodRequired(EscrowError):

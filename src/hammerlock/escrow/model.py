@@ -9,7 +9,10 @@ States (docs/escrow.md)::
                           to the runner-up:                  refunded ◄──resolve_refund── disputed
                           a new order)                       released ◄──resolve_release──┘
 
-``released``, ``refunded`` and ``defaulted`` are terminal. ``disputed`` is reachable only during
+``released``, ``refunded`` and ``defaulted`` are terminal: no event leaves them. A few events
+stay on one (``refund_after_release`` and ``reresolve`` on ``released``, ``reresolve`` on
+``refunded``): money moves, the state does not. ``paid`` (never shipped) ends ``refunded`` on an
+operator's ``cancel`` or the sweeper's ``ship_timeout``. ``disputed`` is reachable only during
 the inspection period (from ``delivered``); only an operator's resolution leaves it.
 
 Fees (integers only, each rounded once, modes fixed here and documented in docs/escrow.md):
@@ -44,6 +47,7 @@ __all__ = [
     "OrderStatus",
     "OrderTerms",
     "PayoutStatus",
+    "RefundKind",
     "Settlement",
     "can_apply",
     "compute_fees",
@@ -51,6 +55,8 @@ __all__ = [
     "fees_for",
     "new_order_id",
     "next_status",
+    "refund_intent",
+    "refund_kind",
     "settle",
     "transitions",
     "valid_tracking_number",
@@ -92,6 +98,12 @@ class Event(enum.StrEnum):
     DISPUTE = "dispute"
     RESOLVE_REFUND = "resolve_refund"
     RESOLVE_RELEASE = "resolve_release"
+    # an operator resolves again after risk review rejected the resolution's refund
+    RERESOLVE = "reresolve"
+    REFUND_AFTER_RELEASE = "refund_after_release"  # from platform:refunds; stays released
+    CANCEL = "cancel"  # an operator cancels a paid order that was never shipped
+    SHIP_TIMEOUT = "ship_timeout"  # the ship window passed with no shipment
+    CHARGEBACK = "chargeback"  # the buyer's bank took (part of) a payment back
 
 
 _S = OrderStatus
@@ -108,6 +120,21 @@ _TRANSITIONS: Final[dict[tuple[OrderStatus, Event], OrderStatus]] = {
     (_S.DELIVERED, Event.DISPUTE): _S.DISPUTED,
     (_S.DISPUTED, Event.RESOLVE_REFUND): _S.REFUNDED,
     (_S.DISPUTED, Event.RESOLVE_RELEASE): _S.RELEASED,
+    (_S.RELEASED, Event.RERESOLVE): _S.RELEASED,
+    (_S.REFUNDED, Event.RERESOLVE): _S.REFUNDED,
+    (_S.RELEASED, Event.REFUND_AFTER_RELEASE): _S.RELEASED,
+    (_S.PAID, Event.CANCEL): _S.REFUNDED,
+    (_S.PAID, Event.SHIP_TIMEOUT): _S.REFUNDED,
+    # A chargeback while the money is in escrow freezes release: the order is disputed until
+    # an operator resolves it. Before payment or after the end it changes no state.
+    (_S.PAID, Event.CHARGEBACK): _S.DISPUTED,
+    (_S.SHIPPED, Event.CHARGEBACK): _S.DISPUTED,
+    (_S.DELIVERED, Event.CHARGEBACK): _S.DISPUTED,
+    (_S.DISPUTED, Event.CHARGEBACK): _S.DISPUTED,
+    (_S.AWAITING_PAYMENT, Event.CHARGEBACK): _S.AWAITING_PAYMENT,
+    (_S.RELEASED, Event.CHARGEBACK): _S.RELEASED,
+    (_S.REFUNDED, Event.CHARGEBACK): _S.REFUNDED,
+    (_S.DEFAULTED, Event.CHARGEBACK): _S.DEFAULTED,
 }
 
 
@@ -269,6 +296,9 @@ def settle(fees: Fees, currency: str, refund: int) -> Settlement:
 class PayoutStatus(enum.StrEnum):
     NONE = "none"  # nothing released to the seller yet
     PENDING = "pending"  # payout key recorded; the gateway call may or may not have happened
+    # payout key recorded, no call made: the seller has no payout destination yet (the sweeper
+    # asks again; the money stays in the seller's payable account meanwhile)
+    NO_DESTINATION = "no_destination"
     PAID = "paid"
     FAILED = "failed"  # the gateway refused; an operator looks (the money stays payable)
 
@@ -285,7 +315,10 @@ class Order:
     """One order, as stored. Amounts in minor units of ``currency``; times in µs since epoch.
 
     ``generation`` is 0 for the lot's winner and 1 for a second-chance buyer. ``refund_plan``
-    maps a payment intent to the amount refunded from it; ``refund_ids`` the refunds made.
+    maps a refund's key to its amount and ``refund_ids`` a key to the refund made: the key is
+    the payment intent refunded, alone for a dispute resolution's refund, followed by ``:c`` for
+    a cancellation's, ``:r<n>`` for a re-resolution's and ``:a<request>`` for a refund after
+    release (see :func:`refund_intent`, :func:`refund_kind`).
     """
 
     id: str
@@ -322,6 +355,11 @@ class Order:
     payout_status: PayoutStatus
     payout_key: str | None
     payout_id: str | None
+    paid_us: int | None  # when escrow first held the total
+    paid_out: int  # paid out to the seller so far
+    payout_amount: int  # the payout under payout_key
+    chargebacks: dict[str, int]  # payment intent -> amount its chargebacks took back
+    chargeback_covered: int  # of those, what a resolution paid back to platform:chargebacks
     runner_up_bidder_id: str | None
     runner_up_amount: int | None
     offer_status: OfferStatus
@@ -341,6 +379,14 @@ class Order:
         return self.hammer_price + self.premium
 
     @property
+    def chargeback_amount(self) -> int:
+        return sum(self.chargebacks.values())
+
+    @property
+    def chargeback_uncovered(self) -> int:
+        return self.chargeback_amount - self.chargeback_covered
+
+    @property
     def escrow_account(self) -> str:
         return escrow_account(self.id)
 
@@ -351,6 +397,26 @@ class Order:
     @property
     def deposit_account(self) -> str:
         return f"deposit:{self.buyer_id}:{self.lot_id}"
+
+
+class RefundKind(enum.StrEnum):
+    RESOLUTION = "resolution"  # a dispute resolution's (or a re-resolution's): from escrow
+    CANCELLATION = "cancellation"  # a paid order canceled before shipping: from escrow
+    AFTER_RELEASE = "after_release"  # from platform:refunds:{CUR}, escrow already released
+
+
+def refund_intent(key: str) -> str:
+    """The payment intent a refund-plan key refunds."""
+    return key.split(":", 1)[0]
+
+
+def refund_kind(key: str) -> RefundKind:
+    suffix = key.partition(":")[2]
+    if suffix.startswith("a"):
+        return RefundKind.AFTER_RELEASE
+    if suffix.startswith("c"):
+        return RefundKind.CANCELLATION
+    return RefundKind.RESOLUTION
 
 
 def escrow_account(order_id: str) -> str:

@@ -2,10 +2,12 @@
 
 ``GET /v1/orders/{id}`` answers the order with its escrow balance (from the ledger) and its
 timeline. Every action is a POST with an ``Idempotency-Key``: ``pay`` (the buyer), ``ship`` (the
-seller), ``confirm_delivery``, ``accept``, ``dispute`` (the buyer), ``resolve`` (an operator),
-``second_chance/accept`` (the runner-up of a defaulted order). A bidder or seller who is not the
-order's party gets 404. ``pay`` answers ``202`` with ``Hammerlock-Outcome: pending`` while its
-payment intent is ``processing`` (not stored for replay: a retry resumes).
+seller), ``confirm_delivery``, ``accept``, ``dispute`` (the buyer), ``resolve`` (an operator;
+again after risk review rejected its refund), ``refund`` (an operator, after release),
+``cancel`` (an operator, a paid order not shipped), ``second_chance/accept`` (the runner-up of a
+defaulted order). A bidder or seller who is not the order's party gets 404. ``pay`` answers
+``202`` with ``Hammerlock-Outcome: pending`` while its payment intent is ``processing`` (not
+stored for replay: a retry resumes).
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ class DisputeIn(ApiModel):
 class ResolveIn(ApiModel):
     refund_amount: Annotated[int, Field(ge=0, le=MAX_SAFE_INT, strict=True)]
     note: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class RefundIn(ApiModel):
+    amount: Annotated[int, Field(ge=1, le=MAX_SAFE_INT, strict=True)]
+    reason: Reason
+
+
+class CancelIn(ApiModel):
+    reason: Reason
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -166,11 +177,40 @@ async def dispute(request: Request, order_id: OrderId, body: DisputeIn) -> Respo
 @router.post(
     "/v1/orders/{order_id}/resolve",
     openapi_extra=policy(Permission.ORDERS_RESOLVE, money_moving=True),
-    summary="An operator resolves a dispute: refund_amount back to the buyer, the rest released",
+    summary="An operator resolves a dispute (or again, after risk review rejected its refund): "
+    "refund_amount back to the buyer, the rest released",
 )
 async def resolve(request: Request, order_id: OrderId, body: ResolveIn) -> Response:
     order = await get_container(request).escrow.resolve(
         get_ctx(request), order_id, refund_amount=body.refund_amount, note=body.note
+    )
+    return await _order_response(request, order)
+
+
+@router.post(
+    "/v1/orders/{order_id}/refund",
+    openapi_extra=policy(Permission.ORDERS_RESOLVE, money_moving=True),
+    summary="An operator refunds (part of) a released order from platform:refunds",
+)
+async def refund(request: Request, order_id: OrderId, body: RefundIn) -> Response:
+    order = await get_container(request).escrow.refund_after_release(
+        get_ctx(request),
+        order_id,
+        amount=body.amount,
+        reason=body.reason,
+        request_key=request.headers.get("idempotency-key"),
+    )
+    return await _order_response(request, order)
+
+
+@router.post(
+    "/v1/orders/{order_id}/cancel",
+    openapi_extra=policy(Permission.ORDERS_RESOLVE, money_moving=True),
+    summary="An operator cancels a paid order never shipped: the buyer is refunded in full",
+)
+async def cancel(request: Request, order_id: OrderId, body: CancelIn) -> Response:
+    order = await get_container(request).escrow.cancel(
+        get_ctx(request), order_id, reason=body.reason
     )
     return await _order_response(request, order)
 

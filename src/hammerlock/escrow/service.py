@@ -18,7 +18,14 @@ Ledger (all transfers ids derive from the order id, so a repeat answers ``exists
 - refund: payments posts ``escrow → gateway`` for the rest intent; the deposit's share is first
   routed ``escrow → deposit:{buyer}:{lot}`` (the deposit intent refunds from its own account);
 - default: ``deposit → platform:penalties:{CUR}`` (and ``escrow → penalties`` for a deposit
-  already moved into escrow).
+  already moved into escrow);
+- cancel (a paid order never shipped; an operator or the ship window): a full refund from
+  escrow, as a dispute's;
+- refund after release: payments refunds from ``platform:refunds:{CUR}`` (escrow is empty);
+- resolving again after a rejected refund: ``deposit → escrow`` back, the newly released part
+  ``escrow → seller / revenue``, new refunds (ADR 0012);
+- chargeback: payments books ``platform:chargebacks → gateway`` and calls :func:`chargeback`
+  in that transaction; the resolution pays it back ``escrow → platform:chargebacks``.
 
 Hot rows: ``open_order`` creates the shared ``platform:*`` and seller accounts only when a plain
 read does not find them (no row lock on them in the lot-close transaction), and
@@ -27,6 +34,8 @@ read does not find them (no row lock on them in the lot-close transaction), and
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -46,6 +55,7 @@ from hammerlock.escrow.errors import (
     OfferNotOpen,
     OrderNotFound,
     PaymentMethodRequired,
+    RefundOutOfRange,
     RefundTooLarge,
 )
 from hammerlock.escrow.model import (
@@ -55,10 +65,13 @@ from hammerlock.escrow.model import (
     OrderStatus,
     OrderTerms,
     PayoutStatus,
+    RefundKind,
     escrow_account,
     fees_for,
     new_order_id,
     next_status,
+    refund_intent,
+    refund_kind,
     settle,
     valid_tracking_number,
 )
@@ -73,12 +86,18 @@ from hammerlock.ledger.model import (
     TransferInput,
 )
 from hammerlock.payments.gateways.base import Gateway, GatewayError, GatewayRejected, PayoutRequest
-from hammerlock.payments.model import CaptureMethod, IntentStatus, PaymentIntent, RefundReason
-from hammerlock.payments.service import NewIntent, NewRefund, Payments
+from hammerlock.payments.model import (
+    CaptureMethod,
+    IntentStatus,
+    PaymentIntent,
+    RefundReason,
+    RefundStatus,
+)
+from hammerlock.payments.service import Chargeback, NewIntent, NewRefund, Payments
 from hammerlock.security.pan import contains_pan
 from hammerlock.webhooks import service as webhooks
 
-__all__ = ["CardOnFile", "Escrow", "EscrowConfig", "OrderView", "open_order"]
+__all__ = ["CardOnFile", "Escrow", "EscrowConfig", "OrderView", "chargeback", "open_order"]
 
 log = structlog.get_logger("hammerlock.escrow")
 
@@ -99,6 +118,11 @@ _LABELS: Final = {
     Event.RESOLVE_REFUND: "resolved",
     Event.RESOLVE_RELEASE: "resolved",
     Event.DEFAULT: "defaulted",
+    Event.RERESOLVE: "reresolved",
+    Event.REFUND_AFTER_RELEASE: "refunded_after_release",
+    Event.CANCEL: "canceled",
+    Event.SHIP_TIMEOUT: "canceled",
+    Event.CHARGEBACK: "chargeback",
 }
 _OPEN_INTENT: Final = frozenset(
     {
@@ -112,11 +136,15 @@ _OPEN_INTENT: Final = frozenset(
 
 CardOnFile = Callable[[UnitOfWork, str], Awaitable[str | None]]
 """``(uow, bidder_id) -> tok_…`` of the bidder's default card, or ``None`` (parties' service)."""
+PayoutDestination = Callable[[UnitOfWork, str], Awaitable[str | None]]
+"""``(uow, seller_id) ->`` the seller's payout destination at the gateway, or ``None``."""
+_PAYABLE: Final = frozenset({PayoutStatus.PENDING, PayoutStatus.NO_DESTINATION})
 
 
 @dataclass(frozen=True, slots=True)
 class EscrowConfig:
     auto_delivery_s: int = 14 * 86_400  # no word from the buyer this long after shipping
+    ship_window_s: int = 7 * 86_400  # a paid order not shipped this long is canceled, refunded
     default_gateway: str = "sandbox"
     sweeper_grace_s: float = 10.0  # a payout or refund this quiet is resumed by the sweeper
     sweep_batch: int = 100
@@ -165,6 +193,9 @@ def _order_accounts(order_id: str, seller_id: str, currency: str) -> list[Accoun
         AccountInput(f"platform:revenue:{currency}", currency, "platform", AccountFlag(0), "{}"),
         AccountInput(f"platform:penalties:{currency}", currency, "platform", AccountFlag(0), "{}"),
         AccountInput(f"platform:refunds:{currency}", currency, "platform", AccountFlag(0), "{}"),
+        AccountInput(
+            f"platform:chargebacks:{currency}", currency, "platform", AccountFlag(0), "{}"
+        ),
     ]
 
 
@@ -235,6 +266,11 @@ async def _open(
         payout_status=PayoutStatus.NONE,
         payout_key=None,
         payout_id=None,
+        paid_us=None,
+        paid_out=0,
+        payout_amount=0,
+        chargebacks={},
+        chargeback_covered=0,
         runner_up_bidder_id=terms.runner_up_bidder_id,
         runner_up_amount=terms.runner_up_amount,
         offer_status=OfferStatus.NONE,
@@ -323,6 +359,27 @@ LotSettled = Callable[[UnitOfWork, Context, str], Awaitable[object]]
 # resuming after a crash all find the one intent or refund instead of making another.
 _SCOPE: Final = "domain:escrow"
 _SETTLES_THE_LOT: Final = frozenset({OrderStatus.RELEASED, OrderStatus.REFUNDED})
+_REFUND_REASONS: Final = {
+    RefundKind.RESOLUTION: RefundReason.DISPUTE,
+    RefundKind.CANCELLATION: RefundReason.REQUESTED_BY_CUSTOMER,
+    RefundKind.AFTER_RELEASE: RefundReason.REQUESTED_BY_CUSTOMER,
+}
+_DEAD_REFUND: Final = frozenset({RefundStatus.CANCELED, RefundStatus.FAILED})
+
+
+_ESCROW_REFUNDS: Final = frozenset({RefundKind.RESOLUTION, RefundKind.CANCELLATION})
+
+
+class _Duplicate(Exception):
+    """The refund request was recorded meanwhile (a concurrent retry): resume it."""
+
+
+def _request_tag(ctx: Context, request_key: str | None) -> str:
+    """A short, stable tag of (API key, Idempotency-Key): the refund request's identity."""
+    if request_key is None:
+        return secrets.token_hex(6)
+    seed = f"{ctx.actor.key_id}|{request_key}".encode()
+    return hashlib.sha256(seed).hexdigest()[:12]
 
 
 class Escrow:
@@ -337,6 +394,7 @@ class Escrow:
         config: EscrowConfig | None = None,
         card_on_file: CardOnFile | None = None,
         on_settled: LotSettled | None = None,
+        payout_destination: PayoutDestination | None = None,
     ) -> None:
         self.db = db
         self.payments = payments
@@ -344,6 +402,8 @@ class Escrow:
         self.config = config or EscrowConfig()
         self.card_on_file = card_on_file
         self.on_settled = on_settled
+        # None: no parties to ask (tests of the bare flow): the seller's id is the destination
+        self.payout_destination = payout_destination
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -411,7 +471,8 @@ class Escrow:
             saved = await _save(uow, order, changed)
             name = label or _LABELS.get(event, event.value)
             await _record(uow, ctx, saved, name, {"event": event.value, **details})
-            if self.on_settled is not None and saved.status in _SETTLES_THE_LOT:
+            settles = saved.status in _SETTLES_THE_LOT and order.status is not saved.status
+            if self.on_settled is not None and settles:
                 await self.on_settled(uow, ctx, saved.lot_id)  # lot closed → settled, same txn
             return saved
 
@@ -575,7 +636,9 @@ class Escrow:
                 return order
             if balance > order.total:
                 raise LedgerInvariantError(f"escrow of {order.id} holds {balance} > total")
-            paid = await _save(uow, order, replace(order, status=OrderStatus.PAID))
+            paid = await _save(
+                uow, order, replace(order, status=OrderStatus.PAID, paid_us=uow.clock.now_us())
+            )
             await _record(uow, ctx, paid, Event.PAID.value, {"escrow_balance": balance})
             return paid
 
@@ -615,14 +678,13 @@ class Escrow:
     ) -> Order:
         """An operator ends a dispute: refund ``refund_amount`` (the whole total: ``refunded``)
         and release the rest (``released``; premium and commission shrink pro rata)."""
-        async with self.db.transaction(write=False) as uow:
-            found = await storage.get_order(uow, order_id)
-        if found is None:
-            raise OrderNotFound(f"no order {order_id!r}")
+        found = await self._load(order_id)
         if refund_amount > found.total:
             raise RefundTooLarge(
                 f"refund {refund_amount} is more than the {found.total} paid", total=found.total
             )
+        if found.status in {OrderStatus.RELEASED, OrderStatus.REFUNDED}:
+            return await self._reresolve(ctx, found, refund_amount, note)
         event = Event.RESOLVE_REFUND if refund_amount == found.total else Event.RESOLVE_RELEASE
 
         async def change(uow: UnitOfWork, order: Order) -> tuple[Order, dict[str, Any]]:
@@ -633,26 +695,154 @@ class Escrow:
         order = await self.drive_refunds(ctx, order.id)
         return await self._payout(ctx, order.id)
 
+    async def _dead_refunds(self, order: Order, kinds: frozenset[RefundKind]) -> dict[str, int]:
+        """Refunds of ``kinds`` that will never happen (risk review rejected them, or the gateway
+        refused): their money never left its source account. Key → amount."""
+        dead: dict[str, int] = {}
+        for key, refund_id in sorted(order.refund_ids.items()):
+            if refund_kind(key) not in kinds:
+                continue
+            refund = await self.payments.get_refund(refund_id)
+            if refund.status in _DEAD_REFUND:
+                dead[key] = order.refund_plan[key]
+        return dead
+
+    async def _reresolve(
+        self, ctx: Context, found: Order, refund_amount: int, note: str | None
+    ) -> Order:
+        """Resolve again a resolution (or cancellation) whose refund risk review rejected or the
+        gateway refused: ``refund_amount`` is the resolution's refund anew, between what its
+        live refunds already give back and what it first asked for; the difference from the
+        first is released to the seller and the house (fees shrink pro rata as ever). A full
+        refund (``refunded``) is only retried in full: a terminal state is never left."""
+        dead = await self._dead_refunds(found, _ESCROW_REFUNDS)
+        if not dead:
+            raise InvalidTransition(
+                f"order {found.id} is {found.status.value}; nothing to resolve again (no refund "
+                "of its resolution was rejected)",
+                order_status=found.status.value,
+            )
+        first = found.total - found.released_to_seller - found.released_to_revenue
+        live = first - sum(dead.values())
+        if not live <= refund_amount <= first:
+            raise RefundOutOfRange(
+                f"refund_amount must be between {live} (refunds under way) and {first}",
+                minimum=live,
+                maximum=first,
+            )
+        if found.status is OrderStatus.REFUNDED and refund_amount != found.total:
+            raise InvalidTransition(
+                f"order {found.id} is refunded: only the whole refund can be retried",
+                order_status=found.status.value,
+            )
+
+        async def change(uow: UnitOfWork, order: Order) -> tuple[Order, dict[str, Any]]:
+            if any(order.refund_ids.get(k) != found.refund_ids[k] for k in dead):
+                raise InvalidTransition(
+                    f"order {order.id} was resolved again meanwhile",
+                    order_status=order.status.value,
+                )
+            changed, details = await _rerouted(uow, order, dead, first, refund_amount)
+            return changed, {**details, "note": note}
+
+        order = await self._step(ctx, found.id, Event.RERESOLVE, change)
+        order = await self.drive_refunds(ctx, order.id)
+        return await self._payout(ctx, order.id)
+
+    async def refund_after_release(
+        self,
+        ctx: Context,
+        order_id: str,
+        *,
+        amount: int,
+        reason: str,
+        request_key: str | None = None,
+    ) -> Order:
+        """An operator refunds part or all of a released order to the buyer's card, from
+        ``platform:refunds:{CUR}`` (escrow is already empty; the seller is not charged back:
+        an operator's call, docs/escrow.md). ``request_key`` (the HTTP Idempotency-Key) makes a
+        retry the same refund."""
+        if type(amount) is not int or amount <= 0:
+            raise RefundOutOfRange("a refund after release is a positive amount", minimum=1)
+        found = await self._load(order_id)
+        tag = _request_tag(ctx, request_key)
+        if any(k.endswith(f":a{tag}") for k in found.refund_plan):
+            return await self.drive_refunds(ctx, found.id)  # a retry: resume, never twice
+        dead = await self._dead_refunds(found, frozenset({RefundKind.AFTER_RELEASE}))
+
+        async def change(uow: UnitOfWork, order: Order) -> tuple[Order, dict[str, Any]]:
+            del uow
+            gone = {k: v for k, v in dead.items() if k in order.refund_plan}
+            if any(k.endswith(f":a{tag}") for k in order.refund_plan):
+                raise _Duplicate
+            refunded = order.refunded_amount - sum(gone.values())
+            # a chargeback after release already gave the buyer that much back
+            refundable = order.total - refunded - order.chargeback_uncovered
+            if amount > refundable:
+                raise RefundTooLarge(
+                    f"refund {amount} is more than the {refundable} left to refund",
+                    total=order.total,
+                    refundable=refundable,
+                )
+            live = _live_by_intent(order, gone)
+            plan = _refund_plan(order, amount, f":a{tag}", refunded=live)
+            kept = {k: v for k, v in order.refund_plan.items() if k not in gone}
+            ids = {k: v for k, v in order.refund_ids.items() if k not in gone}
+            changed = replace(
+                order,
+                refunded_amount=refunded + amount,
+                refund_plan={**kept, **plan},
+                refund_ids=ids,
+                refunds_outstanding=len(kept) + len(plan) - len(ids),
+            )
+            return changed, {"amount": amount, "reason": reason, "dropped": sorted(gone)}
+
+        with contextlib.suppress(_Duplicate):  # a concurrent twin recorded it: drive that one
+            await self._step(ctx, found.id, Event.REFUND_AFTER_RELEASE, change)
+        return await self.drive_refunds(ctx, found.id)
+
+    async def cancel(self, ctx: Context, order_id: str, *, reason: str) -> Order:
+        """An operator cancels a paid order that was never shipped: the whole total goes back
+        to the buyer from escrow and the order ends ``refunded``."""
+        return await self._cancel(ctx, order_id, Event.CANCEL, reason)
+
+    async def _cancel(self, ctx: Context, order_id: str, event: Event, reason: str) -> Order:
+        async def change(uow: UnitOfWork, order: Order) -> tuple[Order, dict[str, Any]]:
+            settled, details = await _settle(uow, order, order.total, suffix=":c")
+            return settled, {**details, "reason": reason}
+
+        order = await self._step(ctx, order_id, event, change)
+        return await self.drive_refunds(ctx, order.id)
+
     # -- refunds and payouts (after commit; resumable) ---------------------------------------
 
     async def drive_refunds(self, ctx: Context, order_id: str) -> Order:
         """Make the refunds the resolution planned (through payments, to the buyer's card)."""
         order = await self._load(order_id)
-        for intent_id, amount in sorted(order.refund_plan.items()):
-            if intent_id in order.refund_ids:
+        for key, amount in sorted(order.refund_plan.items()):
+            if key in order.refund_ids:
                 continue
+            intent_id = refund_intent(key)
+            kind = refund_kind(key)
+            after_release = kind is RefundKind.AFTER_RELEASE
             refund = await self.payments.refund(
                 ctx,
-                NewRefund(payment_intent=intent_id, amount=amount, reason=RefundReason.DISPUTE),
-                idempotency_key=f"{order.id}.refund.{intent_id}",
+                NewRefund(
+                    payment_intent=intent_id,
+                    amount=amount,
+                    reason=_REFUND_REASONS[kind],
+                    # after release, escrow is empty: the house's contra account pays it
+                    source_account=f"platform:refunds:{order.currency}" if after_release else None,
+                ),
+                idempotency_key=f"{order.id}.refund.{key}",
                 scope=_SCOPE,  # the operator's call and the sweeper's resume are one refund
             )
             async with self.db.transaction() as uow:
                 current = await _locked(uow, order.id)
-                if intent_id in current.refund_ids:
+                if key in current.refund_ids or key not in current.refund_plan:
                     order = current
                     continue
-                ids = {**current.refund_ids, intent_id: refund.id}
+                ids = {**current.refund_ids, key: refund.id}
                 order = await _save(
                     uow,
                     current,
@@ -667,21 +857,36 @@ class Escrow:
                     ctx,
                     order,
                     "refund_started",
-                    {"payment_intent": intent_id, "refund": refund.id, "amount": amount},
+                    {
+                        "payment_intent": intent_id,
+                        "refund": refund.id,
+                        "amount": amount,
+                        "kind": kind.value,
+                    },
                 )
         return order
 
     async def _payout(self, ctx: Context, order_id: str) -> Order:
+        order = await self._payout_once(ctx, order_id)
+        if order.payout_status is PayoutStatus.PENDING and order.paid_out > 0:
+            order = await self._payout_once(ctx, order_id)  # a re-resolution's next payout
+        return order
+
+    async def _payout_once(self, ctx: Context, order_id: str) -> Order:
         order = await self._load(order_id)
-        if order.payout_status is not PayoutStatus.PENDING or order.payout_key is None:
+        if order.payout_status not in _PAYABLE or order.payout_key is None:
             return order
         name = order.gateway or self.config.default_gateway
         gateway = self.gateways.get(name)
         if gateway is None:
             log.error("escrow.payout_no_gateway", order=order.id, gateway=name)
             return order
+        destination = await self._destination(order.seller_id)
+        order = await self._payout_status(ctx, order.id, destination)
+        if destination is None or order.payout_status is not PayoutStatus.PENDING:
+            return order
         try:
-            payout_id = await self._call_payout(gateway, order, order.payout_key)
+            payout_id = await self._call_payout(gateway, order, order.payout_key or "", destination)
         except GatewayRejected as exc:
             return await self._payout_done(ctx, order.id, name, None, exc.code)
         except GatewayError as exc:
@@ -689,16 +894,35 @@ class Escrow:
             return order
         return await self._payout_done(ctx, order.id, name, payout_id, None)
 
-    async def _call_payout(self, gateway: Gateway, order: Order, key: str) -> str:
+    async def _destination(self, seller_id: str) -> str | None:
+        if self.payout_destination is None:
+            return seller_id
+        async with self.db.transaction(write=False) as uow:
+            return await self.payout_destination(uow, seller_id)
+
+    async def _payout_status(self, ctx: Context, order_id: str, destination: str | None) -> Order:
+        """``no_destination`` while the seller has none (recorded once, not an error);
+        ``pending`` again, committed before the call, once it has one."""
+        wanted = PayoutStatus.PENDING if destination else PayoutStatus.NO_DESTINATION
+        async with self.db.transaction() as uow:
+            order = await _locked(uow, order_id)
+            if order.payout_status not in _PAYABLE or order.payout_status is wanted:
+                return order
+            moved = await _save(uow, order, replace(order, payout_status=wanted))
+            event = "payout_started" if destination else "payout_no_destination"
+            await _record(uow, ctx, moved, event, {"amount": order.payout_amount})
+            return moved
+
+    async def _call_payout(self, gateway: Gateway, order: Order, key: str, destination: str) -> str:
         # Always a payout of exactly what the ledger released to the seller. (Braintree's
         # release_from_escrow would pay out the whole sale — premium, commission and any partial
         # refund included — and only for sales held in its escrow, which intents do not ask for.)
         payout = await gateway.payout(
             PayoutRequest(
                 payout_key=key,
-                amount=order.released_to_seller,
+                amount=order.payout_amount,
                 currency=order.currency,
-                destination=order.seller_id,
+                destination=destination,
             )
         )
         if payout.status != "paid":
@@ -732,21 +956,26 @@ class Escrow:
             )
             transfer = _transfer(
                 order,
-                "payout",
+                _payout_suffix(order),
                 order.seller_account,
                 f"gateway:{gateway}:{order.currency}",
-                order.released_to_seller,
+                order.payout_amount,
             )
             _ensure_ledger(await ledger.post(uow, [transfer]), f"payout of {order.id}")
-            paid = await _save(
-                uow, order, replace(order, payout_status=PayoutStatus.PAID, payout_id=payout_id)
+            paid_out = order.paid_out + order.payout_amount
+            after = replace(
+                order, payout_status=PayoutStatus.PAID, payout_id=payout_id, paid_out=paid_out
             )
+            if order.released_to_seller > paid_out:
+                # a re-resolution released more meanwhile: the next payout, under its own key
+                after = _next_payout(after, order.version + 1)
+            paid = await _save(uow, order, after)
             await _record(
                 uow,
                 ctx,
                 paid,
                 "payout_paid",
-                {"payout": payout_id, "amount": order.released_to_seller, "gateway": gateway},
+                {"payout": payout_id, "amount": order.payout_amount, "gateway": gateway},
             )
             return paid
 
@@ -843,7 +1072,17 @@ class Escrow:
         """One pass over the timers: payments finished later, payment windows, auto-delivery,
         inspection ends, payouts and refunds to resume, second-chance offers to expire."""
         counts = dict.fromkeys(
-            ("paid", "defaulted", "delivered", "released", "payouts", "refunds", "offers"), 0
+            (
+                "paid",
+                "defaulted",
+                "canceled",
+                "delivered",
+                "released",
+                "payouts",
+                "refunds",
+                "offers",
+            ),
+            0,
         )
         now = self.db.clock.now_us()
         grace_us = int(self.config.sweeper_grace_s * 1_000_000)
@@ -851,12 +1090,17 @@ class Escrow:
         async with self.db.transaction(write=False) as uow:
             waiting = await storage.ids_where(uow, storage.awaiting_with_intent(), limit=batch)
             due = await storage.ids_where(uow, storage.due_for_default(now), limit=batch)
+            unshipped_since = now - self.config.ship_window_s * 1_000_000
+            unshipped = await storage.ids_where(
+                uow, storage.paid_before(unshipped_since), limit=batch
+            )
             quiet = now - self.config.auto_delivery_s * 1_000_000
             shipped = await storage.ids_where(uow, storage.shipped_before(quiet), limit=batch)
             inspected = await storage.ids_where(uow, storage.inspection_over(now), limit=batch)
             payouts = await storage.ids_where(
                 uow, storage.payout_pending(now - grace_us), limit=batch
             )
+            payouts += await storage.ids_where(uow, storage.payout_no_destination(), limit=batch)
             refunds = await storage.ids_where(
                 uow, storage.refunds_unstarted(now - grace_us), limit=batch
             )
@@ -866,13 +1110,15 @@ class Escrow:
         for order_id in due:
             after = await self.default(ctx, order_id)
             counts["defaulted"] += after.status is OrderStatus.DEFAULTED
+        for order_id in unshipped:
+            counts["canceled"] += await self._ship_timeout(ctx, order_id)
         for order_id in shipped:
             counts["delivered"] += await self._timer(ctx, order_id, Event.AUTO_DELIVER)
         for order_id in inspected:
             counts["released"] += await self._timer(ctx, order_id, Event.INSPECTION_END)
         for order_id in payouts:
             after = await self._payout(ctx, order_id)
-            counts["payouts"] += after.payout_status is not PayoutStatus.PENDING
+            counts["payouts"] += after.payout_status not in _PAYABLE
         for order_id in refunds:
             after = await self.drive_refunds(ctx, order_id)
             counts["refunds"] += after.refunds_outstanding == 0
@@ -889,6 +1135,14 @@ class Escrow:
             return 0
         after = await self._sync_paid(ctx, order_id)
         return int(after.status is OrderStatus.PAID)
+
+    async def _ship_timeout(self, ctx: Context, order_id: str) -> int:
+        """The ship window passed: cancel and refund; 0 when it shipped meanwhile."""
+        try:
+            await self._cancel(ctx, order_id, Event.SHIP_TIMEOUT, "ship_window")
+        except InvalidTransition:
+            return 0
+        return 1
 
     async def _timer(self, ctx: Context, order_id: str, event: Event) -> int:
         """A timer's transition; 0 when the order moved on meanwhile (a buyer's word won)."""
@@ -922,11 +1176,24 @@ async def _release_all(uow: UnitOfWork, order: Order) -> tuple[Order, dict[str, 
     return await _settle(uow, order, 0)
 
 
-async def _settle(uow: UnitOfWork, order: Order, refund: int) -> tuple[Order, dict[str, Any]]:
+async def _settle(
+    uow: UnitOfWork, order: Order, refund: int, *, suffix: str = ""
+) -> tuple[Order, dict[str, Any]]:
     """Release what is not refunded (one linked chain) and plan the refunds, in this
     transaction; the seller's payout key is recorded here, before any gateway call."""
     split = settle(order.fees, order.currency, refund)
+    cover = order.chargeback_uncovered
+    if refund < cover:
+        raise RefundOutOfRange(
+            f"the buyer's bank already took {cover} back: refund_amount must be at least that",
+            minimum=cover,
+            maximum=order.total,
+        )
     transfers: list[TransferInput] = []
+    if cover:
+        # The bank took it back from the gateway (platform:chargebacks); escrow pays it back.
+        contra = f"platform:chargebacks:{order.currency}"
+        transfers.append(_transfer(order, "chargeback.cover", order.escrow_account, contra, cover))
     if split.to_seller:
         transfers.append(
             _transfer(
@@ -938,8 +1205,8 @@ async def _settle(uow: UnitOfWork, order: Order, refund: int) -> tuple[Order, di
         transfers.append(
             _transfer(order, "release.revenue", order.escrow_account, revenue, split.to_revenue)
         )
-    plan = _refund_plan(order, refund)
-    deposit_share = plan.get(order.deposit_intent_id or "", 0)
+    plan = _refund_plan(order, refund - cover, suffix, refunded=order.chargebacks)
+    deposit_share = plan.get(f"{order.deposit_intent_id}{suffix}", 0)
     if deposit_share:
         # The deposit intent refunds from its own account: route its share back there first.
         transfers.append(
@@ -959,9 +1226,12 @@ async def _settle(uow: UnitOfWork, order: Order, refund: int) -> tuple[Order, di
         released_to_revenue=split.to_revenue,
         payout_status=payout,
         payout_key=f"{order.id}.payout" if split.to_seller else None,
+        payout_amount=split.to_seller,
+        chargeback_covered=order.chargeback_covered + cover,
     )
     details = {
         "refund": refund,
+        "chargeback_covered": cover,
         "to_seller": split.to_seller,
         "to_revenue": split.to_revenue,
         "premium_kept": split.kept.premium,
@@ -970,19 +1240,122 @@ async def _settle(uow: UnitOfWork, order: Order, refund: int) -> tuple[Order, di
     return settled, details
 
 
-def _refund_plan(order: Order, refund: int) -> dict[str, int]:
-    """Which intent refunds how much: the rest's intent first, then the deposit."""
+def _refund_plan(
+    order: Order, refund: int, suffix: str, *, refunded: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Which intent refunds how much (keys: the intent + ``suffix``): the rest's intent first,
+    then the deposit, each within what it paid less ``refunded`` (live refunds by intent)."""
+    done = refunded or {}
     plan: dict[str, int] = {}
-    rest_paid = order.total - order.deposit_in_escrow
-    from_rest = min(refund, rest_paid)
+    rest_left = order.total - order.deposit_in_escrow
+    if order.payment_intent_id is not None:
+        rest_left -= done.get(order.payment_intent_id, 0)
+    from_rest = min(refund, max(rest_left, 0))
     if from_rest and order.payment_intent_id is not None:
-        plan[order.payment_intent_id] = from_rest
+        plan[f"{order.payment_intent_id}{suffix}"] = from_rest
     from_deposit = refund - from_rest
     if from_deposit:
-        if order.deposit_intent_id is None:
+        deposit_left = order.deposit_in_escrow - done.get(order.deposit_intent_id or "", 0)
+        if order.deposit_intent_id is None or from_deposit > deposit_left:
             raise LedgerInvariantError(f"order {order.id}: refund beyond its payments")
-        plan[order.deposit_intent_id] = from_deposit
+        plan[f"{order.deposit_intent_id}{suffix}"] = from_deposit
     return plan
+
+
+def _live_by_intent(order: Order, dead: Mapping[str, int]) -> dict[str, int]:
+    """What the order's live refunds (planned, started or made; not ``dead``) and chargebacks
+    take per intent."""
+    live: dict[str, int] = dict(order.chargebacks)
+    for key, amount in order.refund_plan.items():
+        if key not in dead:
+            intent = refund_intent(key)
+            live[intent] = live.get(intent, 0) + amount
+    return live
+
+
+async def chargeback(uow: UnitOfWork, ctx: Context, booked: Chargeback) -> None:
+    """Payments booked a chargeback on ``booked.payment_intent`` (``platform:chargebacks →
+    gateway``), in this transaction: if the intent paid an order (or its deposit), the order
+    records it, and one whose money is still in escrow turns ``disputed`` (release frozen
+    until an operator resolves; the resolution pays the chargeback back from escrow)."""
+    order_id = await storage.order_of_intent(uow, booked.payment_intent)
+    if order_id is None:
+        return
+    order = await _locked(uow, order_id)
+    target = next_status(order.status, Event.CHARGEBACK)
+    if target is None:
+        raise LedgerInvariantError(f"order {order.id}: no chargeback from {order.status}")
+    taken = order.chargebacks.get(booked.payment_intent, 0) + booked.amount
+    changed = replace(
+        order, status=target, chargebacks={**order.chargebacks, booked.payment_intent: taken}
+    )
+    if target is OrderStatus.DISPUTED and order.status is not OrderStatus.DISPUTED:
+        changed = replace(changed, dispute_reason="chargeback")
+    saved = await _save(uow, order, changed)
+    details = {
+        "event": Event.CHARGEBACK.value,
+        "payment_intent": booked.payment_intent,
+        "dispute": booked.dispute_id,
+        "amount": booked.amount,
+        "frozen": target is OrderStatus.DISPUTED,
+    }
+    await _record(uow, ctx, saved, "chargeback", details)
+
+
+async def _rerouted(
+    uow: UnitOfWork, order: Order, dead: Mapping[str, int], first: int, refund: int
+) -> tuple[Order, dict[str, Any]]:
+    """A re-resolution's money, one linked chain: a dead deposit refund's share comes back
+    ``deposit → escrow``; what is now released (first - refund) goes ``escrow → seller`` and
+    ``escrow → revenue``; the new refunds (refund - live) are planned (``:r<n>`` keys), a
+    deposit share routed ``escrow → deposit`` again."""
+    n = order.version + 1
+    live = first - sum(dead.values())
+    before, after = (
+        settle(order.fees, order.currency, first),
+        settle(order.fees, order.currency, refund),
+    )
+    to_seller = after.to_seller - before.to_seller
+    to_revenue = after.to_revenue - before.to_revenue
+    if to_seller < 0 or to_revenue < 0:
+        raise LedgerInvariantError(f"order {order.id}: a smaller refund released less")
+    deposit_back = sum(
+        v for k, v in dead.items() if refund_intent(k) == (order.deposit_intent_id or "")
+    )
+    kept = {k: v for k, v in order.refund_plan.items() if k not in dead}
+    plan = _refund_plan(order, refund - live, f":r{n}", refunded=_live_by_intent(order, dead))
+    deposit_out = plan.get(f"{order.deposit_intent_id}:r{n}", 0)
+    escrow, seller = order.escrow_account, order.seller_account
+    revenue = f"platform:revenue:{order.currency}"
+    steps = [
+        (f"reroute.{n}", order.deposit_account, escrow, deposit_back),
+        (f"release.seller.{n}", escrow, seller, to_seller),
+        (f"release.revenue.{n}", escrow, revenue, to_revenue),
+        (f"refund.route.{n}", escrow, order.deposit_account, deposit_out),
+    ]
+    transfers = [_transfer(order, *step) for step in steps if step[3]]
+    if transfers:
+        _ensure_ledger(await ledger.post(uow, _linked(transfers)), f"re-resolution of {order.id}")
+    ids = {k: v for k, v in order.refund_ids.items() if k not in dead}
+    changed = replace(
+        order,
+        refunded_amount=order.refunded_amount - first + refund,
+        refund_plan={**kept, **plan},
+        refund_ids=ids,
+        refunds_outstanding=len(kept) + len(plan) - len(ids),
+        released_to_seller=order.released_to_seller + to_seller,
+        released_to_revenue=order.released_to_revenue + to_revenue,
+    )
+    if to_seller and changed.payout_status in {PayoutStatus.NONE, PayoutStatus.PAID}:
+        # (pending or awaiting a destination: the payout under way chains the next one)
+        changed = _next_payout(changed, n)
+    details = {
+        "refund": refund,
+        "dropped": sorted(dead),
+        "to_seller": to_seller,
+        "to_revenue": to_revenue,
+    }
+    return changed, details
 
 
 async def _penalise(
@@ -1018,6 +1391,27 @@ async def _penalise(
     )
     penalty = order.deposit_in_escrow or deposit_captured
     return defaulted, {"penalty": penalty, "second_chance": offer}
+
+
+def _payout_suffix(order: Order) -> str:
+    """The payout transfer's id suffix: ``payout`` for the first payout key ``{order}.payout``,
+    ``payout.<n>`` for a later one ``{order}.payout.<n>``."""
+    key = order.payout_key or ""
+    prefix = f"{order.id}."
+    if not key.startswith(prefix):
+        raise LedgerInvariantError(f"order {order.id}: payout key {key!r} is not its own")
+    return key.removeprefix(prefix)
+
+
+def _next_payout(order: Order, n: int) -> Order:
+    """A new pending payout of what is released but not yet paid out, under a fresh key."""
+    return replace(
+        order,
+        payout_status=PayoutStatus.PENDING,
+        payout_key=f"{order.id}.payout.{n}",
+        payout_amount=order.released_to_seller - order.paid_out,
+        payout_id=None,
+    )
 
 
 # -- plumbing ------------------------------------------------------------------------------------

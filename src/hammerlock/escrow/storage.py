@@ -59,6 +59,11 @@ escrow_orders = sa.Table(
     sa.Column("payout_status", sa.String(16), nullable=False),
     sa.Column("payout_key", sa.String(128), nullable=True),
     sa.Column("payout_id", sa.String(128), nullable=True),
+    sa.Column("paid_us", BIG, nullable=True),  # 0008: the ship window runs from here
+    sa.Column("paid_out", BIG, nullable=False, server_default=sa.text("0")),  # 0008
+    sa.Column("payout_amount", BIG, nullable=False, server_default=sa.text("0")),  # 0008
+    sa.Column("chargebacks", sa.Text, nullable=False, server_default=sa.text("'{}'")),  # 0008
+    sa.Column("chargeback_covered", BIG, nullable=False, server_default=sa.text("0")),  # 0008
     sa.Column("runner_up_bidder_id", sa.String(64), nullable=True),
     sa.Column("runner_up_amount", BIG, nullable=True),
     sa.Column("offer_status", sa.String(16), nullable=False),
@@ -93,7 +98,7 @@ escrow_order_events = sa.Table(
     sa.Column("details", sa.Text, nullable=False),
 )
 
-_JSON_COLUMNS = ("refund_plan", "refund_ids")
+_JSON_COLUMNS = ("refund_plan", "refund_ids", "chargebacks")
 _ENUM_COLUMNS = ("status", "payout_status", "offer_status")
 
 
@@ -205,6 +210,18 @@ async def ids_where(
     return [r[0] for r in rows]
 
 
+async def order_of_intent(uow: UnitOfWork, intent_id: str) -> str | None:
+    """The order paid (or its deposit) by payment intent ``intent_id``, if any."""
+    t = escrow_orders
+    query = (
+        sa.select(t.c.id)
+        .where(sa.or_(t.c.payment_intent_id == intent_id, t.c.deposit_intent_id == intent_id))
+        .limit(1)
+    )
+    found = (await uow.conn.execute(query)).scalar()
+    return None if found is None else str(found)
+
+
 def due_for_default(now_us: int) -> list[sa.ColumnElement[bool]]:
     t = escrow_orders
     return [t.c.status == OrderStatus.AWAITING_PAYMENT.value, t.c.pay_by_us <= now_us]
@@ -213,6 +230,16 @@ def due_for_default(now_us: int) -> list[sa.ColumnElement[bool]]:
 def awaiting_with_intent() -> list[sa.ColumnElement[bool]]:
     t = escrow_orders
     return [t.c.status == OrderStatus.AWAITING_PAYMENT.value, t.c.payment_intent_id.is_not(None)]
+
+
+def paid_before(before_us: int) -> list[sa.ColumnElement[bool]]:
+    """Paid orders not shipped since ``before_us`` (orders paid before migration 0008 have no
+    ``paid_us``: their last change stands in)."""
+    t = escrow_orders
+    return [
+        t.c.status == OrderStatus.PAID.value,
+        sa.func.coalesce(t.c.paid_us, t.c.updated_us) <= before_us,
+    ]
 
 
 def shipped_before(before_us: int) -> list[sa.ColumnElement[bool]]:
@@ -228,6 +255,13 @@ def inspection_over(now_us: int) -> list[sa.ColumnElement[bool]]:
 def payout_pending(before_us: int) -> list[sa.ColumnElement[bool]]:
     t = escrow_orders
     return [t.c.payout_status == PayoutStatus.PENDING.value, t.c.updated_us <= before_us]
+
+
+def payout_no_destination() -> list[sa.ColumnElement[bool]]:
+    """Payouts waiting for the seller's payout destination (a queue of its own, so that they
+    never crowd out payouts to resume)."""
+    t = escrow_orders
+    return [t.c.payout_status == PayoutStatus.NO_DESTINATION.value]
 
 
 def refunds_unstarted(before_us: int) -> list[sa.ColumnElement[bool]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hammerlock.clock import format_rfc3339
-from hammerlock.escrow.model import Order
+from hammerlock.escrow.model import Order, refund_intent, refund_kind
 
 __all__ = ["order_json"]
 
@@ -40,6 +40,7 @@ def order_json(order: Order) -> dict[str, Any]:
             "in_escrow": order.deposit_in_escrow,
         },
         "payment_intent_id": order.payment_intent_id,
+        "paid_at": _ts(order.paid_us),
         "shipping": {
             "carrier": order.carrier,
             "tracking_number": order.tracking_number,
@@ -48,16 +49,31 @@ def order_json(order: Order) -> dict[str, Any]:
         "delivered_at": _ts(order.delivered_us),
         "inspection_ends_at": _ts(order.inspection_ends_us),
         "dispute_reason": order.dispute_reason,
+        "chargebacks": {
+            "amount": order.chargeback_amount,
+            "covered": order.chargeback_covered,
+            "by_payment_intent": dict(sorted(order.chargebacks.items())),
+        },
         "refunded_amount": order.refunded_amount,
         "refunds": [
-            {"payment_intent": intent, "amount": amount, "refund": order.refund_ids.get(intent)}
-            for intent, amount in sorted(order.refund_plan.items())
+            {
+                "payment_intent": refund_intent(key),
+                "kind": refund_kind(key).value,
+                "amount": amount,
+                "refund": order.refund_ids.get(key),
+            }
+            for key, amount in sorted(order.refund_plan.items())
         ],
         "released": {
             "to_seller": order.released_to_seller,
             "to_revenue": order.released_to_revenue,
         },
-        "payout": {"status": order.payout_status.value, "id": order.payout_id},
+        "payout": {
+            "status": order.payout_status.value,
+            "id": order.payout_id,
+            "amount": order.payout_amount,
+            "paid_out": order.paid_out,
+        },
         "second_chance": {
             "status": order.offer_status.value,
             "amount": order.runner_up_amount,

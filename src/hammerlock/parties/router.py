@@ -1,4 +1,5 @@
-"""Party routes: register bidders and sellers, add a bidder's card on file."""
+"""Party routes: register bidders and sellers, add a bidder's card on file, set a seller's payout
+destination."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ Email = Annotated[
 ]
 PaymentMethod = Annotated[str, StringConstraints(pattern=r"^tok_[A-Za-z0-9_-]{1,124}$")]
 BidderId = Annotated[str, Path(pattern=r"^bdr_[a-z0-9]{4,40}$")]
+SellerId = Annotated[str, Path(pattern=r"^slr_[a-z0-9]{4,40}$")]
+# An account id at the gateway (Stripe acct_…, a Braintree merchant account id, the sandbox's
+# any): letters, digits and ``_ . : -``; the card-number guard has already run on the body.
+GatewayAccount = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+]
 
 
 class PartyIn(ApiModel):
@@ -38,6 +45,10 @@ class PartyIn(ApiModel):
 
 class CardIn(ApiModel):
     payment_method: PaymentMethod
+
+
+class PayoutDestinationIn(ApiModel):
+    gateway_account: GatewayAccount
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -84,6 +95,29 @@ async def create_bidder(request: Request, body: PartyIn) -> Response:
 )
 async def create_seller(request: Request, body: PartyIn) -> Response:
     return await _register(request, body, PartyKind.SELLER)
+
+
+@router.put(
+    "/v1/sellers/{seller_id}/payout_destination",
+    openapi_extra=policy(Permission.PAYOUT_DESTINATIONS_WRITE),
+    summary="Set where the gateway pays a seller out (its account id there, never a card)",
+)
+async def put_payout_destination(
+    request: Request, seller_id: SellerId, body: PayoutDestinationIn
+) -> Response:
+    container = get_container(request)
+    ctx = get_ctx(request)
+    async with container.db.transaction() as uow:
+        await service.set_payout_destination(
+            uow, ctx, seller_id, gateway_account=body.gateway_account
+        )
+    return _json(
+        {
+            "object": "payout_destination",
+            "seller_id": seller_id,
+            "gateway_account": body.gateway_account,
+        }
+    )
 
 
 @router.post(

@@ -29,8 +29,10 @@ __all__ = [
     "default_card",
     "get_party",
     "is_party_role",
+    "payout_destination",
     "register",
     "require_party",
+    "set_payout_destination",
 ]
 
 PARTY_ROLES = frozenset({Role.BIDDER.value, Role.SELLER.value})
@@ -129,6 +131,31 @@ async def add_card(
         ),
     )
     return card
+
+
+async def set_payout_destination(
+    uow: UnitOfWork, ctx: Context, seller_id: str, *, gateway_account: str
+) -> None:
+    """Record where the gateway pays the seller out (an account id there, never a card number:
+    the API's card-number guard has refused one before this runs)."""
+    await require_party(uow, ctx, seller_id, PartyKind.SELLER)
+    previous = await storage.get_payout_destination(uow, seller_id)
+    await storage.put_payout_destination(uow, seller_id, gateway_account, ctx.actor.principal_id)
+    await audit.record(
+        uow,
+        ctx.event(
+            "parties.seller.payout_destination",
+            resource_type="seller",
+            resource_id=seller_id,
+            ts_us=uow.clock.now_us(),
+            details={"gateway_account": gateway_account, "replaced": previous},
+        ),
+    )
+
+
+async def payout_destination(uow: UnitOfWork, seller_id: str) -> str | None:
+    """The seller's payout destination at the gateway, or ``None`` (escrow's payouts wait)."""
+    return await storage.get_payout_destination(uow, seller_id)
 
 
 async def default_card(uow: UnitOfWork, bidder_id: str) -> str | None:

@@ -27,6 +27,38 @@ parties = sa.Table(
     sa.CheckConstraint("kind IN ('bidder', 'seller')", name="kind_known"),
 )
 
+# 0008: a seller's payout destination at the gateway (one row per seller; history in the audit log)
+payout_destinations = sa.Table(
+    "party_payout_destinations",
+    metadata,
+    sa.Column("seller_id", sa.String(64), primary_key=True),
+    sa.Column("gateway_account", sa.String(128), nullable=False),
+    sa.Column("updated_by_principal", sa.String(128), nullable=True),
+    sa.Column("updated_us", BIG, nullable=False),
+)
+
+
+async def get_payout_destination(uow: UnitOfWork, seller_id: str) -> str | None:
+    t = payout_destinations
+    query = sa.select(t.c.gateway_account).where(t.c.seller_id == seller_id)
+    value = (await uow.conn.execute(query)).scalar()
+    return None if value is None else str(value)
+
+
+async def put_payout_destination(
+    uow: UnitOfWork, seller_id: str, gateway_account: str, principal: str | None
+) -> None:
+    t = payout_destinations
+    values = {
+        "gateway_account": gateway_account,
+        "updated_by_principal": principal,
+        "updated_us": uow.clock.now_us(),
+    }
+    updated = await uow.conn.execute(t.update().where(t.c.seller_id == seller_id).values(values))
+    if updated.rowcount == 0:
+        await uow.conn.execute(t.insert().values(seller_id=seller_id, **values))
+
+
 party_cards = sa.Table(
     "party_cards",
     metadata,

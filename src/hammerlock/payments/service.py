@@ -54,6 +54,7 @@ from hammerlock.payments.errors import (
     UnknownGateway,
 )
 from hammerlock.payments.gateways.base import (
+    DISPUTE_CREATED,
     AuthorizeRequest,
     Charge,
     ChargeStatus,
@@ -63,6 +64,7 @@ from hammerlock.payments.gateways.base import (
     GatewayToken,
     GatewayUnavailable,
     VaultToken,
+    WebhookEvent,
 )
 from hammerlock.payments.model import (
     CaptureMethod,
@@ -89,6 +91,8 @@ from hammerlock.security.pan import contains_pan
 from hammerlock.webhooks import service as webhooks
 
 __all__ = [
+    "Chargeback",
+    "ChargebackHook",
     "NeverReview",
     "NewIntent",
     "NewRefund",
@@ -139,6 +143,9 @@ class NewRefund:
     payment_intent: str
     amount: int | None
     reason: RefundReason
+    # Domain callers only (never the public route): the ledger account the refund is paid from,
+    # instead of the intent's destination (escrow refunds after release: platform:refunds:{CUR}).
+    source_account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,23 @@ class ReviewNeed:
     approvals_required: int
     score: int
     reasons: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Chargeback:
+    """A gateway's chargeback on one of our payments: the bank took ``amount`` back."""
+
+    payment_intent: str
+    gateway: str
+    dispute_id: str
+    amount: int
+    currency: str
+
+
+ChargebackHook = Callable[[UnitOfWork, Context, Chargeback], Awaitable[object]]
+"""A domain's reaction to a chargeback on its payment, inside the booking's transaction
+(escrow: freeze the order's release; wired by the composition root)."""
+_DISPUTE_ID_MAX: Final = 64
 
 
 class RiskAssessor(Protocol):
@@ -204,11 +228,14 @@ class Payments:
         *,
         config: PaymentsConfig | None = None,
         risk: RiskAssessor | None = None,
+        on_chargeback: ChargebackHook | None = None,
     ) -> None:
         self.db = db
         self.gateways = gateways
         self.config = config or PaymentsConfig()
         self.risk: RiskAssessor = risk or NeverReview()
+        # set by the composition root once escrow exists (escrow is built on payments)
+        self.on_chargeback = on_chargeback
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -1039,7 +1066,7 @@ class Payments:
                 "reason": new.reason.value,
                 "status": (RefundStatus.REQUIRES_REVIEW if need else RefundStatus.PENDING).value,
                 "refund_key": f"{refund_id}.refund",
-                "source_account": intent.destination_account,
+                "source_account": new.source_account or intent.destination_account,
                 "gateway_refund_id": None,
                 "review_id": None,
                 "failure_code": None,
@@ -1181,8 +1208,11 @@ class Payments:
         self, ctx: Context, gateway_name: str, headers: Mapping[str, str], body: bytes
     ) -> bool:
         """Verify, deduplicate, then re-fetch: the event only says *look again*; the gateway's
-        current record decides, and outcomes only ever move an intent forward."""
+        current record decides, and outcomes only ever move an intent forward. A chargeback
+        (``charge.dispute.created``) is booked instead (:meth:`chargeback`)."""
         event = self._gateway(gateway_name).parse_webhook(headers, body)
+        if event.type == DISPUTE_CREATED:
+            return await self.chargeback(ctx, gateway_name, event)
         async with self.db.transaction() as uow:
             first = await storage.record_gateway_event(
                 uow, gateway_name, event.event_id, event.type[:64], uow.clock.now_us()
@@ -1196,6 +1226,72 @@ class Payments:
             except IntentNotFound:
                 log.info("payments.webhook_unknown_intent", gateway=gateway_name)
         return first
+
+    async def chargeback(self, ctx: Context, gateway_name: str, event: WebhookEvent) -> bool:
+        """Book a chargeback, once per dispute: ``platform:chargebacks:{CUR} → gateway:{name}:
+        {CUR}`` for the disputed amount, its audit event and the owning domain's reaction
+        (:data:`ChargebackHook`), in one transaction. False for a dispute already booked."""
+        dispute, amount = event.dispute_id, event.amount
+        if not event.gateway_key or dispute is None or amount is None:
+            raise GatewayRejected("a dispute event names its charge, id and amount")
+        if not 0 < len(dispute) <= _DISPUTE_ID_MAX or not dispute.isprintable():
+            raise GatewayRejected(f"a dispute id is 1..{_DISPUTE_ID_MAX} printable characters")
+        intent_id = event.gateway_key.split(".", 1)[0]
+        async with self.db.transaction() as uow:
+            await storage.record_gateway_event(
+                uow, gateway_name, event.event_id, event.type[:64], uow.clock.now_us()
+            )
+            intent = await storage.get_intent(uow, intent_id)
+            if intent is None or intent.gateway != gateway_name:
+                log.info("payments.chargeback_unknown_intent", gateway=gateway_name)
+                return False
+            booked = Chargeback(intent.id, gateway_name, dispute, amount, intent.currency)
+            return await self._book_chargeback(uow, ctx, booked)
+
+    async def _book_chargeback(self, uow: UnitOfWork, ctx: Context, booked: Chargeback) -> bool:
+        contra = f"platform:chargebacks:{booked.currency}"
+        gateway = f"gateway:{booked.gateway}:{booked.currency}"
+        accounts = [
+            AccountInput(contra, booked.currency, "platform", AccountFlag(0), "{}"),
+            AccountInput(gateway, booked.currency, "gateway", AccountFlag(0), "{}"),
+        ]
+        created = await ledger.create_accounts(uow, None, accounts, public=False)
+        _ensure_ledger([r.result for r in created], "chargeback accounts")
+        results = await ledger.post(
+            uow,
+            [
+                TransferInput(
+                    id=f"{booked.payment_intent}:chargeback.{booked.dispute_id}",
+                    debit_account_id=contra,
+                    credit_account_id=gateway,
+                    amount=booked.amount,
+                    currency=booked.currency,
+                    code="payment.chargeback",
+                )
+            ],
+        )
+        _ensure_ledger(results, f"chargeback {booked.dispute_id}")
+        if results == ["exists"]:
+            return False  # booked before (a redelivered or replayed event)
+        now = uow.clock.now_us()
+        await audit.record(
+            uow,
+            ctx.event(
+                "payments.chargeback",
+                resource_type="payment_intent",
+                resource_id=booked.payment_intent,
+                ts_us=now,
+                details={
+                    "dispute": booked.dispute_id,
+                    "amount": booked.amount,
+                    "currency": booked.currency,
+                    "gateway": booked.gateway,
+                },
+            ),
+        )
+        if self.on_chargeback is not None:
+            await self.on_chargeback(uow, ctx, booked)
+        return True
 
     # -- janitor -------------------------------------------------------------------------------
 

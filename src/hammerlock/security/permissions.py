@@ -51,6 +51,7 @@ class Permission(enum.StrEnum):
     ORDERS_BUY = "orders.buy"  # pay, confirm delivery, accept, dispute (a bidder: own orders)
     ORDERS_SHIP = "orders.ship"  # mark shipped (a seller: own orders)
     ORDERS_RESOLVE = "orders.resolve"  # resolve a dispute: refund and/or release
+    PAYOUT_DESTINATIONS_WRITE = "payouts.destination"  # a seller's (a seller: its own)
 
 
 _ALL = frozenset(Permission) - {Permission.PUBLIC}
@@ -74,12 +75,19 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.LOTS_CLOSE,
         Permission.ORDERS_READ,
         Permission.ORDERS_RESOLVE,
+        Permission.PAYOUT_DESTINATIONS_WRITE,
     },
     Role.REVIEWER: _ANY_KEY
     | {Permission.PAYMENTS_READ, Permission.REVIEWS_READ, Permission.REVIEWS_DECIDE},
     Role.AUDITOR: _ANY_KEY | {Permission.LEDGER_READ, Permission.AUDIT_READ},
     Role.SELLER: _ANY_KEY
-    | {Permission.LOTS_WRITE, Permission.LOTS_READ, Permission.ORDERS_READ, Permission.ORDERS_SHIP},
+    | {
+        Permission.LOTS_WRITE,
+        Permission.LOTS_READ,
+        Permission.ORDERS_READ,
+        Permission.ORDERS_SHIP,
+        Permission.PAYOUT_DESTINATIONS_WRITE,
+    },
     Role.BIDDER: _ANY_KEY
     | {
         Permission.CARDS_WRITE,
@@ -103,6 +111,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.ORDERS_READ,
         Permission.ORDERS_BUY,
         Permission.ORDERS_SHIP,
+        Permission.PAYOUT_DESTINATIONS_WRITE,
     },
 }
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Final, Protocol, runtime_checkable
 
 __all__ = [
+    "DISPUTE_CREATED",
     "AuthorizeRequest",
     "CardData",
     "CardSummary",
@@ -184,6 +185,13 @@ class WebhookEvent:
     gateway_key: str | None  # the charge's idempotency key, when the event names one
     charge_id: str | None
     created_s: int | None = None
+    # A chargeback (type DISPUTE_CREATED): the cardholder's bank took ``amount`` back.
+    dispute_id: str | None = None
+    amount: int | None = None
+
+
+DISPUTE_CREATED: Final = "charge.dispute.created"
+"""The webhook type of a chargeback: the bank has taken the disputed amount back."""
 
 
 class GatewayError(Exception):

@@ -37,6 +37,7 @@ import orjson
 from hammerlock.clock import Clock, from_us
 from hammerlock.money import MAX_API_AMOUNT, MoneyError, get_currency
 from hammerlock.payments.gateways.base import (
+    DISPUTE_CREATED,
     AuthorizeRequest,
     CardData,
     CardSummary,
@@ -366,6 +367,50 @@ class SandboxGateway:
         """Write ``<data_dir>/sandbox/settlements/<day>.csv`` (see :mod:`.settlement`)."""
         return await asyncio.to_thread(settlement.write_settlement, self._data_dir, day)
 
+    async def open_dispute(self, gateway_key: str, amount: int) -> str:
+        """Test hook: the cardholder's bank charges back ``amount`` of the captured charge made
+        under ``gateway_key`` (a chargeback). Records a ``charge.dispute.created`` webhook
+        naming the charge, the dispute (``dp_…``) and the amount; returns the dispute id."""
+        _check_key(gateway_key, "gateway_key")
+        _check_amount(amount)
+        dispute_id = await self._run(self._dispute_sync, gateway_key, amount)
+        self._kick_webhooks()
+        return dispute_id
+
+    def _dispute_sync(self, gateway_key: str, amount: int) -> str:
+        with store.write(self._db) as conn:
+            charge = store.charge_by_key(conn, gateway_key)
+            if charge is None:
+                raise reject("charge_not_found", "no charge was made under this gateway_key")
+            if charge.status != ChargeStatus.CAPTURED:
+                raise reject("invalid_state", f"a {charge.status} charge cannot be disputed")
+            if amount > charge.amount_captured - charge.amount_refunded:
+                raise reject("amount_exceeds_captured", "more than the charge still holds")
+            dispute_id = f"dp_{secrets.token_hex(12)}"
+            if self._webhooks is not None:
+                event_id = f"evt_{secrets.token_hex(12)}"
+                now_us = self._clock.now_us()
+                body = orjson.dumps(
+                    {
+                        "id": event_id,
+                        "type": DISPUTE_CREATED,
+                        "created": now_us // 1_000_000,
+                        "data": {
+                            "object": {
+                                "object": "dispute",
+                                "id": dispute_id,
+                                "charge": charge.charge_id,
+                                "gateway_key": gateway_key,
+                                "amount": amount,
+                                "currency": charge.currency,
+                            }
+                        },
+                    },
+                    option=orjson.OPT_SORT_KEYS,
+                )
+                store.insert_event(conn, event_id, DISPUTE_CREATED, body, now_us)
+            return dispute_id
+
     async def flush_webhooks(self) -> int:
         """Deliver pending webhooks now (tests, shutdown); how many were delivered."""
         return 0 if self._webhooks is None else await self._webhooks.flush()
@@ -691,6 +736,11 @@ def _parse_event(body: bytes) -> WebhookEvent:
     ):
         raise reject("invalid_request", "webhook body is not a sandbox event")
     key, charge_id = obj.get("gateway_key"), obj.get("id")
+    dispute_id = amount = None
+    if type_ == DISPUTE_CREATED:
+        dispute_id, charge_id, amount = obj.get("id"), obj.get("charge"), obj.get("amount")
+        if not (isinstance(dispute_id, str) and type(amount) is int and amount > 0):
+            raise reject("invalid_request", "a dispute event names its id and amount")
     return WebhookEvent(
         gateway=NAME,
         event_id=event_id,
@@ -698,4 +748,6 @@ def _parse_event(body: bytes) -> WebhookEvent:
         gateway_key=key if isinstance(key, str) else None,
         charge_id=charge_id if isinstance(charge_id, str) else None,
         created_s=created,
+        dispute_id=dispute_id,
+        amount=amount,
     )

@@ -250,6 +250,11 @@ async def setup_parties(api: Api, vault: str) -> tuple[str, list[tuple[str, str]
         r.raise_for_status()
         token = r.json()["id"]
     seller = await api.post("/v1/sellers", {"name": "bench seller"})
+    r = await api.client.put(
+        f"/v1/sellers/{seller['id']}/payout_destination",
+        json={"gateway_account": "acct_bench_seller"},
+    )
+    r.raise_for_status()  # without one, payouts wait as no_destination
     bidders = await gather_limited(
         [api.post("/v1/bidders", {"name": f"bench bidder {n}"}) for n in range(BIDDERS)]
     )

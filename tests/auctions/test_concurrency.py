@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from hammerlock.api.app import create_app
+from hammerlock.auctions import storage
 from hammerlock.auctions.errors import BidTooLow
 from hammerlock.auctions.model import AcceptedBid, standing_of
 from hammerlock.auctions.service import NewLot
@@ -253,3 +255,21 @@ async def test_bids_on_lots_held_now_and_then_by_others_are_all_decided_in_seque
             expected.price,
             expected.leader,
         )
+
+
+async def test_a_batch_saves_many_lots_in_one_statement_and_checks_versions(
+    container: Container,
+) -> None:
+    lots = [(await _setup(container, 1))[0] for _ in range(3)]
+    async with container.db.transaction() as uow:
+        locked, _ = await storage.lock_lots(uow, [lot.id for lot in lots])
+        changed = [
+            (replace(locked[lot.id], extensions=7, version=locked[lot.id].version + 2), lot.version)
+            for lot in lots
+        ]
+        assert await storage.save_standings(uow, changed)
+    async with container.db.transaction() as uow:
+        again, _ = await storage.lock_lots(uow, [lot.id for lot in lots])
+        assert {(x.extensions, x.version) for x in again.values()} == {(7, lots[0].version + 2)}
+        stale = [(replace(again[lot.id], extensions=9), lot.version) for lot in lots]
+        assert not await storage.save_standings(uow, stale)  # versions moved on: refused

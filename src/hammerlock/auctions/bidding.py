@@ -295,12 +295,13 @@ async def run_batch(
             continue
         outcomes.append(_answer(batch, request, decided_bid))
     await storage.insert_bids(uow, batch.bids)
-    for lot_id, version in batch.versions.items():
-        lot = batch.lots[lot_id]
-        if lot.version != version and not await storage.save_lot(
-            uow, lot, expected_version=version
-        ):
-            raise RuntimeError(f"lot {lot_id} changed under its row lock")
+    changed = [
+        (batch.lots[lot_id], version)
+        for lot_id, version in batch.versions.items()
+        if batch.lots[lot_id].version != version
+    ]
+    if not await storage.save_standings(uow, changed):
+        raise RuntimeError("a lot changed under its row lock")
     await audit.record_many(uow, batch.events)
     await store_receipts(uow, batch.answers, stale=stale)
     return outcomes

@@ -271,6 +271,67 @@ async def save_lot(uow: UnitOfWork, lot: Lot, *, expected_version: int) -> bool:
     return bool(result.rowcount == 1)
 
 
+# Several lots' bidding state in one statement (a bid batch on PostgreSQL): arrays unnested into
+# rows, so the SQL text is the same whatever the batch size (one prepared statement).
+_SAVE_STANDINGS_PG = sa.text(
+    """
+    UPDATE lots AS l SET
+        status = v.status, ends_at_us = v.ends_at_us, current_price = v.current_price,
+        leading_bidder_id = v.leading_bidder_id, leading_max = v.leading_max,
+        runner_up_id = v.runner_up_id, runner_up_max = v.runner_up_max,
+        bid_count = v.bid_count, last_seq = v.last_seq, extensions = v.extensions,
+        updated_us = v.updated_us, version = v.version
+    FROM unnest(
+        CAST(:id AS text[]), CAST(:expected AS integer[]), CAST(:status AS text[]),
+        CAST(:ends_at_us AS bigint[]), CAST(:current_price AS bigint[]),
+        CAST(:leading_bidder_id AS text[]), CAST(:leading_max AS bigint[]),
+        CAST(:runner_up_id AS text[]), CAST(:runner_up_max AS bigint[]),
+        CAST(:bid_count AS integer[]), CAST(:last_seq AS bigint[]),
+        CAST(:extensions AS integer[]), CAST(:updated_us AS bigint[]),
+        CAST(:version AS integer[])
+    ) AS v(id, expected, status, ends_at_us, current_price, leading_bidder_id, leading_max,
+           runner_up_id, runner_up_max, bid_count, last_seq, extensions, updated_us, version)
+    WHERE l.id = v.id AND l.version = v.expected
+    RETURNING l.id
+    """
+)
+_STANDING_COLUMNS = (
+    "status",
+    "ends_at_us",
+    "current_price",
+    "leading_bidder_id",
+    "leading_max",
+    "runner_up_id",
+    "runner_up_max",
+    "bid_count",
+    "last_seq",
+    "extensions",
+    "updated_us",
+    "version",
+)
+
+
+async def save_standings(uow: UnitOfWork, changed: Sequence[tuple[Lot, int]]) -> bool:
+    """The bidding state of the lots a bid batch touched, each ``(lot, expected_version)``;
+    False when one row did not hold its expected version. One statement on PostgreSQL (and for
+    a single lot anywhere); one per lot on SQLite, where statements cost no round trip."""
+    if len(changed) == 1 or (changed and not uow.is_postgres):
+        for lot, expected in changed:
+            if not await save_lot(uow, lot, expected_version=expected):
+                return False
+        return True
+    if not changed:
+        return True
+    values = [_lot_values(lot) for lot, _ in changed]
+    params: dict[str, list[Any]] = {
+        "id": [lot.id for lot, _ in changed],
+        "expected": [expected for _, expected in changed],
+    }
+    params |= {c: [v[c] for v in values] for c in _STANDING_COLUMNS}
+    written = (await uow.conn.execute(_SAVE_STANDINGS_PG, params)).scalars().all()
+    return len(written) == len(changed)
+
+
 async def claim_due(uow: UnitOfWork, status: LotStatus, *, column: str, now_us: int) -> Lot | None:
     """One lot in ``status`` whose ``column`` time has come, locked for this transaction; lots
     another process holds are skipped (PostgreSQL), SQLite having one writer anyway."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 
 import httpx
 import orjson
@@ -217,3 +219,85 @@ async def test_a_ledger_request_records_one_event_with_its_transfers(
     assert event["details"]["count"] == transfers
     assert event["resource"]["id"] == "x0"
     assert await container.sequencer.run_once() >= 1
+
+
+@pytest.mark.parametrize("before", [3, 1500])
+async def test_a_row_that_fails_to_render_rolls_the_whole_batch_back(
+    container: Container, before: int
+) -> None:
+    """The outbox rows are taken (DELETE) and appended (COPY, fed by the renderer) in one
+    transaction: a failure mid-COPY — after some data went to the server when ``before`` rows
+    fill its buffer — loses no event, appends none and moves no position."""
+    ctx = Context.system("tests")
+    async with container.db.transaction() as uow:
+        await audit.record_many(
+            uow,
+            [
+                ctx.event(
+                    "test.event",
+                    resource_type="t",
+                    resource_id=f"g{i}",
+                    ts_us=1,
+                    details={"pad": "x" * 512},
+                )
+                for i in range(before)
+            ],
+        )
+        await uow.conn.execute(
+            audit_outbox.insert().values(event_id="bad", ts_us=1, action="x", event="{not json")
+        )
+    await _emit(container, 2, prefix="after")
+    total = before + 3
+    with pytest.raises(orjson.JSONDecodeError):
+        await container.sequencer.run_once()
+    assert len(await _rows(container, audit_outbox, audit_outbox.c.id)) == total
+    assert await _rows(container, audit_log, audit_log.c.seq) == []
+    async with container.db.transaction() as uow:
+        await uow.conn.execute(audit_outbox.delete().where(audit_outbox.c.event_id == "bad"))
+    container.sequencer._batch_max = 10_000
+    assert await container.sequencer.run_once() == total - 1
+    rows = await _rows(container, audit_log, audit_log.c.seq)
+    assert [r["seq"] for r in rows] == list(range(total - 1))
+
+
+async def test_concurrent_sequencers_take_each_event_once(container: Container) -> None:
+    """Sequencers contending for the lease every round (it is expired as soon as taken): each
+    event is appended once, seqs are gap-free (the lease row's lock orders their batches)."""
+    others = [
+        # A lease already expired when taken: every round of every one contends for it.
+        Sequencer(container.db, container.audit_signer, node=f"n{i}", batch_max=37, lease_s=-1)
+        for i in range(3)
+    ]
+    await _emit(container, 400)
+
+    async def drain(s: Sequencer) -> None:
+        for _ in range(40):
+            with contextlib.suppress(sa.exc.OperationalError):  # SQLite busy: next round
+                await s.run_once()
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(drain(s) for s in others))
+    rows = await _rows(container, audit_log, audit_log.c.seq)
+    assert [r["seq"] for r in rows] == list(range(len(rows)))
+    assert len({r["event_id"] for r in rows}) == len(rows)
+    assert len(rows) == 400
+    assert await _rows(container, audit_outbox, audit_outbox.c.id) == []
+
+
+async def test_a_one_transfer_request_whose_transfer_is_refused_records_its_event(
+    container: Container,
+) -> None:
+    """No transfer to insert, so no INSERT to carry the event as a CTE: it is recorded alone."""
+    ctx = Context.system("tests")
+    async with container.db.transaction() as uow:
+        await ledger.create_accounts(
+            uow, None, [AccountInput(f"b{i}", "USD", "t", AccountFlag(0), "{}") for i in (1, 2)]
+        )
+        before = len(await _rows(container, audit_outbox, audit_outbox.c.id))
+    async with container.db.transaction() as uow:
+        assert await ledger.post(
+            uow, [TransferInput("z1", "b1", "nope", amount=1, currency="USD", code="t")], ctx=ctx
+        ) != ["ok"]
+    rows = (await _rows(container, audit_outbox, audit_outbox.c.id))[before:]
+    assert [r["action"] for r in rows] == ["ledger.transfers.create"]
+    assert orjson.loads(rows[0]["event"])["details"]["ok"] == 0

@@ -73,3 +73,16 @@ def test_leaf_bytes_are_rfc8785_of_the_event_as_served(event: AuditEvent, seq: i
 def test_outbox_text_of_another_shape_is_parsed(event: AuditEvent, seq: int) -> None:
     unsorted: Any = event.to_json_object()
     _check(event, orjson.dumps(dict(reversed(unsorted.items()))).decode(), seq)
+
+
+@given(events, st.integers(0, SAFE), st.sampled_from(["retention", "sig", "tz", "dz", "r"]))
+def test_a_member_schema_v1_lacks_takes_the_parse_path(
+    event: AuditEvent, seq: int, extra: str
+) -> None:
+    """A top-level member other than schema v1's, wherever it sorts (between resource and seq,
+    between seq and ts, after ts…): the leaf is still RFC 8785 of the event with its seq."""
+    served: Any = {**event.to_json_object(), extra: {"ts": ',"ts":"x"'}}
+    hashes: list[bytes] = []
+    [row] = list(render_log_rows([(1, event.ts_us, rfc8785.dumps(served).decode())], seq, hashes))
+    assert row[7].encode() == rfc8785.dumps({**served, "seq": seq})
+    assert row[8] == hashes[0].hex()

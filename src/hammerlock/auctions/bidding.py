@@ -314,11 +314,7 @@ def _twin(batch: _Batch, request: BidRequest) -> Answer | ReceiptConflict | None
         return None
     fingerprint, first = batch.answered[(r.scope, r.key)]
     if fingerprint != r.fingerprint:
-        return ReceiptConflict(
-            "idempotency_key_reuse",
-            "this Idempotency-Key was used with a different request; use a new key for a new "
-            "request",
-        )
+        return ReceiptConflict("idempotency_key_reuse", REUSE_DETAIL)
     return replace(first, replayed=True)
 
 

@@ -166,15 +166,14 @@ async def default_card(uow: UnitOfWork, bidder_id: str) -> str | None:
 
 async def bidders_ready(uow: UnitOfWork, bidder_ids: Iterable[str]) -> dict[str, str]:
     """For each id: ``ready`` (a bidder with a card on file), ``no_card`` or ``not_found``.
-    Two statements for any number of bidders (the bid batch asks once per batch)."""
+    One statement for any number of bidders (the bid batch asks once per batch)."""
     ids = set(bidder_ids)
-    found = await storage.get_parties(uow, ids)
-    carded = await storage.with_cards(uow, ids)
+    found = await storage.bidders_with_cards(uow, ids)
     out: dict[str, str] = {}
     for bidder_id in ids:
-        party = found.get(bidder_id)
-        if party is None or party.kind is not PartyKind.BIDDER:
+        kind, carded = found.get(bidder_id, (None, False))
+        if kind != PartyKind.BIDDER.value:
             out[bidder_id] = "not_found"
         else:
-            out[bidder_id] = "ready" if bidder_id in carded else "no_card"
+            out[bidder_id] = "ready" if carded else "no_card"
     return out

@@ -160,21 +160,16 @@ async def latest_card(uow: UnitOfWork, bidder_id: str) -> Card | None:
     return None if row is None else _card(row)
 
 
-async def get_parties(uow: UnitOfWork, party_ids: Iterable[str]) -> dict[str, Party]:
+async def bidders_with_cards(
+    uow: UnitOfWork, party_ids: Iterable[str]
+) -> dict[str, tuple[str, bool]]:
+    """For each of ``party_ids`` that exists: (its kind, whether it has a card on file); one
+    statement."""
     ids = sorted(set(party_ids))
     if not ids:
         return {}
-    rows = (await uow.conn.execute(sa.select(parties).where(parties.c.id.in_(ids)))).mappings()
-    return {row["id"]: _party(row) for row in rows}
-
-
-async def with_cards(uow: UnitOfWork, bidder_ids: Iterable[str]) -> set[str]:
-    """Which of ``bidder_ids`` have at least one card on file."""
-    ids = sorted(set(bidder_ids))
-    if not ids:
-        return set()
-    t = party_cards
+    has_card = sa.select(party_cards.c.id).where(party_cards.c.bidder_id == parties.c.id).exists()
     rows = await uow.conn.execute(
-        sa.select(t.c.bidder_id).where(t.c.bidder_id.in_(ids)).group_by(t.c.bidder_id)
+        sa.select(parties.c.id, parties.c.kind, has_card).where(parties.c.id.in_(ids))
     )
-    return {str(r[0]) for r in rows}
+    return {str(r[0]): (str(r[1]), bool(r[2])) for r in rows}

@@ -636,10 +636,19 @@ class Escrow:
                 return order
             if balance > order.total:
                 raise LedgerInvariantError(f"escrow of {order.id} holds {balance} > total")
-            paid = await _save(
-                uow, order, replace(order, status=OrderStatus.PAID, paid_us=uow.clock.now_us())
+            paid = replace(order, status=OrderStatus.PAID, paid_us=uow.clock.now_us())
+            if order.chargeback_uncovered:
+                # A chargeback came before the rest was paid: the money is in escrow now, so
+                # release is frozen as for a chargeback on a paid order (an operator resolves).
+                paid = replace(paid, status=OrderStatus.DISPUTED, dispute_reason="chargeback")
+            paid = await _save(uow, order, paid)
+            await _record(
+                uow,
+                ctx,
+                paid,
+                Event.PAID.value,
+                {"escrow_balance": balance, "frozen": paid.status is OrderStatus.DISPUTED},
             )
-            await _record(uow, ctx, paid, Event.PAID.value, {"escrow_balance": balance})
             return paid
 
     # -- shipping and delivery ---------------------------------------------------------------
@@ -723,10 +732,12 @@ class Escrow:
                 order_status=found.status.value,
             )
         first = found.total - found.released_to_seller - found.released_to_revenue
-        live = first - sum(dead.values())
+        # a chargeback since the resolution already gave the buyer that much back
+        live = first - sum(dead.values()) + found.chargeback_uncovered
         if not live <= refund_amount <= first:
             raise RefundOutOfRange(
-                f"refund_amount must be between {live} (refunds under way) and {first}",
+                f"refund_amount must be between {live} (refunds under way and chargebacks) "
+                f"and {first}",
                 minimum=live,
                 maximum=first,
             )
@@ -885,14 +896,15 @@ class Escrow:
         order = await self._payout_status(ctx, order.id, destination)
         if destination is None or order.payout_status is not PayoutStatus.PENDING:
             return order
+        key = order.payout_key or ""
         try:
-            payout_id = await self._call_payout(gateway, order, order.payout_key or "", destination)
+            payout_id = await self._call_payout(gateway, order, key, destination)
         except GatewayRejected as exc:
-            return await self._payout_done(ctx, order.id, name, None, exc.code)
+            return await self._payout_done(ctx, order.id, name, None, exc.code, key=key)
         except GatewayError as exc:
             log.warning("escrow.payout_pending", order=order.id, code=exc.code)
             return order
-        return await self._payout_done(ctx, order.id, name, payout_id, None)
+        return await self._payout_done(ctx, order.id, name, payout_id, None, key=key)
 
     async def _destination(self, seller_id: str) -> str | None:
         if self.payout_destination is None:
@@ -932,11 +944,21 @@ class Escrow:
         return payout.payout_id
 
     async def _payout_done(
-        self, ctx: Context, order_id: str, gateway: str, payout_id: str | None, failure: str | None
+        self,
+        ctx: Context,
+        order_id: str,
+        gateway: str,
+        payout_id: str | None,
+        failure: str | None,
+        *,
+        key: str,
     ) -> Order:
+        """The outcome of the gateway call made under payout ``key``: recorded only if that is
+        still the pending payout (a concurrent call may have recorded it and chained the next
+        payout under a new key, which this call never paid)."""
         async with self.db.transaction() as uow:
             order = await _locked(uow, order_id)
-            if order.payout_status is not PayoutStatus.PENDING:
+            if order.payout_status is not PayoutStatus.PENDING or order.payout_key != key:
                 return order
             if failure is not None:
                 failed = await _save(uow, order, replace(order, payout_status=PayoutStatus.FAILED))
@@ -1311,6 +1333,16 @@ async def _rerouted(
     deposit share routed ``escrow → deposit`` again."""
     n = order.version + 1
     live = first - sum(dead.values())
+    # A chargeback since the first resolution: escrow pays it back (as a resolution's cover)
+    # and it counts toward the refund.
+    cover = order.chargeback_uncovered
+    if refund - live < cover:
+        raise RefundOutOfRange(
+            f"the buyer's bank already took {cover} back: refund_amount must be at least "
+            f"{live + cover}",
+            minimum=live + cover,
+            maximum=first,
+        )
     before, after = (
         settle(order.fees, order.currency, first),
         settle(order.fees, order.currency, refund),
@@ -1323,12 +1355,15 @@ async def _rerouted(
         v for k, v in dead.items() if refund_intent(k) == (order.deposit_intent_id or "")
     )
     kept = {k: v for k, v in order.refund_plan.items() if k not in dead}
-    plan = _refund_plan(order, refund - live, f":r{n}", refunded=_live_by_intent(order, dead))
+    plan = _refund_plan(
+        order, refund - live - cover, f":r{n}", refunded=_live_by_intent(order, dead)
+    )
     deposit_out = plan.get(f"{order.deposit_intent_id}:r{n}", 0)
     escrow, seller = order.escrow_account, order.seller_account
     revenue = f"platform:revenue:{order.currency}"
     steps = [
         (f"reroute.{n}", order.deposit_account, escrow, deposit_back),
+        (f"chargeback.cover.{n}", escrow, f"platform:chargebacks:{order.currency}", cover),
         (f"release.seller.{n}", escrow, seller, to_seller),
         (f"release.revenue.{n}", escrow, revenue, to_revenue),
         (f"refund.route.{n}", escrow, order.deposit_account, deposit_out),
@@ -1345,6 +1380,7 @@ async def _rerouted(
         refunds_outstanding=len(kept) + len(plan) - len(ids),
         released_to_seller=order.released_to_seller + to_seller,
         released_to_revenue=order.released_to_revenue + to_revenue,
+        chargeback_covered=order.chargeback_covered + cover,
     )
     if to_seller and changed.payout_status in {PayoutStatus.NONE, PayoutStatus.PAID}:
         # (pending or awaiting a destination: the payout under way chains the next one)
@@ -1352,6 +1388,7 @@ async def _rerouted(
     details = {
         "refund": refund,
         "dropped": sorted(dead),
+        "chargeback_covered": cover,
         "to_seller": to_seller,
         "to_revenue": to_revenue,
     }

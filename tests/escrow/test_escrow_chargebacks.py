@@ -7,6 +7,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from hammerlock.payments.gateways.base import (
     DISPUTE_CREATED,
     AuthorizeRequest,
     CardData,
+    GatewayRejected,
     WebhookEvent,
 )
 from hammerlock.security.permissions import Role
@@ -176,3 +178,22 @@ async def test_the_sandbox_raises_a_chargeback_through_its_webhook(
         assert await balance(container, "platform:chargebacks:USD") == -25_000
     finally:
         await sandbox.aclose()
+
+
+async def test_a_dispute_resent_with_another_amount_is_acknowledged_not_rebooked(
+    container: Container, gateway: FakeGateway
+) -> None:
+    """A gateway re-sending a dispute with other terms must not get a 5xx loop: the first
+    booking stands and the change is audited as a failure for an operator."""
+    del gateway
+    payments = container.payments
+    order, key = await _delivered(container)
+    assert await payments.chargeback(SYSTEM, "sandbox", dispute(key, "dp_9", 40_000))
+    changed = replace(dispute(key, "dp_9", 45_000), event_id="evt_dp_9_again")
+    assert not await payments.chargeback(SYSTEM, "sandbox", changed)
+    assert await balance(container, "platform:chargebacks:USD") == -40_000
+    order = (await container.escrow.get(SYSTEM, order.id)).order
+    assert order.chargeback_amount == 40_000
+    for bad in (0, -5, 2**53):
+        with pytest.raises(GatewayRejected):
+            await payments.chargeback(SYSTEM, "sandbox", dispute(key, "dp_bad", bad))

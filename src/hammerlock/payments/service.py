@@ -170,6 +170,7 @@ ChargebackHook = Callable[[UnitOfWork, Context, Chargeback], Awaitable[object]]
 """A domain's reaction to a chargeback on its payment, inside the booking's transaction
 (escrow: freeze the order's release; wired by the composition root)."""
 _DISPUTE_ID_MAX: Final = 64
+_MAX_SAFE_AMOUNT: Final = 2**53 - 1
 
 
 class RiskAssessor(Protocol):
@@ -1236,6 +1237,8 @@ class Payments:
             raise GatewayRejected("a dispute event names its charge, id and amount")
         if not 0 < len(dispute) <= _DISPUTE_ID_MAX or not dispute.isprintable():
             raise GatewayRejected(f"a dispute id is 1..{_DISPUTE_ID_MAX} printable characters")
+        if not 0 < amount <= _MAX_SAFE_AMOUNT:
+            raise GatewayRejected("a dispute's amount is a positive integer in minor units")
         intent_id = event.gateway_key.split(".", 1)[0]
         async with self.db.transaction() as uow:
             await storage.record_gateway_event(
@@ -1270,6 +1273,24 @@ class Payments:
                 )
             ],
         )
+        if results and results[0].startswith("exists_with_different"):
+            # The gateway re-sent the dispute with other terms (say, another amount): the first
+            # booking stands, the change is recorded as a failure for an operator to reconcile,
+            # and the event is acknowledged (a 5xx would have the gateway re-send it for days).
+            log.warning("payments.chargeback_changed", dispute_len=len(booked.dispute_id))
+            await audit.record(
+                uow,
+                ctx.event(
+                    "payments.chargeback",
+                    resource_type="payment_intent",
+                    resource_id=booked.payment_intent,
+                    ts_us=uow.clock.now_us(),
+                    outcome=Outcome.FAILURE,
+                    outcome_code=results[0],
+                    details={"dispute": booked.dispute_id, "amount": booked.amount},
+                ),
+            )
+            return False
         _ensure_ledger(results, f"chargeback {booked.dispute_id}")
         if results == ["exists"]:
             return False  # booked before (a redelivered or replayed event)

@@ -65,6 +65,7 @@ bench-audit: $(STAMP)
 	$(BIN)/python bench/audit_verify_bench.py --doc
 	$(BIN)/python bench/audit_verify_bench.py --doc \
 		--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/hl_audit_verify_bench
+	$(BIN)/python bench/relay_bench.py
 
 # Bids and settlements through a real server beside raw asyncpg inserts; needs wrk (apt).
 bench-auctions: $(STAMP)

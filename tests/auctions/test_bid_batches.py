@@ -8,8 +8,11 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
+from hammerlock.auctions import bidding
 from hammerlock.auctions.bidding import Answer, BidRequest
 from hammerlock.auctions.errors import BidsBusy
 from hammerlock.auctions.model import Bid, Lot
@@ -197,3 +200,33 @@ async def test_service_twins_in_one_batch_make_one_bid(container: Container) -> 
     assert len({bid.id for bid, _ in results}) == 1
     _, bids = await container.auctions.list_bids(ctx, lot.id, after_seq=0, limit=100)
     assert len(bids) == 1
+
+
+async def test_a_database_busy_through_every_retry_answers_503_once_not_bid_by_bid(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lot, bidders = await _setup(container, 5)
+    ctx = Context.system("tests")
+
+    class Serialization(Exception):
+        sqlstate = "40001"
+
+    calls = 0
+
+    async def always_busy(*args: object, **kwargs: object) -> list[object]:
+        nonlocal calls
+        calls += 1
+        raise DBAPIError("UPDATE lots …", None, Serialization("could not serialize"))
+
+    monkeypatch.setattr(bidding, "run_batch", always_busy)
+    results = await asyncio.gather(
+        *(
+            container.auctions.place_bid(
+                ctx, lot.id, bidder_id=b, max_amount=10_000 * (i + 1), idempotency_key=None
+            )
+            for i, b in enumerate(bidders)
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, BidsBusy) for r in results), results
+    assert calls <= 2 * 6  # a batch or two, each retried — not every bid retried on its own

@@ -564,6 +564,18 @@ class BidWriter:
                 self._db, [j.request for j in live], skip_locked=skip_locked
             )
         except Exception as exc:  # noqa: BLE001 - isolated below, then re-raised per request
+            if _retryable(exc):
+                # The database stayed busy through every retry: re-running each bid alone
+                # would only repeat that, bid by bid. Say so to every waiter (503).
+                log.warning("bids.batch_gave_up", size=len(live), error=type(exc).__name__)
+                busy = BidsBusy(
+                    "the database stayed busy; retry with the same Idempotency-Key shortly"
+                )
+                for job in live:
+                    self._waiting -= 1
+                    if not job.future.done():
+                        job.future.set_exception(busy)
+                return
             if len(live) == 1:
                 self._waiting -= 1
                 if not live[0].future.done():

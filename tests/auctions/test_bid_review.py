@@ -7,7 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy import exc as sa_exc
 
+from hammerlock.auctions import bidding
+from hammerlock.auctions.bidding import BidRequest
 from hammerlock.auctions.errors import BidsBusy
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
@@ -100,3 +103,89 @@ async def test_buy_now_with_a_key_whose_answer_expired_does_not_answer_with_a_bi
     lot = await market.get(lot_b["id"])
     # either it really bought the lot, or it refused the key
     assert bought.status_code == 422 or (bought.status_code == 200 and lot["status"] == "closed")
+
+
+async def test_stopping_the_writer_leaves_no_bid_counted(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() answers every waiting bid, so none is counted any more: a writer started again
+    must not begin with the stopped one's bids still counted against its queue limit (they
+    added up over restarts until every bid was refused 503)."""
+    lot, bidders = await _setup(container, 3)
+    ctx = Context.system("tests")
+    entered = asyncio.Event()
+    real = parties.bidders_ready
+
+    async def slow(uow: Any, ids: Any) -> dict[str, str]:
+        entered.set()
+        await asyncio.sleep(3_600)
+        return await real(uow, ids)
+
+    monkeypatch.setattr(parties, "bidders_ready", slow)
+    writer = container.auctions.bids
+    waiting = [
+        asyncio.create_task(
+            container.auctions.place_bid(
+                ctx, lot.id, bidder_id=b, max_amount=10_000 * (i + 1), idempotency_key=None
+            )
+        )
+        for i, b in enumerate(bidders)
+    ]
+    await asyncio.wait_for(entered.wait(), 10)
+    await writer.stop()
+    await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+    monkeypatch.setattr(parties, "bidders_ready", real)
+    await writer.start()
+    assert writer._waiting == 0
+
+
+async def test_the_writer_hands_a_laned_lots_bid_to_its_lane(container: Container) -> None:
+    """A bid the writer takes for a lot that has a lane (queued before the lane opened, or
+    re-run alone after a failed batch) joins the lane behind the lot's earlier bids; decided by
+    the writer, it overtook them in another transaction while they still waited."""
+    lot, bidders = await _setup(container, 2)
+    ctx = Context.system("tests")
+    writer = container.auctions.bids
+    earlier = bidding._Job(BidRequest(ctx, lot.id, bidders[0], 5_000))
+    lane = bidding._Lane()
+    lane.queue.append(earlier)  # waiting for the lot's lock (no task: it never gets it here)
+    writer._lanes[lot.id] = lane
+    late = bidding._Job(BidRequest(ctx, lot.id, bidders[1], 9_000))
+    writer._waiting += 2
+    await writer._process([late], skip_locked=True)
+    assert not late.future.done()
+    assert list(lane.queue) == [earlier, late]
+    _, bids = await container.auctions.list_bids(ctx, lot.id, after_seq=0, limit=10)
+    assert bids == []
+    await writer.stop()  # answers both (the lane never ran)
+    for job in (earlier, late):
+        assert isinstance(job.future.exception(), BidsBusy)
+
+
+async def test_no_connection_in_time_answers_503_once_not_bid_by_bid(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool gave no connection within its timeout (30 s): the batch was re-run one bid at
+    a time, each waiting as long again — minutes of a stalled writer, then 500s. The database
+    is busy: every waiter is answered 503 at once, as when it stays busy through every retry."""
+    lot, bidders = await _setup(container, 5)
+    ctx = Context.system("tests")
+    calls = 0
+
+    async def no_connection(*args: object, **kwargs: object) -> list[object]:
+        nonlocal calls
+        calls += 1
+        raise sa_exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached")
+
+    monkeypatch.setattr(bidding, "run_batch", no_connection)
+    results = await asyncio.gather(
+        *(
+            container.auctions.place_bid(
+                ctx, lot.id, bidder_id=b, max_amount=10_000 * (i + 1), idempotency_key=None
+            )
+            for i, b in enumerate(bidders)
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, BidsBusy) for r in results), results
+    assert calls <= 2  # a batch or two, not every bid on its own

@@ -37,6 +37,7 @@ from typing import Final
 
 import structlog
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from hammerlock.auctions import storage
 from hammerlock.auctions.errors import (
@@ -466,6 +467,10 @@ class BidWriter:
         self._current: list[_Job] = []
         self._lanes: dict[str, _Lane] = {}
         self._waiting = 0  # bids queued or being decided, over the writer and all lanes
+        # A lane holds a connection while it waits for its lot's lock: at most half the pool's
+        # do at once, so lots held elsewhere never leave the writer (or anyone) without one.
+        size = getattr(db.engine.pool, "size", None)
+        self._lane_slots = asyncio.Semaphore(max(1, size() // 2) if callable(size) else 4)
         self.batches = 0
         self.requests = 0
         self.lanes_opened = 0
@@ -489,6 +494,7 @@ class BidWriter:
             left += [*lane.current, *lane.queue]
         self._queue.clear()
         self._current = []
+        self._waiting = 0  # every bid counted is answered below (a later start counts afresh)
         for job in left:  # nobody will answer these: say so (a cancelled batch rolled back)
             if not job.future.done():
                 job.future.set_exception(
@@ -542,10 +548,11 @@ class BidWriter:
     async def _drain(self, lot_id: str, lane: _Lane) -> None:
         try:
             while lane.queue:
-                take = min(len(lane.queue), self._max)
-                lane.current = [lane.queue.popleft() for _ in range(take)]
-                await self._process(lane.current, skip_locked=False)
-                lane.current = []
+                async with self._lane_slots:
+                    take = min(len(lane.queue), self._max)
+                    lane.current = [lane.queue.popleft() for _ in range(take)]
+                    await self._process(lane.current, skip_locked=False)
+                    lane.current = []
         finally:
             # No await between the last look at the queue and this: a bid submitted from now
             # on finds no lane and goes to the writer.
@@ -553,6 +560,15 @@ class BidWriter:
                 del self._lanes[lot_id]
 
     async def _process(self, batch: list[_Job], *, skip_locked: bool) -> None:
+        if skip_locked:
+            # The writer's bids on a lot that has a lane (queued before the lane opened, or
+            # re-run one by one after a failed batch) join the lane: deciding them here, in
+            # another transaction, would overtake the lane's earlier bids of the same lot.
+            laned = [j for j in batch if j.request.lot_id in self._lanes]
+            for job in laned:
+                self._lanes[job.request.lot_id].queue.append(job)
+            if laned:
+                batch = [j for j in batch if j.request.lot_id not in self._lanes]
         live = [j for j in batch if not j.future.done()]
         self._waiting -= len(batch) - len(live)
         if not live:
@@ -564,9 +580,10 @@ class BidWriter:
                 self._db, [j.request for j in live], skip_locked=skip_locked
             )
         except Exception as exc:  # noqa: BLE001 - isolated below, then re-raised per request
-            if _retryable(exc):
-                # The database stayed busy through every retry: re-running each bid alone
-                # would only repeat that, bid by bid. Say so to every waiter (503).
+            if _retryable(exc) or isinstance(exc, PoolTimeout):
+                # The database stayed busy through every retry (or gave no connection in time):
+                # re-running each bid alone would only repeat that, bid by bid. Say so to every
+                # waiter (503).
                 log.warning("bids.batch_gave_up", size=len(live), error=type(exc).__name__)
                 busy = BidsBusy(
                     "the database stayed busy; retry with the same Idempotency-Key shortly"

@@ -70,6 +70,7 @@ bench-audit: $(STAMP)
 # Bids and settlements through a real server beside raw asyncpg inserts; needs wrk (apt).
 bench-auctions: $(STAMP)
 	$(BIN)/python bench/auction_bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/bid_service_bench.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

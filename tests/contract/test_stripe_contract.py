@@ -432,3 +432,21 @@ async def test_built_from_settings_without_leaking_secrets(stripe_fake: StripeFa
         await gateway.aclose()
     with pytest.raises(ValueError, match="STRIPE"):
         StripeGateway.from_settings(Settings())
+
+
+async def test_a_pending_refund_is_looked_up_never_made_twice(stripe_fake: StripeFake) -> None:
+    """Stripe replays a key's *first* answer ("pending") for 24 h, then forgets the key: asking
+    again must find the refund's current state, and never create a second refund."""
+    stripe_fake.refund_status = "pending"
+    async with stripe_gateway(stripe_fake) as gateway:
+        await gateway.authorize(_request("pi_rf:1", capture=True))
+        first = await gateway.refund("pi_rf:1", "re_rf.refund", 2_000)
+        assert first.status == "pending"
+        [stored] = stripe_fake.state.refunds.values()
+        stored["status"] = "succeeded"  # the bank confirmed it
+        assert (await gateway.refund("pi_rf:1", "re_rf.refund", 2_000)).status == "succeeded"
+        stripe_fake.state.idempotency.clear()  # a day later: Stripe no longer knows the key
+        again = await gateway.refund("pi_rf:1", "re_rf.refund", 2_000)
+    assert again.status == "succeeded"
+    assert again.refund_id == first.refund_id
+    assert len(stripe_fake.state.refunds) == 1

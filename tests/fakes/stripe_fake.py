@@ -7,7 +7,7 @@ answers, ``Idempotency-Key`` semantics, the error object, the documented test ca
   ``POST …/{id}/capture`` (``amount_to_capture``), ``POST …/{id}/cancel``,
   ``GET /v1/payment_intents/search`` (``metadata['k']:'v'``), ``GET /v1/payment_intents``
   (``created[gte]``, ``limit``, ``starting_after``)
-* ``POST /v1/refunds``, ``POST /v1/transfers``
+* ``POST /v1/refunds`` (and ``GET`` by ``payment_intent``), ``POST /v1/transfers``
 * ``POST /_fake/3ds/{id}`` ``result=pass|fail``: what the cardholder's challenge page does
 
 Idempotency (as documented): the first response to a key (status and body, errors included) is
@@ -143,6 +143,7 @@ class StripeFake:
     def __init__(self) -> None:
         self.state = FakeState()
         self.search_lag = False  # True: the Search API has indexed nothing yet (it lags writes)
+        self.refund_status = "succeeded"  # what a new refund answers first ("pending" happens)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._clock_s = time.time
@@ -152,7 +153,7 @@ class StripeFake:
             Route("/v1/payment_intents/{id}", self._retrieve, methods=["GET"]),
             Route("/v1/payment_intents/{id}/capture", self._capture, methods=["POST"]),
             Route("/v1/payment_intents/{id}/cancel", self._cancel, methods=["POST"]),
-            Route("/v1/refunds", self._refund, methods=["POST"]),
+            Route("/v1/refunds", self._refund, methods=["GET", "POST"]),
             Route("/v1/transfers", self._transfer, methods=["POST"]),
             Route("/_fake/3ds/{id}", self._three_d_secure, methods=["POST"]),
         ]
@@ -515,12 +516,23 @@ class StripeFake:
             "payment_intent": intent["id"],
             "charge": charge["id"],
             "metadata": params.get("metadata") or {},
-            "status": "succeeded",
+            "status": self.refund_status,
         }
         self.state.refunds[refund["id"]] = refund
         return refund
 
+    def _refund_list(self, _r: Request, params: dict[str, Any]) -> dict[str, Any]:
+        limit = min(int(params.get("limit", 10)), 100)
+        data = [
+            r
+            for r in self.state.refunds.values()
+            if r["payment_intent"] == params.get("payment_intent", r["payment_intent"])
+        ]
+        return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
+
     async def _refund(self, request: Request) -> Response:
+        if request.method == "GET":
+            return await self._handle(request, self._refund_list)
         return await self._handle(request, self._refund_action)
 
     def _transfer_action(self, _r: Request, params: dict[str, Any]) -> dict[str, Any]:

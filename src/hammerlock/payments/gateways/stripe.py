@@ -17,8 +17,10 @@ Mapping of the :class:`~hammerlock.payments.gateways.base.Gateway` protocol:
   re-sends with the *same* key, and Stripe replays the original instead of charging again.
 * ``capture`` = ``/capture`` with ``amount_to_capture``; ``void`` = ``/cancel``; each with its
   own derived idempotency key, and each returns the current charge when it was already done.
-* ``refund`` = ``POST /v1/refunds`` with the refund's own key; ``payout`` = ``POST
-  /v1/transfers`` to a connected account (``acct_…``) with the payout's key.
+* ``refund`` = ``POST /v1/refunds`` with the refund's own key, after a look for it (``GET
+  /v1/refunds?payment_intent=…``, filtered on ``metadata[hammerlock_refund_key]``): a replay
+  would answer the first state, and a key Stripe forgot would refund twice. ``payout`` =
+  ``POST /v1/transfers`` to a connected account (``acct_…``) with the payout's key.
 * 3-D Secure: ``requires_action`` with ``next_action.redirect_to_url.url`` becomes
   :attr:`ChargeStatus.REQUIRES_ACTION` with ``next_action_url``.
 * Webhooks: ``Stripe-Signature: t=…,v1=…`` verified over the raw body (HMAC-SHA-256 over
@@ -472,17 +474,19 @@ class StripeGateway:
     async def refund(self, gateway_key: str, refund_key: str, amount: int) -> Refund:
         _check_key(refund_key, "refund_key")
         intent = await self._require(gateway_key)
-        refunds = self._client.v1.refunds
-        params = {
-            "payment_intent": intent["id"],
-            "amount": amount,
-            "metadata": {REFUND_METADATA_KEY: refund_key, METADATA_KEY: gateway_key},
-        }
-        refund = await self._send(
-            lambda: refunds.create_async(
-                params=cast("Any", params), options={"idempotency_key": refund_key}
+        refund = await self._find_refund(str(intent["id"]), refund_key)
+        if refund is None:
+            refunds = self._client.v1.refunds
+            params = {
+                "payment_intent": intent["id"],
+                "amount": amount,
+                "metadata": {REFUND_METADATA_KEY: refund_key, METADATA_KEY: gateway_key},
+            }
+            refund = await self._send(
+                lambda: refunds.create_async(
+                    params=cast("Any", params), options={"idempotency_key": refund_key}
+                )
             )
-        )
         status = {"succeeded": "succeeded", "failed": "failed", "canceled": "failed"}
         return Refund(
             gateway=self.name,
@@ -493,6 +497,23 @@ class StripeGateway:
             currency=refund.currency.upper(),
             status=status.get(str(refund.status), "pending"),
         )
+
+    async def _find_refund(self, intent_id: str, refund_key: str) -> Any:
+        """The refund made under ``refund_key``, as it is now, or ``None``. Looked up first: a
+        re-sent create is answered with the key's *first* response (a refund still "pending")
+        for 24 h, and after that Stripe forgets the key and would refund a second time."""
+        refunds = self._client.v1.refunds
+        params: dict[str, Any] = {"payment_intent": intent_id, "limit": LIST_PAGE_SIZE}
+        for _ in range(LIST_PAGES_MAX):
+            page = await self._send(lambda: refunds.list_async(params=cast("Any", dict(params))))
+            for listed in page.data:
+                if (listed.to_dict().get("metadata") or {}).get(REFUND_METADATA_KEY) == refund_key:
+                    return listed
+            if not page.has_more or not page.data:
+                return None
+            params["starting_after"] = page.data[-1]["id"]
+        msg = "too many refunds on this PaymentIntent to prove the key unused"
+        raise GatewayUnavailable(msg)
 
     async def payout(self, request: PayoutRequest) -> Payout:
         key = _check_key(request.payout_key, "payout_key")

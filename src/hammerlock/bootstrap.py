@@ -270,9 +270,9 @@ class Container:
     @staticmethod
     def _gateway_names(settings: Settings) -> list[str]:
         names = list(settings.vault_gateway_names)
-        if settings.stripe_api_key is not None and "stripe" not in names:
+        if settings.stripe_configured and "stripe" not in names:
             names.append("stripe")
-        if settings.braintree_merchant_id and "braintree" not in names:
+        if settings.braintree_configured and "braintree" not in names:
             names.append("braintree")
         return names
 
@@ -286,9 +286,9 @@ class Container:
             secret = settings.sandbox_webhook_secret.get_secret_value().encode()
             return sandbox_webhook_verifier(secret, self.clock)
         adapter: Gateway | None = None
-        if name == "stripe" and settings.stripe_webhook_secret is not None:
+        if name == "stripe" and settings.stripe_configured:
             adapter = StripeGateway.from_settings(settings)
-        elif name == "braintree" and settings.braintree_private_key is not None:
+        elif name == "braintree" and settings.braintree_configured:
             adapter = BraintreeGateway.from_settings(settings)
         if adapter is None:
             return None

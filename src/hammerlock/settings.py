@@ -329,6 +329,19 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'vault' / 'vault.db'}"
 
     @property
+    def stripe_configured(self) -> bool:
+        """What :meth:`StripeGateway.from_settings` needs is set: the vault serves ``stripe``
+        and the API routes to it (one test for both, so they agree)."""
+        return self.stripe_api_key is not None and self.stripe_webhook_secret is not None
+
+    @property
+    def braintree_configured(self) -> bool:
+        """What :meth:`BraintreeGateway.from_settings` needs is set (as for Stripe, above)."""
+        return bool(self.braintree_merchant_id and self.braintree_public_key) and (
+            self.braintree_private_key is not None
+        )
+
+    @property
     def effective_vault_public_url(self) -> str:
         return (self.vault_public_url or f"http://{self.vault_host}:{self.vault_port}").rstrip("/")
 

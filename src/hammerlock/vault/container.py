@@ -60,11 +60,11 @@ def default_gateways(
     gateways: dict[str, Gateway] = {sandbox.name: sandbox}
     # The real gateways, when configured: retried (retryable errors only, same key) behind a
     # circuit breaker per gateway.
-    if settings.stripe_api_key is not None and settings.stripe_webhook_secret is not None:
+    if settings.stripe_configured:
         gateways["stripe"] = ResilientGateway.from_settings(
             StripeGateway.from_settings(settings), settings
         )
-    if settings.braintree_merchant_id and settings.braintree_private_key is not None:
+    if settings.braintree_configured:
         gateways["braintree"] = ResilientGateway.from_settings(
             BraintreeGateway.from_settings(settings), settings
         )

@@ -374,6 +374,10 @@ class _Duplicate(Exception):
     """The refund request was recorded meanwhile (a concurrent retry): resume it."""
 
 
+class _RestStarted(Exception):
+    """A default found the rest's intent made after it looked: look again (it may pay)."""
+
+
 def _request_tag(ctx: Context, request_key: str | None) -> str:
     """A short, stable tag of (API key, Idempotency-Key): the refund request's identity."""
     if request_key is None:
@@ -1017,9 +1021,14 @@ class Escrow:
             return order  # the deposit's capture is still in flight
 
         async def change(uow: UnitOfWork, current: Order) -> tuple[Order, dict[str, Any]]:
+            if current.payment_intent_id != order.payment_intent_id:
+                raise _RestStarted  # a pay made the rest's intent after _stop_rest looked
             return await _penalise(uow, current, deposit)
 
-        return await self._step(ctx, order_id, Event.DEFAULT, change)
+        try:
+            return await self._step(ctx, order_id, Event.DEFAULT, change)
+        except _RestStarted:
+            return await self.default(ctx, order_id)  # stop that intent first (set only once)
 
     async def _stop_rest(self, ctx: Context, order: Order) -> bool:
         """Cancel the rest's intent if it is still open; False when it succeeded (or may)."""

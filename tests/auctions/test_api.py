@@ -547,3 +547,34 @@ async def test_a_custom_increments_table(market: Market) -> None:
     r = await market.bid(lot["id"], b, 5_000)
     assert r.json()["lot"]["current_price"] == 5_500
     assert r.json()["lot"]["ask"] == 6_000
+
+
+async def test_a_lot_closed_while_a_deposit_is_authorized_leaves_no_hold_on_the_card(
+    market: Market, container: Container, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card is authorized outside any transaction; a close in that gap must not leave the
+    hold on the card (the close saw a pending deposit with nothing to void)."""
+    del gateway
+    seller = await market.party("seller")
+    a = await market.party("bidder", "A")
+    lot = await market.lot(seller, estimate=2_000_000, reserve_price=1_900_000)
+    payments = container.payments
+    create = payments.create
+
+    async def create_then_close(*args: Any, **kwargs: Any) -> Any:
+        intent = await create(*args, **kwargs)
+        await container.auctions.close(Context.system("tests"), lot["id"])
+        await container.auctions.release_deposits(Context.system("tests"), lot["id"])
+        return intent
+
+    monkeypatch.setattr(payments, "create", create_then_close)
+    r = await market.client.post(
+        f"/v1/lots/{lot['id']}/deposits", json={}, headers={**a.headers, **idem()}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "released"
+    intent, _ = await payments.get(r.json()["payment_intent"]["id"])
+    assert intent.status.value == "canceled"
+    async with container.db.transaction(write=False) as uow:
+        acct = await ledger.get_account(uow, f"deposit:{a.id}:{lot['id']}")
+    assert acct.balances.credits_pending == 0

@@ -564,20 +564,23 @@ class Auctions:
             if lot is None or lot.status not in FINISHED or lot.deposits_released:
                 return 0
             deposits = await storage.deposits_of(uow, lot_id)
-        released = 0
+        released, changed = 0, False
         for deposit in deposits:
             if deposit.status not in _OPEN_DEPOSITS or deposit.bidder_id == lot.winner_id:
                 continue
             if deposit.payment_intent is not None:
                 await self._void(ctx, deposit.payment_intent)
             async with self.db.transaction() as uow:
-                await storage.set_deposit(
+                if not await storage.set_deposit(
                     uow,
                     deposit.id,
                     status=DepositStatus.RELEASED,
                     payment_intent=None,
                     now_us=uow.clock.now_us(),
-                )
+                    expected=(deposit.status, deposit.payment_intent),
+                ):
+                    changed = True  # authorized meanwhile: the next pass voids what it holds
+                    continue
                 await audit.record(
                     uow,
                     ctx.event(
@@ -594,6 +597,8 @@ class Auctions:
                     ),
                 )
             released += 1
+        if changed:
+            return released  # ``deposits_released`` stays false: the scheduler comes back
         async with self.db.transaction() as uow:
             await storage.mark_deposits_released(uow, lot_id)
         return released
@@ -747,12 +752,27 @@ class Auctions:
         )
         status = DepositStatus.HELD if intent.status in _HELD_INTENT else DepositStatus.FAILED
         async with self.db.transaction() as uow:
-            await storage.set_deposit(
-                uow, deposit.id, status=status, payment_intent=intent.id, now_us=uow.clock.now_us()
+            # Under the lot's lock, as the close is: a lot that finished while the card was
+            # being authorized gets no held deposit (the close never saw this hold; it would
+            # stay on the card until the authorization lapsed).
+            lot = await storage.get_lot(uow, lot_id, for_update=True)
+            if lot is not None and lot.status in FINISHED:
+                status = DepositStatus.RELEASED
+            written = await storage.set_deposit(
+                uow,
+                deposit.id,
+                status=status,
+                payment_intent=intent.id,
+                now_us=uow.clock.now_us(),
+                expected=(DepositStatus.PENDING, None),
             )
             saved = await storage.get_deposit(uow, deposit.id)
         if saved is None:
             raise LedgerInvariantError(f"deposit {deposit.id} vanished")
+        if (written and status is DepositStatus.RELEASED) or (
+            not written and saved.payment_intent != intent.id
+        ):
+            await self._void(ctx, intent.id)  # nobody else will: this hold is not on a deposit
         return saved, intent
 
     async def _intent_of(self, deposit: Deposit) -> PaymentIntent | None:

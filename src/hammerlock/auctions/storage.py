@@ -605,7 +605,11 @@ async def set_deposit(
     status: DepositStatus,
     payment_intent: str | None,
     now_us: int,
-) -> None:
+    expected: tuple[DepositStatus, str | None] | None = None,
+) -> bool:
+    """Write a deposit's status (and intent, when given). With ``expected`` (status, intent),
+    only if the row still holds them: False when another writer changed it meanwhile (a close
+    releasing it while its card was being authorized, say)."""
     t = lot_deposits
     values: dict[str, Any] = {
         "status": status.value,
@@ -614,7 +618,14 @@ async def set_deposit(
     }
     if payment_intent is not None:
         values["payment_intent"] = payment_intent
-    await uow.conn.execute(t.update().where(t.c.id == deposit_id).values(**values))
+    query = t.update().where(t.c.id == deposit_id)
+    if expected is not None:
+        query = query.where(
+            t.c.status == expected[0].value,
+            t.c.payment_intent.is_not_distinct_from(expected[1]),
+        )
+    result = await uow.conn.execute(query.values(**values))
+    return bool(result.rowcount == 1)
 
 
 async def held_deposits_of_live_lots(

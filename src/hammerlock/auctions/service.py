@@ -191,7 +191,7 @@ class Auctions:
         self, uow: UnitOfWork, ctx: Context, lot_id: str, *, for_update: bool = False
     ) -> Lot:
         lot = await storage.get_lot(uow, lot_id, for_update=for_update)
-        if lot is None or not _may_see(ctx, lot):
+        if lot is None or not may_see(ctx, lot):
             raise LotNotFound(f"no lot {lot_id}")
         return lot
 
@@ -912,6 +912,3 @@ async def mark_settled(uow: UnitOfWork, ctx: Context, lot_id: str) -> bool:
         ),
     )
     return True
-
-
-_may_see = may_see

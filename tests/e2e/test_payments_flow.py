@@ -266,6 +266,14 @@ def test_a_crash_after_the_charge_still_ends_with_one_charge(world: World) -> No
     assert charges[0]["status"] == "captured"
 
 
+def _in_token(text: str, start: int, end: int) -> bool:
+    """A digit run inside a hex digest or an id (a letter right before or after it) is part of
+    that token, not a card number: leaf hashes and fingerprints are full of such runs."""
+    return any(
+        0 <= i < len(text) and text[i].isascii() and text[i].isalpha() for i in (start - 1, end)
+    )
+
+
 def _no_card_numbers_outside_the_vault(world: World) -> None:
     found: list[str] = []
     data = world.tmp / "var"
@@ -275,7 +283,7 @@ def _no_card_numbers_outside_the_vault(world: World) -> None:
         if not path.is_file() or vault_dir in path.parents or sandbox_dir in path.parents:
             continue
         text = path.read_bytes().decode("latin-1")
-        found += [f"{path}: {text[a:b]}" for a, b in find_pans(text)]
+        found += [f"{path}: {text[a:b]}" for a, b in find_pans(text) if not _in_token(text, a, b)]
         found += [f"{path}: {c}" for c in CANARIES if c in text]
     for log in (world.tmp / "logs").glob("*.txt"):
         text = log.read_text(errors="replace")

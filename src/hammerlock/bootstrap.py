@@ -43,6 +43,7 @@ from hammerlock.risk.rules import load_rules
 from hammerlock.risk.service import RulesAssessor
 from hammerlock.secret_files import create_once
 from hammerlock.settings import Settings
+from hammerlock.tasks import cancel_and_wait, sleep_or_stop
 from hammerlock.vault.client import VaultClient, VaultGateway, sandbox_webhook_verifier
 from hammerlock.vault.puller import AuditPuller
 from hammerlock.vault.signing import InternalKeyring
@@ -183,6 +184,7 @@ class Container:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self._stop.clear()
         if self.settings.ledger_group_commit:
             await self.ledger_writer.start()
         await self.auctions.bids.start()
@@ -190,13 +192,17 @@ class Container:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="ledger-sweeper"))
             self._tasks.append(
                 asyncio.create_task(
-                    self.sequencer.run_forever(self.settings.audit_sequencer_interval_s),
+                    self.sequencer.run_forever(
+                        self.settings.audit_sequencer_interval_s, self._stop
+                    ),
                     name="audit-sequencer",
                 )
             )
             for relay in self.relays:
                 self._tasks.append(
-                    asyncio.create_task(relay.run_forever(), name=f"audit-relay-{relay.state}")
+                    asyncio.create_task(
+                        relay.run_forever(self._stop), name=f"audit-relay-{relay.state}"
+                    )
                 )
             self._tasks.append(
                 asyncio.create_task(
@@ -230,7 +236,7 @@ class Container:
             if self.alert_relay is not None:
                 alert_relay = self.alert_relay
                 self._tasks.append(
-                    asyncio.create_task(alert_relay.run_forever(), name="audit-alerts")
+                    asyncio.create_task(alert_relay.run_forever(self._stop), name="audit-alerts")
                 )
                 self._tasks.append(
                     asyncio.create_task(
@@ -243,10 +249,7 @@ class Container:
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self._background:
             with contextlib.suppress(Exception):  # best effort: the lease lapses anyway
@@ -334,8 +337,8 @@ class Container:
     async def _payments_janitor_forever(self) -> None:
         """Resolve stuck gateway calls, poll 3-D Secure challenges, expire reviews and holds."""
         ctx = Context.system("payments-janitor", node=self.node_name)
-        while True:
-            await asyncio.sleep(self.settings.payments_janitor_interval_s)
+        while not self._stop.is_set():
+            await sleep_or_stop(self._stop, self.settings.payments_janitor_interval_s)
             try:
                 counts = await self.payments.janitor_pass(ctx)
             except Exception:
@@ -347,8 +350,8 @@ class Container:
     async def _escrow_sweeper_forever(self) -> None:
         """Payment windows, auto-delivery, inspection ends, payouts, refunds, offers."""
         ctx = Context.system("escrow-sweeper", node=self.node_name)
-        while True:
-            await asyncio.sleep(self.settings.escrow_sweeper_interval_s)
+        while not self._stop.is_set():
+            await sleep_or_stop(self._stop, self.settings.escrow_sweeper_interval_s)
             try:
                 counts = await self.escrow.sweep(ctx)
             except Exception:
@@ -361,8 +364,8 @@ class Container:
         """Open and close lots when their time comes (exactly once across processes: lots are
         claimed under row locks), and release losers' deposits."""
         ctx = Context.system("auctions-scheduler", node=self.node_name)
-        while True:
-            await asyncio.sleep(self.settings.auctions_scheduler_interval_s)
+        while not self._stop.is_set():
+            await sleep_or_stop(self._stop, self.settings.auctions_scheduler_interval_s)
             try:
                 counts = await self.auctions.scheduler_pass(ctx)
             except Exception:
@@ -373,8 +376,8 @@ class Container:
 
     async def _sweep_forever(self) -> None:
         """Expire due holds and purge old idempotency records, about once a second."""
-        while True:
-            await asyncio.sleep(self.settings.ledger_sweep_interval_s)
+        while not self._stop.is_set():
+            await sleep_or_stop(self._stop, self.settings.ledger_sweep_interval_s)
             try:
                 async with self.db.transaction() as uow:
                     expired = await ledger_service.sweep_expired_holds(uow)

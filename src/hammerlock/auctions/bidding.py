@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -75,6 +74,7 @@ from hammerlock.db.uow import UnitOfWork
 from hammerlock.errors import DomainError
 from hammerlock.parties import service as parties
 from hammerlock.parties.errors import PartyNotFound
+from hammerlock.tasks import cancel_and_wait
 
 __all__ = [
     "REUSE_DETAIL",
@@ -484,11 +484,7 @@ class BidWriter:
         lanes, self._lanes = list(self._lanes.values()), {}
         tasks += [lane.task for lane in lanes if lane.task is not None]
         self._task = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         left = [*self._current, *self._queue]
         for lane in lanes:
             left += [*lane.current, *lane.queue]

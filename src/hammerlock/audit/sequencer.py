@@ -55,6 +55,7 @@ from hammerlock.audit.storage import (
 from hammerlock.clock import format_rfc3339
 from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
+from hammerlock.tasks import sleep_or_stop
 
 __all__ = ["TILE_LEVEL", "TILE_SIZE", "Sequencer", "TreeHead", "canonical_event", "render_log_rows"]
 
@@ -250,16 +251,17 @@ class Sequencer:
             self._archive_head(head)
         return len(rows)
 
-    async def run_forever(self, interval_s: float = 0.2) -> None:
+    async def run_forever(self, interval_s: float = 0.2, stop: asyncio.Event | None = None) -> None:
         self._lifecycle = True
-        while True:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
             try:
                 appended = await self.run_once()
             except Exception:  # the loop must outlive a transient DB error; logged with trace
                 log.exception("audit.sequencer_failed")
                 appended = 0
             if appended < self._batch_max:
-                await asyncio.sleep(interval_s)
+                await sleep_or_stop(stop, interval_s)
 
     async def release(self) -> None:
         """Give up the lease (on shutdown) so another process takes over at once."""

@@ -12,7 +12,6 @@ triggers), its requests are re-run one by one so one bad request cannot fail its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from hammerlock.db.engine import Database
 from hammerlock.ledger.errors import LedgerBusy
 from hammerlock.ledger.service import LedgerRequest, post_requests
+from hammerlock.tasks import cancel_and_wait
 
 __all__ = ["LedgerWriter", "run_with_retries"]
 
@@ -91,9 +91,7 @@ class LedgerWriter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def submit(self, request: LedgerRequest) -> list[str]:

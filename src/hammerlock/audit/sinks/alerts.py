@@ -40,6 +40,7 @@ from hammerlock.audit.alerts import Alert, AlertEngine
 from hammerlock.audit.notifiers import Notifier
 from hammerlock.audit.sinks import RelayedEvent
 from hammerlock.clock import Clock
+from hammerlock.tasks import cancel_and_wait
 
 __all__ = ["AlertSink"]
 
@@ -228,12 +229,9 @@ class AlertSink:
             left = sum(len(lane.queue) for lane in self._lanes)
             log.error("audit.alerts_undelivered_at_close", sink=self._name, alerts=left)
         self._closed = True
+        await cancel_and_wait([lane.task for lane in self._lanes if lane.task is not None])
         for lane in self._lanes:
-            if lane.task is not None:
-                lane.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await lane.task
-                lane.task = None
+            lane.task = None
         for lane in self._lanes:
             await lane.notifier.close()
 

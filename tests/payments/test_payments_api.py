@@ -125,6 +125,9 @@ async def test_timeout_is_pending_not_replayed_and_a_retry_charges_once(
     assert first.status_code == 202
     assert first.headers["Hammerlock-Outcome"] == "pending"
     assert first.json()["status"] == "processing"
+    read = await client.get(f"/v1/payment_intents/{first.json()['id']}", headers=service)
+    assert read.status_code == 200  # a read is never 202: it shows the intent as it stands
+    assert read.json()["status"] == "processing"
     retry = await _pay(client, service, idem=idem)
     assert retry.status_code == 200, retry.text
     assert "Idempotent-Replayed" not in retry.headers

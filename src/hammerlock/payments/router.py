@@ -5,7 +5,8 @@ Answers: ``200`` with the intent when its state is settled for now (``succeeded`
 ``requires_payment_method``…). ``202`` with the intent in ``processing`` when the gateway's
 answer is not known yet (a timeout, a crash on the other side): that answer carries
 ``Hammerlock-Outcome: pending`` and is **not** stored for Idempotency-Key replay, so a retry
-with the same key resumes the payment and answers with its outcome.
+with the same key resumes the payment and answers with its outcome. A ``GET`` of an intent
+always answers ``200`` with the intent as it stands, ``processing`` included.
 """
 
 from __future__ import annotations
@@ -169,8 +170,10 @@ async def create_intent(request: Request, body: PaymentIntentIn) -> Response:
     summary="Retrieve a payment intent",
 )
 async def get_intent(request: Request, intent_id: IntentId) -> Response:
+    """Always 200: a read shows the intent as stored, ``processing`` included (only a write
+    whose gateway answer is not known yet answers 202)."""
     intent, _ = await get_container(request).payments.get(intent_id)
-    return await _intent_response(request, intent)
+    return _json(await get_container(request).payments.view(intent))
 
 
 @router.post(

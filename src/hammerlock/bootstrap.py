@@ -42,6 +42,7 @@ from hammerlock.payments.service import Payments, PaymentsConfig
 from hammerlock.risk.rules import load_rules
 from hammerlock.risk.service import RulesAssessor
 from hammerlock.secret_files import create_once
+from hammerlock.security.service import KeyVerifier
 from hammerlock.settings import Settings
 from hammerlock.tasks import cancel_and_wait, sleep_or_stop
 from hammerlock.vault.client import VaultClient, VaultGateway, sandbox_webhook_verifier
@@ -80,6 +81,7 @@ class Container:
         self.clock: Clock = clock or SystemClock()
         self.db: Database = create_database(settings, self.clock)
         self.pepper = load_pepper(settings)
+        self.keys = KeyVerifier(self.db, pepper=self.pepper, ttl_s=settings.auth_cache_ttl_s)
         self.node_name = settings.node_name or socket.gethostname()[:64]
         self.idempotency = IdempotencyStore(
             self.db, ttl_s=settings.idempotency_ttl_s, lease_s=settings.idempotency_lease_s

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1, le=200)
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
+    auth_cache_ttl_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long an API process keeps a key's stored record between database "
+        "reads (the HMAC check runs on every request). A revocation made in another process "
+        "takes effect here within this time; 0 reads the database on every request (ADR 0014).",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)

@@ -189,10 +189,7 @@ async def _authorize(
     try:
         if scheme.lower() != "bearer" or not presented.strip():
             raise Unauthenticated("send your API key as `Authorization: Bearer hl_…`")
-        async with container.db.single_statement(write=False) as uow:
-            key = await keys_service.authenticate(
-                uow, pepper=container.pepper, presented=presented.strip()
-            )
+        key = await container.keys.authenticate(presented.strip())
     except Unauthenticated as exc:
         await _audit_denial(container, anonymous, "auth.failure", exc.code, route)
         raise

@@ -107,4 +107,5 @@ async def revoke_key(
     container = get_container(request)
     async with container.db.transaction() as uow:
         key = await service.revoke_key(uow, get_ctx(request), key_id)
+    container.keys.forget(key_id)  # at once here; other processes within auth_cache_ttl_s
     return KeyOut.of(key)

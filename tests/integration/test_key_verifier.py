@@ -1,0 +1,125 @@
+"""The API key check keeps each key's stored record for ``auth_cache_ttl_s`` (ADR 0014): the
+secret is still checked on every request, expiry against the clock, a revocation here at once
+and one made elsewhere within the TTL."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from hammerlock.audit.model import Context
+from hammerlock.bootstrap import Container
+from hammerlock.clock import FixedClock
+from hammerlock.security import service as keys_service
+from hammerlock.security import storage
+from hammerlock.security.errors import Unauthenticated
+from hammerlock.security.keys import ApiKey
+from hammerlock.security.permissions import Role
+from hammerlock.security.service import KeyVerifier
+from tests.conftest import Keys
+
+
+class Ticker:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _key(container: Container, **kw: object) -> tuple[ApiKey, str]:
+    async with container.db.transaction() as uow:
+        created = await keys_service.create_key(
+            uow,
+            Context.system("tests"),
+            pepper=container.pepper,
+            role=Role.SERVICE,
+            name="verifier test",
+            **kw,  # type: ignore[arg-type]
+        )
+    return created.key, created.plaintext
+
+
+async def _revoke_elsewhere(container: Container, key_id: str) -> None:
+    """As the CLI or another API node would: straight in the database."""
+    async with container.db.transaction() as uow:
+        assert await storage.mark_revoked(uow, key_id, uow.clock.now_us())
+
+
+def _verifier(container: Container, ticker: Ticker, ttl_s: float = 1.0, **kw: int) -> KeyVerifier:
+    return KeyVerifier(container.db, pepper=container.pepper, ttl_s=ttl_s, monotonic=ticker, **kw)
+
+
+async def test_a_revocation_elsewhere_takes_effect_within_the_ttl(container: Container) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    key, plaintext = await _key(container)
+    assert (await verifier.authenticate(plaintext)).id == key.id
+    await _revoke_elsewhere(container, key.id)
+    ticker.now += 0.5
+    assert (await verifier.authenticate(plaintext)).id == key.id  # within the TTL: documented
+    ticker.now += 0.6
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate(plaintext)
+    ticker.now += 10  # the revoked record, read again, is still refused
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate(plaintext)
+
+
+async def test_forget_and_a_zero_ttl_take_effect_at_once(container: Container) -> None:
+    ticker = Ticker()
+    cached, off = _verifier(container, ticker), _verifier(container, ticker, ttl_s=0)
+    key, plaintext = await _key(container)
+    assert (await cached.authenticate(plaintext)).id == key.id
+    assert (await off.authenticate(plaintext)).id == key.id
+    await _revoke_elsewhere(container, key.id)
+    with pytest.raises(Unauthenticated):
+        await off.authenticate(plaintext)
+    cached.forget(key.id)
+    with pytest.raises(Unauthenticated):
+        await cached.authenticate(plaintext)
+
+
+async def test_the_secret_and_the_expiry_are_checked_on_every_request(
+    container: Container, clock: FixedClock
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker, ttl_s=60)
+    key, plaintext = await _key(container, expires_us=clock.now_us() + 5_000_000)
+    assert (await verifier.authenticate(plaintext)).id == key.id
+    wrong = plaintext[:-4] + ("AAAA" if not plaintext.endswith("AAAA") else "BBBB")
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate(wrong)  # the record is kept; the secret is not
+    clock.advance(6)
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate(plaintext)  # expired, though the record is still kept
+
+
+async def test_unknown_keys_are_not_kept_and_the_cache_is_bounded(container: Container) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker, ttl_s=60, max_entries=2)
+    made = [await _key(container) for _ in range(3)]
+    for key, plaintext in made:
+        assert (await verifier.authenticate(plaintext)).id == key.id
+    assert list(verifier._kept) == [made[1][0].id, made[2][0].id]  # the oldest went
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate("hl_nosuchkey_" + "A" * 40)
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate("not a key at all")
+    assert len(verifier._kept) == 2
+    with pytest.raises(ValueError, match="ttl_s"):
+        KeyVerifier(container.db, pepper=b"x", ttl_s=-1)
+
+
+async def test_revoking_through_the_api_refuses_the_key_at_once(
+    client: httpx.AsyncClient, keys: Keys, container: Container
+) -> None:
+    assert container.settings.auth_cache_ttl_s > 0  # the cache is on by default
+    admin = await keys.headers(Role.ADMIN)
+    victim = await keys.create(Role.SERVICE)
+    url = "/v1/ledger/accounts/nosuch"
+    assert (await client.get(url, headers=victim["headers"])).status_code == 404  # let in
+    revoked = await client.post(f"/v1/keys/{victim['key'].id}/revoke", headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    again = await client.get(url, headers=victim["headers"])
+    assert again.status_code == 401

@@ -27,6 +27,7 @@ from hammerlock.auctions.model import (
     Standing,
 )
 from hammerlock.db.metadata import metadata
+from hammerlock.db.rows import insert_row, update_versioned
 from hammerlock.db.uow import UnitOfWork
 
 __all__ = ["lot_bids", "lot_deposits", "lots"]
@@ -230,7 +231,7 @@ def _lot_values(lot: Lot) -> dict[str, Any]:
 
 
 async def insert_lot(uow: UnitOfWork, lot: Lot) -> None:
-    await uow.conn.execute(lots.insert().values(**_lot_values(lot)))
+    await insert_row(uow, lots, _lot_values(lot))
 
 
 async def get_lot(uow: UnitOfWork, lot_id: str, *, for_update: bool = False) -> Lot | None:
@@ -261,14 +262,7 @@ async def lock_lots(
 
 
 async def save_lot(uow: UnitOfWork, lot: Lot, *, expected_version: int) -> bool:
-    values = _lot_values(lot)
-    del values["id"]
-    result = await uow.conn.execute(
-        lots.update()
-        .where(lots.c.id == lot.id, lots.c.version == expected_version)
-        .values(**values)
-    )
-    return bool(result.rowcount == 1)
+    return await update_versioned(uow, lots, _lot_values(lot), expected_version=expected_version)
 
 
 # Several lots' bidding state in one statement (a bid batch on PostgreSQL): arrays unnested into

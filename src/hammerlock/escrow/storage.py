@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
+from hammerlock.db.rows import insert_row, update_versioned
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.escrow.model import OfferStatus, Order, OrderStatus, PayoutStatus
 
@@ -126,7 +127,7 @@ def _values(order: Order) -> dict[str, Any]:
 
 
 async def insert_order(uow: UnitOfWork, order: Order) -> None:
-    await uow.conn.execute(escrow_orders.insert().values(**_values(order)))
+    await insert_row(uow, escrow_orders, _values(order))
 
 
 async def get_order(uow: UnitOfWork, order_id: str, *, for_update: bool = False) -> Order | None:
@@ -139,13 +140,9 @@ async def get_order(uow: UnitOfWork, order_id: str, *, for_update: bool = False)
 
 async def save_order(uow: UnitOfWork, order: Order, *, expected_version: int) -> bool:
     """Write ``order`` if nobody changed it since ``expected_version``; False otherwise."""
-    t = escrow_orders
-    values = _values(order)
-    del values["id"]
-    result = await uow.conn.execute(
-        t.update().where(t.c.id == order.id, t.c.version == expected_version).values(**values)
+    return await update_versioned(
+        uow, escrow_orders, _values(order), expected_version=expected_version
     )
-    return bool(result.rowcount == 1)
 
 
 async def append_event(

@@ -24,8 +24,15 @@ Ledger (all transfers ids derive from the order id, so a repeat answers ``exists
 - refund after release: payments refunds from ``platform:refunds:{CUR}`` (escrow is empty);
 - resolving again after a rejected refund: ``deposit → escrow`` back, the newly released part
   ``escrow → seller / revenue``, new refunds (ADR 0012);
-- chargeback: payments books ``platform:chargebacks → gateway`` and calls :func:`chargeback`
-  in that transaction; the resolution pays it back ``escrow → platform:chargebacks``.
+- chargeback: payments calls :func:`chargeback`, which locks the order and lets payments book
+  ``platform:chargebacks → gateway`` in that transaction; the resolution pays it back ``escrow →
+  platform:chargebacks``; one on the winner's deposit before the close is carried by
+  :func:`open_order`;
+- payout after a failed one: more released later queues the next payout of all released and
+  not paid out (the re-resolution, the failure's record, or the sweeper for older orders).
+
+Lock order: an order's row before any ledger account (and a chargeback's payment intent before
+both), in every transaction: a chargeback and a payout's completion never deadlock.
 
 Hot rows: ``open_order`` creates the shared ``platform:*`` and seller accounts only when a plain
 read does not find them (no row lock on them in the lot-close transaction), and
@@ -93,7 +100,14 @@ from hammerlock.payments.model import (
     RefundReason,
     RefundStatus,
 )
-from hammerlock.payments.service import Chargeback, NewIntent, NewRefund, Payments
+from hammerlock.payments.service import (
+    Chargeback,
+    ChargebackBooking,
+    NewIntent,
+    NewRefund,
+    Payments,
+    charged_back,
+)
 from hammerlock.security.pan import contains_pan
 from hammerlock.webhooks import service as webhooks
 
@@ -139,6 +153,8 @@ CardOnFile = Callable[[UnitOfWork, str], Awaitable[str | None]]
 PayoutDestination = Callable[[UnitOfWork, str], Awaitable[str | None]]
 """``(uow, seller_id) ->`` the seller's payout destination at the gateway, or ``None``."""
 _PAYABLE: Final = frozenset({PayoutStatus.PENDING, PayoutStatus.NO_DESTINATION})
+# no payout under way: more released to the seller queues the next one at once
+_PAYOUT_IDLE: Final = frozenset({PayoutStatus.NONE, PayoutStatus.PAID, PayoutStatus.FAILED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +246,12 @@ async def _open(
     fees = fees_for(terms)
     now = uow.clock.now_us()
     order_id = _fresh_order_id(now)
+    # A chargeback on the winner's deposit before the close is carried to the order, as one
+    # booked on it later would be. The deposit intent's row is locked (before any ledger
+    # account, as the booking does): a booking under way is counted here or finds this order.
+    carried = 0
+    if terms.deposit_intent_id is not None:
+        carried = await charged_back(uow, terms.deposit_intent_id)
     await _ensure_accounts(uow, _order_accounts(order_id, terms.seller_id, terms.currency))
     order = Order(
         id=order_id,
@@ -269,7 +291,9 @@ async def _open(
         paid_us=None,
         paid_out=0,
         payout_amount=0,
-        chargebacks={},
+        chargebacks={terms.deposit_intent_id: carried}
+        if terms.deposit_intent_id and carried
+        else {},
         chargeback_covered=0,
         runner_up_bidder_id=terms.runner_up_bidder_id,
         runner_up_amount=terms.runner_up_amount,
@@ -289,6 +313,15 @@ async def _open(
         "created",
         {"total": fees.total, "premium": fees.premium, "commission": fees.commission},
     )
+    if carried:
+        details = {
+            "event": Event.CHARGEBACK.value,
+            "payment_intent": terms.deposit_intent_id,
+            "amount": carried,
+            "carried": True,  # booked on the deposit before the lot closed
+            "frozen": False,
+        }
+        await _record(uow, ctx, order, "chargeback", details)
     return order
 
 
@@ -965,8 +998,15 @@ class Escrow:
             if order.payout_status is not PayoutStatus.PENDING or order.payout_key != key:
                 return order
             if failure is not None:
-                failed = await _save(uow, order, replace(order, payout_status=PayoutStatus.FAILED))
-                await _record(uow, ctx, failed, "payout_failed", {"code": failure})
+                after = replace(order, payout_status=PayoutStatus.FAILED)
+                more = order.released_to_seller - order.paid_out - order.payout_amount
+                if more > 0:
+                    # a re-resolution released more while this payout was under way: the next
+                    # payout (everything released, not yet paid out) under its own key
+                    after = _next_payout(after, order.version + 1)
+                failed = await _save(uow, order, after)
+                details = {"code": failure, "amount": order.payout_amount, "follow_up": more > 0}
+                await _record(uow, ctx, failed, "payout_failed", details)
                 return failed
             await _ensure_accounts(
                 uow,
@@ -1132,6 +1172,7 @@ class Escrow:
                 uow, storage.payout_pending(now - grace_us), limit=batch
             )
             payouts += await storage.ids_where(uow, storage.payout_no_destination(), limit=batch)
+            stranded = await storage.ids_where(uow, _failed_with_more_released(), limit=batch)
             refunds = await storage.ids_where(
                 uow, storage.refunds_unstarted(now - grace_us), limit=batch
             )
@@ -1147,7 +1188,9 @@ class Escrow:
             counts["delivered"] += await self._timer(ctx, order_id, Event.AUTO_DELIVER)
         for order_id in inspected:
             counts["released"] += await self._timer(ctx, order_id, Event.INSPECTION_END)
-        for order_id in payouts:
+        for order_id in stranded:
+            await self._follow_up(ctx, order_id)
+        for order_id in [*payouts, *stranded]:
             after = await self._payout(ctx, order_id)
             counts["payouts"] += after.payout_status not in _PAYABLE
         for order_id in refunds:
@@ -1156,6 +1199,19 @@ class Escrow:
         for order_id in offers:
             counts["offers"] += await self._expire_offer(ctx, order_id)
         return counts
+
+    async def _follow_up(self, ctx: Context, order_id: str) -> None:
+        """A failed payout with more released to the seller since (left so before the follow-up
+        existed): queue the next payout, once (the order's row decides; a second sweeper finds
+        it pending and leaves it)."""
+        async with self.db.transaction() as uow:
+            order = await _locked(uow, order_id)
+            more = order.released_to_seller - order.paid_out - order.payout_amount
+            if order.payout_status is not PayoutStatus.FAILED or more <= 0:
+                return
+            queued = await _save(uow, order, _next_payout(order, order.version + 1))
+            details = {"amount": queued.payout_amount, "follow_up": True}
+            await _record(uow, ctx, queued, "payout_started", details)
 
     async def _poll_payment(self, ctx: Context, order_id: str) -> int:
         order = await self._load(order_id)
@@ -1304,15 +1360,25 @@ def _live_by_intent(order: Order, dead: Mapping[str, int]) -> dict[str, int]:
     return live
 
 
-async def chargeback(uow: UnitOfWork, ctx: Context, booked: Chargeback) -> None:
-    """Payments booked a chargeback on ``booked.payment_intent`` (``platform:chargebacks →
-    gateway``), in this transaction: if the intent paid an order (or its deposit), the order
-    records it, and one whose money is still in escrow turns ``disputed`` (release frozen
-    until an operator resolves; the resolution pays the chargeback back from escrow)."""
+async def chargeback(
+    uow: UnitOfWork, ctx: Context, booked: Chargeback, book: ChargebackBooking
+) -> None:
+    """Payments books a chargeback on ``booked.payment_intent`` (``platform:chargebacks →
+    gateway``, by ``book``), in this transaction: if the intent paid an order (or its deposit),
+    the order records it, and one whose money is still in escrow turns ``disputed`` (release
+    frozen until an operator resolves; the resolution pays the chargeback back from escrow).
+
+    The order's row is locked before the booking locks the ledger accounts: the order every
+    escrow transaction takes them in (a payout's completion: the order, then ``seller payable →
+    gateway``), so the two never deadlock. A deposit's intent with no order yet is booked
+    alone; the order the lot close opens later carries it (:func:`open_order`)."""
     order_id = await storage.order_of_intent(uow, booked.payment_intent)
     if order_id is None:
+        await book()
         return
     order = await _locked(uow, order_id)
+    if not await book():
+        return  # booked before (a redelivery): the order has it already
     target = next_status(order.status, Event.CHARGEBACK)
     if target is None:
         raise LedgerInvariantError(f"order {order.id}: no chargeback from {order.status}")
@@ -1391,8 +1457,9 @@ async def _rerouted(
         released_to_revenue=order.released_to_revenue + to_revenue,
         chargeback_covered=order.chargeback_covered + cover,
     )
-    if to_seller and changed.payout_status in {PayoutStatus.NONE, PayoutStatus.PAID}:
-        # (pending or awaiting a destination: the payout under way chains the next one)
+    if to_seller and changed.payout_status in _PAYOUT_IDLE:
+        # (pending or awaiting a destination: the payout under way chains the next one; after
+        # a failed one, the next pays everything released and not yet paid out)
         changed = _next_payout(changed, n)
     details = {
         "refund": refund,
@@ -1437,6 +1504,16 @@ async def _penalise(
     )
     penalty = order.deposit_in_escrow or deposit_captured
     return defaulted, {"penalty": penalty, "second_chance": offer}
+
+
+def _failed_with_more_released() -> list[sa.ColumnElement[bool]]:
+    """Failed payouts with more released to the seller than that payout and those made: the
+    sweeper queues the follow-up (:meth:`Escrow._follow_up`)."""
+    t = storage.escrow_orders
+    return [
+        t.c.payout_status == PayoutStatus.FAILED.value,
+        t.c.released_to_seller > t.c.paid_out + t.c.payout_amount,
+    ]
 
 
 def _payout_suffix(order: Order) -> str:

@@ -92,6 +92,7 @@ from hammerlock.webhooks import service as webhooks
 
 __all__ = [
     "Chargeback",
+    "ChargebackBooking",
     "ChargebackHook",
     "NeverReview",
     "NewIntent",
@@ -100,6 +101,7 @@ __all__ = [
     "PaymentsConfig",
     "ReviewNeed",
     "RiskAssessor",
+    "charged_back",
 ]
 
 log = structlog.get_logger("hammerlock.payments")
@@ -166,11 +168,29 @@ class Chargeback:
     currency: str
 
 
-ChargebackHook = Callable[[UnitOfWork, Context, Chargeback], Awaitable[object]]
-"""A domain's reaction to a chargeback on its payment, inside the booking's transaction
-(escrow: freeze the order's release; wired by the composition root)."""
+ChargebackBooking = Callable[[], Awaitable[bool]]
+"""Books the chargeback on the ledger, in the caller's transaction: True when it is new."""
+ChargebackHook = Callable[[UnitOfWork, Context, Chargeback, ChargebackBooking], Awaitable[object]]
+"""A domain's reaction to a chargeback on its payment, around the booking, in its transaction
+(escrow: freeze the order's release; wired by the composition root). The hook locks its own rows
+first, then calls the booking exactly once (which locks the ledger accounts) and reacts only if
+it answered True: every transaction takes the domain's row before the ledger's, so a chargeback
+and a payout's completion on one order never deadlock."""
 _DISPUTE_ID_MAX: Final = 64
 _MAX_SAFE_AMOUNT: Final = 2**53 - 1
+
+
+async def charged_back(uow: UnitOfWork, intent_id: str) -> int:
+    """What chargebacks took back from payment intent ``intent_id`` so far, in the caller's
+    transaction, with the intent's row locked: a chargeback being booked on it
+    (:meth:`Payments.chargeback`, which locks the row first) is either counted here or comes
+    after this transaction and finds what the caller made of it. 0 for an unknown intent."""
+    intent = await storage.get_intent(uow, intent_id, for_update=True)
+    if intent is None:
+        return 0
+    return await storage.chargebacks_booked(
+        uow, intent.id, f"platform:chargebacks:{intent.currency}"
+    )
 
 
 class RiskAssessor(Protocol):
@@ -1244,7 +1264,10 @@ class Payments:
             await storage.record_gateway_event(
                 uow, gateway_name, event.event_id, event.type[:64], uow.clock.now_us()
             )
-            intent = await storage.get_intent(uow, intent_id)
+            # The intent's row is locked (before any domain row or ledger account): a domain
+            # reading its chargebacks (:func:`charged_back`, escrow opening an order for a
+            # deposit) waits for this booking or is seen by its hook, never neither.
+            intent = await storage.get_intent(uow, intent_id, for_update=True)
             if intent is None or intent.gateway != gateway_name:
                 log.info("payments.chargeback_unknown_intent", gateway=gateway_name)
                 return False
@@ -1252,6 +1275,25 @@ class Payments:
             return await self._book_chargeback(uow, ctx, booked)
 
     async def _book_chargeback(self, uow: UnitOfWork, ctx: Context, booked: Chargeback) -> bool:
+        """The owning domain's hook around the ledger booking (its row locks first), else the
+        booking alone."""
+        hook = self.on_chargeback
+        if hook is None:
+            return await self._post_chargeback(uow, ctx, booked)
+        answers: list[bool] = []
+
+        async def book() -> bool:
+            if answers:
+                raise LedgerInvariantError(f"chargeback {booked.dispute_id} booked twice")
+            answers.append(await self._post_chargeback(uow, ctx, booked))
+            return answers[0]
+
+        await hook(uow, ctx, booked, book)
+        if not answers:
+            raise LedgerInvariantError(f"the chargeback hook never booked {booked.dispute_id}")
+        return answers[0]
+
+    async def _post_chargeback(self, uow: UnitOfWork, ctx: Context, booked: Chargeback) -> bool:
         contra = f"platform:chargebacks:{booked.currency}"
         gateway = f"gateway:{booked.gateway}:{booked.currency}"
         accounts = [
@@ -1310,8 +1352,6 @@ class Payments:
                 },
             ),
         )
-        if self.on_chargeback is not None:
-            await self.on_chargeback(uow, ctx, booked)
         return True
 
     # -- janitor -------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
+from hammerlock.db.rows import insert_row, update_versioned
 from hammerlock.db.uow import UnitOfWork
+from hammerlock.ledger.storage import transfers as ledger_transfers
 from hammerlock.payments.model import (
     CaptureMethod,
     IntentStatus,
@@ -184,7 +186,7 @@ def _intent_values(intent: PaymentIntent) -> dict[str, Any]:
 
 
 async def insert_intent(uow: UnitOfWork, intent: PaymentIntent) -> None:
-    await uow.conn.execute(payment_intents.insert().values(**_intent_values(intent)))
+    await insert_row(uow, payment_intents, _intent_values(intent))
 
 
 async def get_intent(
@@ -217,13 +219,9 @@ async def find_intent_by_request(
 
 async def save_intent(uow: UnitOfWork, intent: PaymentIntent, *, expected_version: int) -> bool:
     """Write ``intent`` if nobody changed it since ``expected_version``; False otherwise."""
-    t = payment_intents
-    values = _intent_values(intent)
-    del values["id"]
-    result = await uow.conn.execute(
-        t.update().where(t.c.id == intent.id, t.c.version == expected_version).values(**values)
+    return await update_versioned(
+        uow, payment_intents, _intent_values(intent), expected_version=expected_version
     )
-    return bool(result.rowcount == 1)
 
 
 async def intents_in(
@@ -342,7 +340,7 @@ def _refund(row: RowMapping) -> Refund:
 
 
 async def insert_refund(uow: UnitOfWork, values: dict[str, Any]) -> None:
-    await uow.conn.execute(payment_refunds.insert().values(**values))
+    await insert_row(uow, payment_refunds, values)
 
 
 async def get_refund(
@@ -448,3 +446,20 @@ async def record_gateway_event(
         )
     )
     return True
+
+
+async def chargebacks_booked(uow: UnitOfWork, intent_id: str, contra_account: str) -> int:
+    """What the chargebacks booked on ``intent_id`` took back: the sum of its ledger transfers
+    ``{intent}:chargeback.{dispute}`` out of ``contra_account`` (read through the ledger's debit
+    index, so bounded by that account's chargebacks, not by all transfers)."""
+    t = ledger_transfers
+    total = (
+        await uow.conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(t.c.amount), 0)).where(
+                t.c.debit_account_id == contra_account,
+                t.c.code == "payment.chargeback",
+                t.c.id.startswith(f"{intent_id}:chargeback.", autoescape=True),
+            )
+        )
+    ).scalar_one()
+    return int(total)

@@ -26,7 +26,12 @@ from hammerlock.escrow.model import Order, OrderStatus, OrderTerms, PayoutStatus
 from hammerlock.escrow.service import chargeback as escrow_chargeback
 from hammerlock.escrow.service import open_order
 from hammerlock.ledger.check import run_check
-from hammerlock.payments.gateways.base import Payout, PayoutRequest
+from hammerlock.payments.gateways.base import (
+    GatewayRejected,
+    GatewayTimeout,
+    Payout,
+    PayoutRequest,
+)
 from tests.escrow.conftest import SYSTEM, install, make_deposit
 from tests.escrow.test_escrow_chargebacks import _delivered, dispute
 from tests.escrow.test_escrow_flow import BUYER, OPERATOR, balance
@@ -195,12 +200,12 @@ async def test_a_payout_failing_after_a_re_resolution_released_more_is_followed_
     await _money_conserved(container, order)
 
 
-async def test_the_sweeper_queues_the_follow_up_a_failed_payout_was_left_without(
+async def test_the_sweeper_leaves_a_failed_payout_made_before_the_follow_up_alone(
     container: Container, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An order left failed with more released since (a re-resolution made before the fix,
-    simulated by the old rule: no follow-up after a failed payout): the sweeper queues the
-    payout of everything released and not paid out, once, two sweepers racing."""
+    """An order left failed with more released since (made under the old rule: no follow-up
+    after a failed payout) was an operator's to settle, who may have paid it by hand: the
+    sweeper pays nothing on it (a review found the first version of the follow-up did)."""
     gateway = GatedPayouts()
     escrow = install(container, gateway)
     order = await _disputed_big(container, clock)
@@ -215,15 +220,51 @@ async def test_the_sweeper_queues_the_follow_up_a_failed_payout_was_left_without
     assert order.released_to_seller > order.paid_out + order.payout_amount
     clock.advance(1)
     await asyncio.gather(escrow.sweep(SYSTEM), escrow.sweep(SYSTEM))
-    order = (await escrow.get(SYSTEM, order.id)).order
-    assert order.payout_status is PayoutStatus.PAID, "the sweeper left the difference"
-    assert order.paid_out == order.released_to_seller == sum(gateway.paid.values())
-    assert len(gateway.paid) == 1
-    view = await escrow.get(SYSTEM, order.id)
-    assert sum(1 for e in view.timeline if e["details"].get("follow_up") is True) == 1
+    after = (await escrow.get(SYSTEM, order.id)).order
+    assert (after.payout_status, after.paid_out) == (PayoutStatus.FAILED, 0)
+    assert gateway.paid == {}
+    await _money_conserved(container, order)
+
+
+class AmbiguousPayouts(GatedPayouts):
+    """The first call under a key pays and its answer is lost (a timeout); later calls under
+    that key are refused as a reuse with other parameters (the seller changed destination)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payout_calls: dict[str, int] = {}
+
+    async def payout(self, request: PayoutRequest) -> Payout:
+        self.payout_calls[request.payout_key] = self.payout_calls.get(request.payout_key, 0) + 1
+        if self.payout_calls[request.payout_key] == 1:
+            await super().payout(request)  # the money moves …
+            raise GatewayTimeout("no answer")  # … and the answer is lost
+        raise GatewayRejected("payout_key used for another payout", code="idempotency_mismatch")
+
+
+async def test_a_refusal_that_only_says_the_key_was_used_is_not_a_failed_payout(
+    container: Container, clock: FixedClock
+) -> None:
+    """A payout paid but unanswered, retried after the destination changed, is refused as a
+    key reuse: that is not a failed payout (whose amount the next payout pays again) — it stays
+    pending for an operator, and a re-resolution releasing more never pays the first amount
+    twice."""
+    gateway = AmbiguousPayouts()
+    escrow = install(container, gateway)
+    order = await _disputed_big(container, clock)
+    order = await escrow.resolve(OPERATOR, order.id, refund_amount=1_100_000)
+    assert order.payout_status is PayoutStatus.PENDING  # the answer was lost
+    first = order.payout_amount
+    clock.advance(60)
     await escrow.sweep(SYSTEM)
-    assert sum(gateway.paid.values()) == order.released_to_seller
-    assert await balance(container, _SELLER_PAYABLE) == 0
+    order = (await escrow.get(SYSTEM, order.id)).order
+    assert order.payout_status is PayoutStatus.PENDING, "an ambiguous refusal marked it failed"
+    await _reject_refund(container, order)
+    order = await escrow.resolve(OPERATOR, order.id, refund_amount=400_000)
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)
+    assert sum(gateway.paid.values()) == first  # paid once; the rest waits for the operator
+    assert order.payout_status is PayoutStatus.PENDING
     await _money_conserved(container, order)
 
 

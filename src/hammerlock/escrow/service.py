@@ -29,7 +29,9 @@ Ledger (all transfers ids derive from the order id, so a repeat answers ``exists
   platform:chargebacks``; one on the winner's deposit before the close is carried by
   :func:`open_order`;
 - payout after a failed one: more released later queues the next payout of all released and
-  not paid out (the re-resolution, the failure's record, or the sweeper for older orders).
+  not paid out (the re-resolution, or the failure's record); `failed` means the gateway
+  refused the payout (no money moved) — a refusal that only says the key was used before with
+  other parameters leaves it pending for an operator (``escrow.payout_ambiguous``).
 
 Lock order: an order's row before any ledger account (and a chargeback's payment intent before
 both), in every transaction: a chargeback and a payout's completion never deadlock.
@@ -155,6 +157,9 @@ PayoutDestination = Callable[[UnitOfWork, str], Awaitable[str | None]]
 _PAYABLE: Final = frozenset({PayoutStatus.PENDING, PayoutStatus.NO_DESTINATION})
 # no payout under way: more released to the seller queues the next one at once
 _PAYOUT_IDLE: Final = frozenset({PayoutStatus.NONE, PayoutStatus.PAID, PayoutStatus.FAILED})
+# Refusals that do not say the payout was refused: the key was used before with other
+# parameters, and that earlier call may have paid. `failed` must mean "no money moved".
+_AMBIGUOUS_REFUSALS: Final = frozenset({"idempotency_mismatch", "idempotency_key_reuse"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -937,6 +942,13 @@ class Escrow:
         try:
             payout_id = await self._call_payout(gateway, order, key, destination)
         except GatewayRejected as exc:
+            if exc.code in _AMBIGUOUS_REFUSALS:
+                # The gateway knows this key from an earlier call with other parameters (a
+                # destination changed after a timed-out attempt that may have paid): not a
+                # refusal of the payout, so never `failed` — a failed payout's amount is paid
+                # again by the next one. Left pending for an operator, loudly.
+                log.error("escrow.payout_ambiguous", order=order.id, key=key, code=exc.code)
+                return order
             return await self._payout_done(ctx, order.id, name, None, exc.code, key=key)
         except GatewayError as exc:
             log.warning("escrow.payout_pending", order=order.id, code=exc.code)
@@ -1172,7 +1184,6 @@ class Escrow:
                 uow, storage.payout_pending(now - grace_us), limit=batch
             )
             payouts += await storage.ids_where(uow, storage.payout_no_destination(), limit=batch)
-            stranded = await storage.ids_where(uow, _failed_with_more_released(), limit=batch)
             refunds = await storage.ids_where(
                 uow, storage.refunds_unstarted(now - grace_us), limit=batch
             )
@@ -1188,9 +1199,7 @@ class Escrow:
             counts["delivered"] += await self._timer(ctx, order_id, Event.AUTO_DELIVER)
         for order_id in inspected:
             counts["released"] += await self._timer(ctx, order_id, Event.INSPECTION_END)
-        for order_id in stranded:
-            await self._follow_up(ctx, order_id)
-        for order_id in [*payouts, *stranded]:
+        for order_id in payouts:
             after = await self._payout(ctx, order_id)
             counts["payouts"] += after.payout_status not in _PAYABLE
         for order_id in refunds:
@@ -1199,19 +1208,6 @@ class Escrow:
         for order_id in offers:
             counts["offers"] += await self._expire_offer(ctx, order_id)
         return counts
-
-    async def _follow_up(self, ctx: Context, order_id: str) -> None:
-        """A failed payout with more released to the seller since (left so before the follow-up
-        existed): queue the next payout, once (the order's row decides; a second sweeper finds
-        it pending and leaves it)."""
-        async with self.db.transaction() as uow:
-            order = await _locked(uow, order_id)
-            more = order.released_to_seller - order.paid_out - order.payout_amount
-            if order.payout_status is not PayoutStatus.FAILED or more <= 0:
-                return
-            queued = await _save(uow, order, _next_payout(order, order.version + 1))
-            details = {"amount": queued.payout_amount, "follow_up": True}
-            await _record(uow, ctx, queued, "payout_started", details)
 
     async def _poll_payment(self, ctx: Context, order_id: str) -> int:
         order = await self._load(order_id)
@@ -1504,16 +1500,6 @@ async def _penalise(
     )
     penalty = order.deposit_in_escrow or deposit_captured
     return defaulted, {"penalty": penalty, "second_chance": offer}
-
-
-def _failed_with_more_released() -> list[sa.ColumnElement[bool]]:
-    """Failed payouts with more released to the seller than that payout and those made: the
-    sweeper queues the follow-up (:meth:`Escrow._follow_up`)."""
-    t = storage.escrow_orders
-    return [
-        t.c.payout_status == PayoutStatus.FAILED.value,
-        t.c.released_to_seller > t.c.paid_out + t.c.payout_amount,
-    ]
 
 
 def _payout_suffix(order: Order) -> str:

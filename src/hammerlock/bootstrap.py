@@ -340,7 +340,8 @@ class Container:
         """Resolve stuck gateway calls, poll 3-D Secure challenges, expire reviews and holds."""
         ctx = Context.system("payments-janitor", node=self.node_name)
         while not self._stop.is_set():
-            await sleep_or_stop(self._stop, self.settings.payments_janitor_interval_s)
+            if await sleep_or_stop(self._stop, self.settings.payments_janitor_interval_s):
+                break
             try:
                 counts = await self.payments.janitor_pass(ctx)
             except Exception:
@@ -353,7 +354,8 @@ class Container:
         """Payment windows, auto-delivery, inspection ends, payouts, refunds, offers."""
         ctx = Context.system("escrow-sweeper", node=self.node_name)
         while not self._stop.is_set():
-            await sleep_or_stop(self._stop, self.settings.escrow_sweeper_interval_s)
+            if await sleep_or_stop(self._stop, self.settings.escrow_sweeper_interval_s):
+                break
             try:
                 counts = await self.escrow.sweep(ctx)
             except Exception:
@@ -367,7 +369,8 @@ class Container:
         claimed under row locks), and release losers' deposits."""
         ctx = Context.system("auctions-scheduler", node=self.node_name)
         while not self._stop.is_set():
-            await sleep_or_stop(self._stop, self.settings.auctions_scheduler_interval_s)
+            if await sleep_or_stop(self._stop, self.settings.auctions_scheduler_interval_s):
+                break
             try:
                 counts = await self.auctions.scheduler_pass(ctx)
             except Exception:
@@ -379,7 +382,8 @@ class Container:
     async def _sweep_forever(self) -> None:
         """Expire due holds and purge old idempotency records, about once a second."""
         while not self._stop.is_set():
-            await sleep_or_stop(self._stop, self.settings.ledger_sweep_interval_s)
+            if await sleep_or_stop(self._stop, self.settings.ledger_sweep_interval_s):
+                break
             try:
                 async with self.db.transaction() as uow:
                     expired = await ledger_service.sweep_expired_holds(uow)

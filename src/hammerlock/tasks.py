@@ -16,7 +16,6 @@ run of the suite hung five minutes in ``Container.stop`` this way). So:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 from collections.abc import Iterable
 from typing import Any
@@ -28,10 +27,17 @@ log = structlog.get_logger(__name__)
 STOP_TIMEOUT_S = 10.0
 
 
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile; True when stopped — the caller
+    then leaves its loop without another pass. (``asyncio.timeout``, not ``wait_for``: on
+    Python 3.11 ``wait_for`` returns normally when ``stop`` is set in the same tick as a
+    cancellation, swallowing it.)"""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        return stop.is_set()
+    return True
 
 
 async def cancel_and_wait(

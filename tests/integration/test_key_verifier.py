@@ -4,12 +4,15 @@ and one made elsewhere within the TTL."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
+from hammerlock.db.uow import UnitOfWork
 from hammerlock.security import service as keys_service
 from hammerlock.security import storage
 from hammerlock.security.errors import Unauthenticated
@@ -123,3 +126,30 @@ async def test_revoking_through_the_api_refuses_the_key_at_once(
     assert revoked.status_code == 200, revoked.text
     again = await client.get(url, headers=victim["headers"])
     assert again.status_code == 401
+
+
+async def test_forget_during_an_inflight_lookup_is_not_undone(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    key, plaintext = await _key(container)
+    read_done, go_on = asyncio.Event(), asyncio.Event()
+    real_fetch = storage.fetch_key
+
+    async def slow_fetch(uow: UnitOfWork, key_id: str) -> tuple[ApiKey, str] | None:
+        found = await real_fetch(uow, key_id)  # read before the revocation commits
+        read_done.set()
+        await go_on.wait()  # ...and come back after it (and after forget)
+        return found
+
+    monkeypatch.setattr(storage, "fetch_key", slow_fetch)
+    inflight = asyncio.create_task(verifier.authenticate(plaintext))
+    await read_done.wait()
+    monkeypatch.setattr(storage, "fetch_key", real_fetch)
+    await _revoke_elsewhere(container, key.id)  # what POST /v1/keys/{id}/revoke commits
+    verifier.forget(key.id)  # ...and then does in this process
+    go_on.set()
+    await inflight  # this request began before the revocation: accepting it is fine
+    with pytest.raises(Unauthenticated):  # the next one, after the revoke answered, is not
+        await verifier.authenticate(plaintext)

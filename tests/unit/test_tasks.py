@@ -90,3 +90,24 @@ async def test_nothing_or_finished_tasks_return_at_once(n: int) -> None:
     tasks = [asyncio.create_task(asyncio.sleep(0)) for _ in range(n)]
     await asyncio.gather(*tasks)
     assert await cancel_and_wait(tasks, timeout_s=1) == []
+
+
+# On Python 3.11 ``wait_for`` returned normally when the stop was set in the same tick as the
+# cancel (Container.stop does both), so a loop made one more pass — a sweep with payouts —
+# while the process stopped (found in review).
+async def test_a_loop_does_no_work_after_stop() -> None:
+    stop = asyncio.Event()
+    passes = 0
+
+    async def loop() -> None:  # the shape of Container._escrow_sweeper_forever
+        nonlocal passes
+        while not stop.is_set():
+            if await sleep_or_stop(stop, 60):
+                break
+            passes += 1  # escrow.sweep(ctx) / payments.janitor_pass(ctx) here
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    stop.set()  # Container.stop: set, then cancel_and_wait at once
+    assert await cancel_and_wait([task], timeout_s=2) == []
+    assert passes == 0

@@ -484,14 +484,17 @@ class BidWriter:
         lanes, self._lanes = list(self._lanes.values()), {}
         tasks += [lane.task for lane in lanes if lane.task is not None]
         self._task = None
-        await cancel_and_wait(tasks)
-        left = [*self._current, *self._queue]
+        still_running = await cancel_and_wait(tasks)
+        # A batch in flight rolled back when its task was cancelled; a task that did not stop
+        # (named and logged by cancel_and_wait) may still commit its batch, so its bids are
+        # not told "busy" here (their callers' own wait ends in 503 if nobody answers).
+        left = [*self._queue] + ([] if still_running else [*self._current])
         for lane in lanes:
-            left += [*lane.current, *lane.queue]
+            left += [*lane.queue] + ([] if still_running else [*lane.current])
         self._queue.clear()
         self._current = []
         self._waiting = 0  # every bid counted is answered below (a later start counts afresh)
-        for job in left:  # nobody will answer these: say so (a cancelled batch rolled back)
+        for job in left:  # nobody will answer these: say so
             if not job.future.done():
                 job.future.set_exception(
                     BidsBusy("the server is stopping; retry with the same Idempotency-Key")

@@ -261,7 +261,7 @@ class Sequencer:
                 log.exception("audit.sequencer_failed")
                 appended = 0
             if appended < self._batch_max:
-                await sleep_or_stop(stop, interval_s)
+                await sleep_or_stop(stop, interval_s)  # the loop's test sees a stop
 
     async def release(self) -> None:
         """Give up the lease (on shutdown) so another process takes over at once."""

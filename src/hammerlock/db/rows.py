@@ -35,7 +35,15 @@ def _update_versioned(table: sa.Table) -> sa.Update:
     )
 
 
+def _checked(table: sa.Table, row: Mapping[str, Any]) -> None:
+    # `.values(**row)` refused a name that is not a column; execution parameters would drop it
+    unknown = row.keys() - table.c.keys()
+    if unknown:
+        raise ValueError(f"{table.name}: no column {sorted(unknown)}")
+
+
 async def insert_row(uow: UnitOfWork, table: sa.Table, row: Mapping[str, Any]) -> None:
+    _checked(table, row)
     await uow.conn.execute(_insert(table), dict(row))
 
 
@@ -44,6 +52,7 @@ async def update_versioned(
 ) -> bool:
     """Write ``row`` (its columns, ``id`` included to name it) over the row with that id if its
     version is still ``expected_version``; False when another writer changed it meanwhile."""
+    _checked(table, row)
     params = {name: value for name, value in row.items() if name != "id"}
     params[_WHERE_ID] = row["id"]
     params[_WHERE_VERSION] = expected_version

@@ -167,6 +167,7 @@ class KeyVerifier:
         self._max = max_entries
         self._monotonic = monotonic
         self._kept: dict[str, tuple[float, ApiKey, str]] = {}
+        self._forgets = 0  # a lookup under way when a key is forgotten must not put it back
 
     async def authenticate(self, presented: str) -> ApiKey:
         """The key behind ``presented``, or :class:`Unauthenticated` (one message for every
@@ -183,7 +184,9 @@ class KeyVerifier:
         return key
 
     def forget(self, key_id: str) -> None:
-        """Drop a key now (its revocation committed in this process)."""
+        """Drop a key now (its revocation committed in this process). A lookup that read the
+        record before and finishes after does not keep what it read."""
+        self._forgets += 1
         self._kept.pop(key_id, None)
 
     async def _stored(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -191,9 +194,10 @@ class KeyVerifier:
         kept = self._kept.get(key_id)
         if kept is not None and now - kept[0] < self._ttl_s:
             return kept[1], kept[2]
+        forgets = self._forgets
         async with self._db.single_statement(write=False) as uow:
             found = await storage.fetch_key(uow, key_id)
-        if found is None or self._ttl_s == 0:
+        if found is None or self._ttl_s == 0 or self._forgets != forgets:
             self._kept.pop(key_id, None)
             return found
         if key_id not in self._kept and len(self._kept) >= self._max:

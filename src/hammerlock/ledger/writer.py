@@ -90,9 +90,21 @@ class LedgerWriter:
             self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
+        if self._task is None:
+            return
+        still_running = await cancel_and_wait([self._task])
+        self._task = None
+        if still_running:  # it may still take queued requests: leave them to it
+            return
+        waiting = [] if self._carry is None else [self._carry]
+        self._carry = None
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for job in waiting:  # never taken into a batch: nothing of them committed
+            if not job.future.done():
+                job.future.set_exception(
+                    LedgerBusy("the server is stopping; retry with the same Idempotency-Key")
+                )
 
     async def submit(self, request: LedgerRequest) -> list[str]:
         if self._task is None:  # not started (CLI, tests): no batching, same semantics

@@ -324,8 +324,10 @@ def wrk_bids(
     )
     elapsed = time.monotonic() - started
     reqs = re.search(r"(\d+) requests in", out)
-    p50 = re.search(r"50%\s+(\S+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    # the latency distribution's own lines ("     50%   23.51ms"), not a "±stdev" figure
+    # such as "72.50%" in the thread stats above them
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     if reqs is None or p50 is None or p99 is None:
         sys.exit(f"could not read wrk output:\n{out}")
     codes = ", ".join(

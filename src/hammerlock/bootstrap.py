@@ -394,5 +394,7 @@ class Container:
                 log.exception("ledger.sweep_failed")
 
 
-def build_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
-    return create_app(Container(settings, clock=clock))
+def build_app(
+    settings: Settings, *, clock: Clock | None = None, freeze_gc: bool = False
+) -> FastAPI:
+    return create_app(Container(settings, clock=clock), freeze_gc=freeze_gc)

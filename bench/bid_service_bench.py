@@ -25,6 +25,7 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import SystemClock
 from hammerlock.db.migrate import migrate
+from hammerlock.logs import configure_logging
 from hammerlock.parties import service as parties
 from hammerlock.parties.model import PartyKind
 from hammerlock.settings import Settings
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--callers", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--duration", type=float, default=5)
     args = parser.parse_args()
+    configure_logging("error", "console")  # the server's own logs (alerts on 250 new keys…)
     for callers in args.callers:
         with tempfile.TemporaryDirectory() as tmp:
             asyncio.run(run(callers, args.duration, Path(tmp)))

@@ -145,6 +145,28 @@ async def save_order(uow: UnitOfWork, order: Order, *, expected_version: int) ->
     )
 
 
+def _append_event_statement() -> sa.Insert:
+    """One statement, built once: the next seq of the order's timeline is read and used by the
+    INSERT itself (the caller holds the order's row lock, so no two appends race)."""
+    t = escrow_order_events
+    order_id = sa.bindparam("order_id", type_=t.c.order_id.type)
+    return t.insert().from_select(
+        ["order_id", "seq", "at_us", "event", "status", "actor", "details"],
+        sa.select(
+            order_id,
+            sa.func.coalesce(sa.func.max(t.c.seq), 0) + 1,
+            sa.bindparam("at_us", type_=t.c.at_us.type),
+            sa.bindparam("event", type_=t.c.event.type),
+            sa.bindparam("status", type_=t.c.status.type),
+            sa.bindparam("actor", type_=t.c.actor.type),
+            sa.bindparam("details", type_=t.c.details.type),
+        ).where(t.c.order_id == order_id),
+    )
+
+
+_APPEND_EVENT = _append_event_statement()
+
+
 async def append_event(
     uow: UnitOfWork,
     order_id: str,
@@ -155,20 +177,16 @@ async def append_event(
     actor: str | None,
     details: dict[str, Any],
 ) -> None:
-    t = escrow_order_events
-    last = (
-        await uow.conn.execute(sa.select(sa.func.max(t.c.seq)).where(t.c.order_id == order_id))
-    ).scalar()
     await uow.conn.execute(
-        t.insert().values(
-            order_id=order_id,
-            seq=(last or 0) + 1,
-            at_us=at_us,
-            event=event,
-            status=status.value,
-            actor=actor,
-            details=_dumps(details),
-        )
+        _APPEND_EVENT,
+        {
+            "order_id": order_id,
+            "at_us": at_us,
+            "event": event,
+            "status": status.value,
+            "actor": actor,
+            "details": _dumps(details),
+        },
     )
 
 

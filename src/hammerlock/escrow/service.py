@@ -446,6 +446,7 @@ class Escrow:
         self.on_settled = on_settled
         # None: no parties to ask (tests of the bare flow): the seller's id is the destination
         self.payout_destination = payout_destination
+        self._ambiguous: set[str] = set()  # payout keys already reported (bounded below)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -947,7 +948,12 @@ class Escrow:
                 # destination changed after a timed-out attempt that may have paid): not a
                 # refusal of the payout, so never `failed` — a failed payout's amount is paid
                 # again by the next one. Left pending for an operator, loudly.
-                log.error("escrow.payout_ambiguous", order=order.id, key=key, code=exc.code)
+                first = key not in self._ambiguous
+                if first and len(self._ambiguous) < 10_000:
+                    self._ambiguous.add(key)
+                # error once per key and process (the sweeper retries it every pass)
+                report = log.error if first else log.debug
+                report("escrow.payout_ambiguous", order=order.id, key=key, code=exc.code)
                 return order
             return await self._payout_done(ctx, order.id, name, None, exc.code, key=key)
         except GatewayError as exc:

@@ -27,7 +27,6 @@ from hammerlock.security.permissions import Role
 __all__ = [
     "CreatedKey",
     "KeyVerifier",
-    "authenticate",
     "create_key",
     "list_keys",
     "record_auth_failure",
@@ -106,21 +105,6 @@ async def revoke_key(uow: UnitOfWork, ctx: Context, key_id: str) -> ApiKey:
     return refreshed[0]
 
 
-async def authenticate(uow: UnitOfWork, *, pepper: bytes, presented: str) -> ApiKey:
-    """The key behind ``presented``, or :class:`Unauthenticated` (one message for every cause)."""
-    parsed = parse_key(presented)
-    found = None if parsed is None else await storage.fetch_key(uow, parsed.key_id)
-    if parsed is None or found is None:
-        # Spend the same HMAC work as a real check so timing does not tell ids apart.
-        secret_matches(pepper, presented, "0" * 64)
-        raise Unauthenticated("missing, unknown, revoked or expired API key")
-    key, stored_hash = found
-    ok = secret_matches(pepper, parsed.secret, stored_hash)
-    if not ok or not key.usable_at(uow.clock.now_us()):
-        raise Unauthenticated("missing, unknown, revoked or expired API key")
-    return key
-
-
 async def record_auth_failure(
     uow: UnitOfWork, ctx: Context, *, action: str, code: str, route: str
 ) -> None:
@@ -171,7 +155,8 @@ class KeyVerifier:
 
     async def authenticate(self, presented: str) -> ApiKey:
         """The key behind ``presented``, or :class:`Unauthenticated` (one message for every
-        cause), like :func:`authenticate`."""
+        cause: missing, unknown, revoked, expired or a wrong secret). An unknown id spends the
+        same HMAC work as a real check, so timing does not tell ids apart."""
         parsed = parse_key(presented)
         found = None if parsed is None else await self._stored(parsed.key_id)
         if parsed is None or found is None:

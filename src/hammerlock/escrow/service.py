@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -160,6 +161,7 @@ _PAYOUT_IDLE: Final = frozenset({PayoutStatus.NONE, PayoutStatus.PAID, PayoutSta
 # Refusals that do not say the payout was refused: the key was used before with other
 # parameters, and that earlier call may have paid. `failed` must mean "no money moved".
 _AMBIGUOUS_REFUSALS: Final = frozenset({"idempotency_mismatch", "idempotency_key_reuse"})
+_AMBIGUOUS_REPORT_S: Final = 3_600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,7 +448,7 @@ class Escrow:
         self.on_settled = on_settled
         # None: no parties to ask (tests of the bare flow): the seller's id is the destination
         self.payout_destination = payout_destination
-        self._ambiguous: set[str] = set()  # payout keys already reported (bounded below)
+        self._ambiguous: dict[str, float] = {}  # payout key → when last reported (monotonic)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -948,11 +950,13 @@ class Escrow:
                 # destination changed after a timed-out attempt that may have paid): not a
                 # refusal of the payout, so never `failed` — a failed payout's amount is paid
                 # again by the next one. Left pending for an operator, loudly.
-                first = key not in self._ambiguous
-                if first and len(self._ambiguous) < 10_000:
-                    self._ambiguous.add(key)
-                # error once per key and process (the sweeper retries it every pass)
-                report = log.error if first else log.debug
+                # the sweeper retries it every pass: an error once an hour per key, not each pass
+                now = time.monotonic()
+                last = self._ambiguous.get(key)
+                due = last is None or now - last >= _AMBIGUOUS_REPORT_S
+                if due and (last is not None or len(self._ambiguous) < 10_000):
+                    self._ambiguous[key] = now
+                report = log.error if due else log.debug
                 report("escrow.payout_ambiguous", order=order.id, key=key, code=exc.code)
                 return order
             return await self._payout_done(ctx, order.id, name, None, exc.code, key=key)

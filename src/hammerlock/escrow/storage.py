@@ -147,7 +147,9 @@ async def save_order(uow: UnitOfWork, order: Order, *, expected_version: int) ->
 
 def _append_event_statement() -> sa.Insert:
     """One statement, built once: the next seq of the order's timeline is read and used by the
-    INSERT itself (the caller holds the order's row lock, so no two appends race)."""
+    INSERT itself. Callers append after writing the order's row in the same transaction
+    (PostgreSQL: that UPDATE holds the row lock; SQLite: ``BEGIN IMMEDIATE`` serializes
+    writers), so no two appends race; the (order_id, seq) key is the backstop."""
     t = escrow_order_events
     order_id = sa.bindparam("order_id", type_=t.c.order_id.type)
     return t.insert().from_select(

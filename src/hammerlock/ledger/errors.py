@@ -6,7 +6,7 @@ these are for single-object routes.
           ├── AccountNotFound    (404 account_not_found)
           ├── TransferNotFound   (404 transfer_not_found)
           ├── AccountReserved    (403 account_reserved)
-          └── LedgerBusy         (503 ledger_busy: the writer queue is full or timed out)
+          └── LedgerBusy         (503 ledger_busy: the writer queue is full, timed out or stopping)
 """
 
 from __future__ import annotations

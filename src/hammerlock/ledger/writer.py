@@ -81,6 +81,7 @@ class LedgerWriter:
         self._timeout_s = timeout_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
         self._carry: _Job | None = None
+        self._taken: list[_Job] = []  # the batch being gathered or written (answered at stop)
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.requests = 0
@@ -101,10 +102,16 @@ class LedgerWriter:
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())
         for job in waiting:  # never taken into a batch: nothing of them committed
-            if not job.future.done():
-                job.future.set_exception(
-                    LedgerBusy("the server is stopping; retry with the same Idempotency-Key")
-                )
+            _fail(job, LedgerBusy("the server is stopping; retry with the same Idempotency-Key"))
+        taken, self._taken = self._taken, []
+        for job in taken:  # cancelled while gathered or written: a commit may have landed
+            _fail(
+                job,
+                LedgerBusy(
+                    "the server stopped during the request; it may have committed — retry with "
+                    "the same Idempotency-Key (transfers are idempotent by id)"
+                ),
+            )
 
     async def submit(self, request: LedgerRequest) -> list[str]:
         if self._task is None:  # not started (CLI, tests): no batching, same semantics
@@ -126,9 +133,10 @@ class LedgerWriter:
     async def _next_batch(self) -> list[_Job]:
         first = self._carry or await self._queue.get()
         self._carry = None
+        batch, size = [first], first.size
+        self._taken = batch  # from here on, stop() answers it
         if self._linger_s:
             await asyncio.sleep(self._linger_s)
-        batch, size = [first], first.size
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if size + job.size > self._max:
@@ -144,6 +152,7 @@ class LedgerWriter:
             live = [j for j in batch if not j.future.done()]
             if live:
                 await self._process(live)
+            self._taken = []
 
     async def _process(self, batch: list[_Job]) -> None:
         self.batches += 1

@@ -1,4 +1,5 @@
-"""API-key service functions: create, list, revoke, authenticate. Each takes a unit of work."""
+"""API keys: create, list, revoke (each takes a unit of work); :class:`KeyVerifier` checks a
+presented key on every request."""
 
 from __future__ import annotations
 
@@ -156,7 +157,9 @@ class KeyVerifier:
     async def authenticate(self, presented: str) -> ApiKey:
         """The key behind ``presented``, or :class:`Unauthenticated` (one message for every
         cause: missing, unknown, revoked, expired or a wrong secret). An unknown id spends the
-        same HMAC work as a real check, so timing does not tell ids apart."""
+        same HMAC work as a real check; a known id used in the last ``ttl_s`` skips the
+        database read, so timing can tell that an id exists and was used lately — ids are not
+        secret (the 256-bit secret is what is checked)."""
         parsed = parse_key(presented)
         found = None if parsed is None else await self._stored(parsed.key_id)
         if parsed is None or found is None:

@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 import structlog
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from hammerlock.auctions import storage
@@ -70,6 +68,7 @@ from hammerlock.db.receipts import (
     check_receipts,
     store_receipts,
 )
+from hammerlock.db.retry import in_transaction_with_retries, transient
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.errors import DomainError
 from hammerlock.parties import service as parties
@@ -93,8 +92,6 @@ __all__ = [
 
 log = structlog.get_logger("hammerlock.auctions.bidding")
 
-_RETRYABLE_SQLSTATES: Final = {"40001", "40P01", "23505", "55P03"}
-_MAX_ATTEMPTS: Final = 6
 _QUEUE_LIMIT: Final = 10_000
 
 
@@ -417,29 +414,14 @@ def _start_if_due(batch: _Batch, ctx: Context, lot: Lot, now_us: int) -> Lot:
 # -- the writer -----------------------------------------------------------------------------
 
 
-def _retryable(exc: BaseException) -> bool:
-    if not isinstance(exc, DBAPIError):
-        return False
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in _RETRYABLE_SQLSTATES:
-        return True
-    return "database is locked" in str(orig)
-
-
 async def _run_with_retries(
     db: Database, requests: Sequence[BidRequest], *, skip_locked: bool = False
 ) -> list[Outcome | LotBusy]:
-    for attempt in range(1, _MAX_ATTEMPTS + 1):
-        try:
-            async with db.transaction() as uow:
-                return await run_batch(uow, requests, skip_locked=skip_locked)
-        except DBAPIError as exc:
-            if attempt == _MAX_ATTEMPTS or not _retryable(exc):
-                raise
-            log.info("bids.batch_retry", attempt=attempt, reason=type(exc.orig).__name__)
-            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311 - jitter
-    raise AssertionError("unreachable")  # pragma: no cover
+    return await in_transaction_with_retries(
+        db,
+        lambda uow: run_batch(uow, requests, skip_locked=skip_locked),
+        event="bids.batch_retry",
+    )
 
 
 @dataclass(slots=True)
@@ -579,7 +561,7 @@ class BidWriter:
                 self._db, [j.request for j in live], skip_locked=skip_locked
             )
         except Exception as exc:  # noqa: BLE001 - isolated below, then re-raised per request
-            if _retryable(exc) or isinstance(exc, PoolTimeout):
+            if transient(exc) or isinstance(exc, PoolTimeout):
                 # The database stayed busy through every retry (or gave no connection in time):
                 # re-running each bid alone would only repeat that, bid by bid. Say so to every
                 # waiter (503).

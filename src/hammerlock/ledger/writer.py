@@ -12,14 +12,14 @@ triggers), its requests are re-run one by one so one bad request cannot fail its
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from hammerlock.db.engine import Database
+from hammerlock.db.retry import in_transaction_with_retries, transient
 from hammerlock.ledger.errors import LedgerBusy
 from hammerlock.ledger.service import LedgerRequest, post_requests
 from hammerlock.tasks import cancel_and_wait
@@ -28,35 +28,23 @@ __all__ = ["LedgerWriter", "run_with_retries"]
 
 log = structlog.get_logger("hammerlock.ledger.writer")
 
-_RETRYABLE_SQLSTATES = {"40001", "40P01", "23505", "55P03"}
-_MAX_ATTEMPTS = 6
 _QUEUE_LIMIT = 10_000
 
 
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, IntegrityError):
-        return True  # a concurrent insert of the same id: re-evaluation answers `exists`
-    if isinstance(exc, DBAPIError):
-        orig = exc.orig
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-        if sqlstate in _RETRYABLE_SQLSTATES:
-            return True
-        return "database is locked" in str(orig)
-    return False
+    # any integrity error, SQLite's included: a concurrent insert of the same transfer id, which
+    # the next try answers `exists`
+    return isinstance(exc, IntegrityError) or transient(exc)
 
 
 async def run_with_retries(db: Database, requests: Sequence[LedgerRequest]) -> list[list[str]]:
     """One transaction for ``requests``, retried on deadlocks, serialization and id races."""
-    for attempt in range(1, _MAX_ATTEMPTS + 1):
-        try:
-            async with db.transaction() as uow:
-                return await post_requests(uow, requests)
-        except DBAPIError as exc:
-            if attempt == _MAX_ATTEMPTS or not _retryable(exc):
-                raise
-            log.info("ledger.batch_retry", attempt=attempt, reason=type(exc.orig).__name__)
-            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311 - jitter
-    raise AssertionError("unreachable")  # pragma: no cover
+    return await in_transaction_with_retries(
+        db,
+        lambda uow: post_requests(uow, requests),
+        event="ledger.batch_retry",
+        retryable=_retryable,
+    )
 
 
 @dataclass(slots=True)

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1, le=200)
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
+    gc_freeze: bool = Field(
+        default=True,
+        description="A served API process freezes what start-up built (`gc.freeze()`), so "
+        "full garbage collections stop walking it — most of the bids' p99 (ADR 0015).",
+    )
     auth_cache_ttl_s: float = Field(
         default=1.0,
         ge=0,

@@ -249,19 +249,24 @@ async def setup_parties(api: Api, vault: str) -> tuple[str, list[tuple[str, str]
         )
         r.raise_for_status()
         token = r.json()["id"]
-    seller = await api.post("/v1/sellers", {"name": "bench seller"})
-    r = await api.client.put(
-        f"/v1/sellers/{seller['id']}/payout_destination",
-        json={"gateway_account": "acct_bench_seller"},
-    )
-    r.raise_for_status()  # without one, payouts wait as no_destination
+    seller = await new_seller(api, 0)
     bidders = await gather_limited(
         [api.post("/v1/bidders", {"name": f"bench bidder {n}"}) for n in range(BIDDERS)]
     )
     await gather_limited(
         [api.post(f"/v1/bidders/{b['id']}/cards", {"payment_method": token}) for b in bidders]
     )
-    return seller["id"], [(b["id"], b["api_key"]) for b in bidders]
+    return seller, [(b["id"], b["api_key"]) for b in bidders]
+
+
+async def new_seller(api: Api, n: int) -> str:
+    seller = await api.post("/v1/sellers", {"name": f"bench seller {n}"})
+    r = await api.client.put(
+        f"/v1/sellers/{seller['id']}/payout_destination",
+        json={"gateway_account": f"acct_bench_seller_{n}"},
+    )
+    r.raise_for_status()  # without one, payouts wait as no_destination
+    return str(seller["id"])
 
 
 async def new_lot(api: Api, seller_id: str, *, premium: int = 0, commission: int = 0) -> str:
@@ -475,15 +480,22 @@ async def settlement(
     bidders: list[tuple[str, str]],
     *,
     n_lots: int,
+    n_sellers: int,
     dur: float,
     pids: tuple[int, int],
     spy_raw: Path | None,
 ) -> dict[str, float]:
     api = Api(base, key)
-    print(f"  preparing {n_lots} lots (create, open, one bid each) …", flush=True)
+    print(
+        f"  preparing {n_lots} lots of {n_sellers} sellers (create, open, one bid each) …",
+        flush=True,
+    )
+    # A marketplace's lots belong to many sellers: a seller's payable account has a limit (a
+    # payout never exceeds what was released), so it is locked by each of its own settlements.
+    sellers = [seller_id, *await gather_limited([new_seller(api, n) for n in range(1, n_sellers)])]
 
     async def prepare(i: int) -> tuple[str, str]:
-        lot = await new_lot(api, seller_id, premium=2_500, commission=1_000)
+        lot = await new_lot(api, sellers[i % n_sellers], premium=2_500, commission=1_000)
         bidder_id, bidder_key = bidders[i % len(bidders)]
         await api.post(f"/v1/lots/{lot}/bids", {"max_amount": 5_000}, key=bidder_key)
         return lot, bidder_id
@@ -543,8 +555,12 @@ async def settlement(
     spy = None if spy_raw is None else start_spy(api_pid_, int(dur), spy_raw)
     cpu_api, cpu_all = cpu_s(api_pid_), group_cpu_s(group)
     started = time.monotonic()
+    sampling = asyncio.Event()
+    sampler = asyncio.create_task(lock_waits(sampling))
     await asyncio.gather(*(worker() for _ in range(CONC)))
     elapsed = time.monotonic() - started
+    sampling.set()
+    waits, top_waits = await sampler
     cpu_api, cpu_all = cpu_s(api_pid_) - cpu_api, group_cpu_s(group) - cpu_all
     if spy is not None:
         spy.wait(timeout=60)
@@ -568,6 +584,14 @@ async def settlement(
     )
     for name, xs in steps.items():
         print(f"    {name:<7} median {statistics.median(xs):6.1f} ms", flush=True)
+    print(
+        f"  PostgreSQL backends, mean over {waits['samples']:.0f} samples: "
+        f"{waits['active']:.2f} running a statement, {waits['idle_in_txn']:.2f} idle in a "
+        f"transaction (the API's turn), {waits['lock']:.2f} waiting on a lock",
+        flush=True,
+    )
+    for query, n in top_waits:
+        print(f"    lock waits {n / waits['samples']:.2f}: {query}", flush=True)
     return {
         "per_s": rate,
         "done": len(lat),
@@ -577,8 +601,53 @@ async def settlement(
         "failed": len(failures),
         "cpu_api_ms": 1000 * cpu_api / len(lat),
         "cpu_vault_ms": 1000 * (cpu_all - cpu_api) / len(lat),
+        "lock_waits": waits["lock"],
+        "in_txn": waits["active"] + waits["idle_in_txn"],
         **{f"step_{k}": statistics.median(v) for k, v in steps.items()},
     }
+
+
+async def lock_waits(
+    done: asyncio.Event, every_s: float = 0.02
+) -> tuple[dict[str, float], list[tuple[str, int]]]:
+    """Sample pg_stat_activity while settlements run: is a hot row serializing them?
+
+    Counts the bench database's backends running a statement, idle inside a transaction (the
+    API process computing between two statements) and waiting on a lock (a row lock: another
+    transaction holds the row), and names the statements that waited most.
+    """
+    conn = await asyncpg.connect(DSN, timeout=10)
+    totals = collections.Counter[str]()
+    waiting = collections.Counter[str]()
+    samples = 0
+    try:
+        while not done.is_set():
+            rows = await conn.fetch(
+                "SELECT state, wait_event_type, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)"
+                " AS q FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                DBNAME,
+            )
+            samples += 1
+            for r in rows:
+                if r["state"] == "idle in transaction":
+                    totals["idle_in_txn"] += 1
+                elif r["state"] == "active":
+                    totals["active"] += 1
+                    if r["wait_event_type"] == "Lock":
+                        totals["lock"] += 1
+                        waiting[r["q"]] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every_s)
+    finally:
+        await conn.close()
+    n = max(samples, 1)
+    means = {
+        "samples": float(samples),
+        "active": totals["active"] / n,
+        "idle_in_txn": totals["idle_in_txn"] / n,
+        "lock": totals["lock"] / n,
+    }
+    return means, waiting.most_common(4)
 
 
 # -- profile -----------------------------------------------------------------------------------
@@ -684,10 +753,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
     parser.add_argument("--settle-lots", type=int, default=200, help="lots prepared to settle")
+    parser.add_argument(
+        "--settle-sellers", type=int, default=50, help="sellers the settled lots belong to"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the API process")
     parser.add_argument("--profile-dir", help="keep py-spy's raw stacks here")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs")
     parser.add_argument("--workers", type=int, default=1, help="API worker processes (serve)")
+    parser.add_argument(
+        "--settle-only", action="store_true", help="settlements only (no bids, no record)"
+    )
     parser.add_argument(
         "--bids-only", action="store_true", help="bids over HTTP only (no baselines, no record)"
     )
@@ -721,36 +796,37 @@ def main() -> None:
         hot, many = lot_ids[0], lot_ids[1:]
         hot_lines = [f"{k} {hot}" for _, k in bidders]
         many_lines = [f"{bidders[j % BIDDERS][1]} {many[j % LOTS]}" for j in range(500)]
-        print("bids over HTTP (wrk -t2 -c16):", flush=True)
-        whole = pgid if args.workers > 1 else None
-        r_hot = bid_scenario(
-            base, hot_lines, "one hot lot", duration_s=d, workdir=work, pid=pid, pgid=whole
-        )
-        r_many = bid_scenario(
-            base, many_lines, f"{LOTS} lots", duration_s=d, workdir=work, pid=pid, pgid=whole
-        )
-        if args.profile:
-            raw = profile_bids(base, hot_lines, pid, work, d)
-            if raw.exists() and spy_dir != work:
-                shutil.copy(raw, spy_dir / raw.name)
-            prof = summarize(raw, "a hot-lot bid run")
-            print("\n".join(prof), flush=True)
-        if args.bids_only:
-            return
-        print(f"baselines (raw asyncpg, {CONC} connections):", flush=True)
-        b = {}
-        for name, lots, lock in (
-            ("hot", [hot], False),
-            ("many", many, False),
-            ("hot_lock", [hot], True),
-            ("many_lock", many, True),
-        ):
-            b[name] = asyncio.run(baseline(lots, lock=lock, duration_s=d))
-            print(
-                f"  {name}: {b[name]['per_s']:,.0f} rows/s, p50 {b[name]['p50']:.1f} ms, "
-                f"p99 {b[name]['p99']:.1f} ms",
-                flush=True,
+        if not args.settle_only:
+            print("bids over HTTP (wrk -t2 -c16):", flush=True)
+            whole = pgid if args.workers > 1 else None
+            r_hot = bid_scenario(
+                base, hot_lines, "one hot lot", duration_s=d, workdir=work, pid=pid, pgid=whole
             )
+            r_many = bid_scenario(
+                base, many_lines, f"{LOTS} lots", duration_s=d, workdir=work, pid=pid, pgid=whole
+            )
+            if args.profile:
+                raw = profile_bids(base, hot_lines, pid, work, d)
+                if raw.exists() and spy_dir != work:
+                    shutil.copy(raw, spy_dir / raw.name)
+                prof = summarize(raw, "a hot-lot bid run")
+                print("\n".join(prof), flush=True)
+            if args.bids_only:
+                return
+            print(f"baselines (raw asyncpg, {CONC} connections):", flush=True)
+            b = {}
+            for name, lots, lock in (
+                ("hot", [hot], False),
+                ("many", many, False),
+                ("hot_lock", [hot], True),
+                ("many_lock", many, True),
+            ):
+                b[name] = asyncio.run(baseline(lots, lock=lock, duration_s=d))
+                print(
+                    f"  {name}: {b[name]['per_s']:,.0f} rows/s, p50 {b[name]['p50']:.1f} ms, "
+                    f"p99 {b[name]['p99']:.1f} ms",
+                    flush=True,
+                )
         print("settlement (close → order → pay → ship → accept: release + payout):", flush=True)
         r_settle = asyncio.run(
             settlement(
@@ -759,6 +835,7 @@ def main() -> None:
                 seller_id,
                 bidders,
                 n_lots=args.settle_lots,
+                n_sellers=args.settle_sellers,
                 dur=d,
                 pids=(pid, pgid),
                 spy_raw=spy_dir / "profile-settle.txt" if args.profile else None,
@@ -767,6 +844,8 @@ def main() -> None:
         if args.profile:
             print("\n".join(summarize(spy_dir / "profile-settle.txt", "settlements")), flush=True)
     asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{DBNAME}" WITH (FORCE)'))
+    if args.settle_only:
+        return
 
     title = (
         f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC — `make bench-auctions` "
@@ -801,10 +880,12 @@ def main() -> None:
     st = r_settle
     settle_row = (
         "| lot settlements, close → get lot (its order) → pay → ship → accept (release + "
-        "payout), "
-        f"{CONC} at a time | **{st['per_s']:,.1f}/s** ({st['done']:,.0f} done, "
+        f"payout), {CONC} at a time, lots of {args.settle_sellers} sellers | "
+        f"**{st['per_s']:,.1f}/s** ({st['done']:,.0f} done, "
         f"{st['payouts']:,.0f} payouts paid), {st['p50']:.0f} / {st['p99']:.0f} ms per "
-        f"settlement | — | ≥ 100/s {ok(st['per_s'] >= 100)} |"
+        f"settlement; API {st['cpu_api_ms']:.0f} ms CPU each; PostgreSQL backends waiting on "
+        f"a lock {st['lock_waits']:.2f} of {st['in_txn']:.2f} in a transaction (mean) | — | "
+        f"≥ 100/s {ok(st['per_s'] >= 100)} |"
     )
     steps = ", ".join(
         f"{k.removeprefix('step_')} {v:.0f}" for k, v in st.items() if k.startswith("step_")

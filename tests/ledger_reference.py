@@ -165,24 +165,42 @@ class ReferenceLedger:
         """Apply requests (``(transfers, public)``) in order, as one batch at ``now_us``."""
         decided = self._decided_accounts([t for ts, _ in requests for t in ts])
         results = [self._request(transfers, public=public) for transfers, public in requests]
-        # The batch released every expired hold touching an account it decided on.
+        # The batch released every expired hold touching an account it decided on, and every
+        # expired hold it posts or voids.
         self.unreleased = {
             h
             for h in self.unreleased
-            if self.holds[h].debit not in decided and self.holds[h].credit not in decided
+            if self.holds[h].debit not in decided
+            and self.holds[h].credit not in decided
+            and f"hold:{h}" not in decided
         }
         return results
 
     def _decided_accounts(self, transfers: Sequence[TransferInput]) -> set[str]:
-        """The accounts whose balances a batch may decide on: those it names, and those of the
-        holds it posts or voids (as they stood before the batch)."""
-        decided = {
-            a for t in transfers for a in (t.debit_account_id, t.credit_account_id) if a is not None
-        }
+        """The accounts whose balances a batch decides on — those with a limit that it names or
+        that a hold it posts or voids touches (as they stood before the batch), and a balancing
+        transfer's balance-reading side — and the holds it posts or voids, as ``hold:{id}``.
+        (An unconstrained account decides nothing: a batch does not release the expired holds
+        touching it, ADR 0016; the sweeper does.)"""
+        named: set[str] = set()
         for t in transfers:
+            named |= {a for a in (t.debit_account_id, t.credit_account_id) if a is not None}
             hold = self.holds.get(t.pending_id or "")
             if hold is not None:
-                decided |= {hold.debit, hold.credit}
+                named |= {hold.debit, hold.credit, f"hold:{t.pending_id}"}
+        limits = (
+            AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS
+        )
+        decided = {
+            a
+            for a in named
+            if a.startswith("hold:") or (a in self.accounts and self.accounts[a].flags & limits)
+        }
+        for t in transfers:
+            if BAL_DEBIT in t.flags and t.debit_account_id in self.accounts:
+                decided.add(t.debit_account_id)
+            if BAL_CREDIT in t.flags and t.credit_account_id in self.accounts:
+                decided.add(t.credit_account_id)
         return decided
 
     def _request(self, transfers: Sequence[TransferInput], *, public: bool) -> list[str]:

@@ -8,6 +8,7 @@ but not to ``ROLES``. Runs on SQLite and PostgreSQL (about 150 requests per back
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from hammerlock.auctions.service import NewLot
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
-from hammerlock.db.uow import UnitOfWork
 from hammerlock.escrow.model import OrderTerms
 from hammerlock.escrow.service import open_order
 from hammerlock.ledger import service as ledger_service
@@ -266,7 +266,8 @@ class World:
             async with self.container.db.transaction() as uow:
                 if kind == "second":  # opened 10 s ago: its 1 s payment window is over
                     past = FixedClock(uow.clock.now_us() - 10_000_000)
-                    uow = UnitOfWork(uow.conn, uow.dialect, past)  # noqa: PLW2901
+                    # the same transaction (its commit hooks included), another clock
+                    uow = dataclasses.replace(uow, clock=past)  # noqa: PLW2901
                 order_id = await open_order(uow, ctx, terms)
             if steps >= 1:
                 await escrow.pay(ctx, order_id, payment_method=f"tok_ok_m_{kind}_{caller}")

@@ -324,12 +324,19 @@ async def test_a_hold_committed_while_a_batch_waits_for_its_locks_is_posted_with
 ) -> None:
     """A batch reads which accounts it needs before locking them. Here the hold it posts is
     committed (by A) only while the batch (B) waits for its locks, so B learns of the hold's
-    other account (free00, sorting before the free05 it holds) only under its locks. Meanwhile
-    C, a batch on free00 and free05, holds free00 and waits for free05. Locking free00 now, out
+    other account (lim00, sorting before the lim05 it holds) only under its locks. Meanwhile
+    C, a batch on lim00 and lim05, holds lim00 and waits for lim05. Locking lim00 now, out
     of order, would deadlock B against C (and, with no retry around these calls, fail one of
-    them); B must give its locks back and take all of them again, in order."""
+    them); B must give its locks back and take all of them again, in order. (Accounts with a
+    limit: those are the ones a batch locks when it reads them; unconstrained ones are locked
+    only at commit, ADR 0016.)"""
     await _open_accounts(container)
-    hold = TransferInput("h", "free05", "free00", 40, "USD", "pay", TransferFlag.PENDING)
+    async with container.db.transaction() as uow:
+        funding = [
+            TransferInput(f"fund.{a}", "free01", a, 100, "USD", "fund") for a in ("lim00", "lim05")
+        ]
+        assert await service.post(uow, funding) == ["ok", "ok"]
+    hold = TransferInput("h", "lim05", "lim00", 40, "USD", "pay", TransferFlag.PENDING)
     post = TransferInput("p", None, None, None, None, None, TransferFlag.POST_PENDING, "h")
     held = asyncio.Event()
     release = asyncio.Event()
@@ -338,7 +345,7 @@ async def test_a_hold_committed_while_a_batch_waits_for_its_locks_is_posted_with
         async with container.db.transaction() as uow:
             assert await service.post(uow, [hold]) == ["ok"]
             held.set()
-            await release.wait()  # free00 and free05 stay locked, the hold uncommitted
+            await release.wait()  # lim00 and lim05 stay locked, the hold uncommitted
 
     async def batch(*transfers: TransferInput) -> list[str]:
         await held.wait()
@@ -346,18 +353,20 @@ async def test_a_hold_committed_while_a_batch_waits_for_its_locks_is_posted_with
             return await service.post(uow, list(transfers))
 
     holder = asyncio.create_task(a())
-    b = asyncio.create_task(batch(TransferInput("tb", "free05", "free06", 5, "USD", "pay"), post))
-    await held.wait()
-    await _wait_until_blocked_on_locks(container, 1)
-    c = asyncio.create_task(batch(TransferInput("tc", "free00", "free05", 7, "USD", "pay")))
-    await _wait_until_blocked_on_locks(container, 2)
-    release.set()
+    b = asyncio.create_task(batch(TransferInput("tb", "lim05", "free06", 5, "USD", "pay"), post))
+    try:
+        await held.wait()
+        await _wait_until_blocked_on_locks(container, 1)
+        c = asyncio.create_task(batch(TransferInput("tc", "lim00", "lim05", 7, "USD", "pay")))
+        await _wait_until_blocked_on_locks(container, 2)
+    finally:
+        release.set()
     await holder
     assert await asyncio.wait_for(b, 30) == ["ok", "ok"]
     assert await asyncio.wait_for(c, 30) == ["ok"]
     async with container.db.transaction(write=False) as uow:
-        free00 = await service.get_account(uow, "free00")
-    assert free00.balances == Balances(0, 7, 0, 40)
+        lim00 = await service.get_account(uow, "lim00")
+    assert lim00.balances == Balances(0, 7, 0, 140)
     assert (await run_check(container.db)).ok
 
 

@@ -323,20 +323,30 @@ async def test_run_check_notices_a_hold_released_by_hand(
 async def test_run_check_accepts_every_way_a_hold_resolves(
     container: Container, clock: FixedClock
 ) -> None:
+    """Post, void, lazy expiry (a batch deciding on the limited account) and the sweeper (the
+    only one to release a hold between two unconstrained accounts, ADR 0016)."""
     db = container.db
     await _seed(db)
     holds = [
-        _t(f"h{n}", "world", "shop", 10, flags=TransferFlag.PENDING, timeout_s=5) for n in range(4)
+        _t(f"h{n}", "wallet", "shop", 10, flags=TransferFlag.PENDING, timeout_s=5) for n in range(4)
     ]
-    assert await _post(db, *holds) == ["ok"] * 4
+    holds.append(_t("h4", "world", "shop", 10, flags=TransferFlag.PENDING, timeout_s=5))
+    assert await _post(db, *holds) == ["ok"] * 5
     post = TransferInput("p0", None, None, 4, None, None, TransferFlag.POST_PENDING, "h0")
     void = TransferInput("v1", None, None, None, None, None, TransferFlag.VOID_PENDING, "h1")
     assert await _post(db, post, void) == ["ok", "ok"]
     clock.advance(5)
-    assert await _post(db, _t("t", "world", "shop", 1)) == ["ok"]  # releases h2 and h3 lazily
+    assert await _post(db, _t("t", "wallet", "shop", 1)) == ["ok"]  # releases h2, h3 lazily
+    assert await _hold_state(db, "h3") == "expired"
+    assert await _hold_state(db, "h4") == "pending"  # world and shop decide nothing
     report = await run_check(db)
     assert report.ok, report.lines()
-    assert await _hold_state(db, "h3") == "expired"
+    async with db.transaction() as uow:
+        swept = await service.sweep_expired_holds(uow)
+    assert [h.transfer_id for h in swept] == ["h4"]
+    assert await _hold_state(db, "h4") == "expired"
+    report = await run_check(db)
+    assert report.ok, report.lines()
 
 
 async def test_run_check_notices_missing_triggers(container: Container) -> None:
@@ -383,16 +393,25 @@ async def test_an_expired_hold_counts_until_its_expiry_and_not_after(
 
 
 @pytest.mark.parametrize("side", ["debit", "credit"])
-async def test_a_batch_naming_either_side_of_an_expired_hold_releases_it(
+async def test_a_batch_deciding_on_a_limited_side_of_an_expired_hold_releases_it(
     container: Container, clock: FixedClock, side: str
 ) -> None:
+    """The hold is wallet (a limit) → shop (none). A batch naming wallet decides on its balance
+    and releases the hold first; one naming only shop decides nothing and leaves it to the
+    sweeper (ADR 0016) — the pending amount stays visible on both sides meanwhile."""
     db = container.db
     await _seed(db)
     clock.advance(60)
     touch = _t("t1", "world", "wallet" if side == "debit" else "shop", 1)
     assert await _post(db, touch) == ["ok"]
-    assert (await _balances(db, "wallet"))[0] == 0
-    assert (await _balances(db, "shop"))[2] == 0
+    released = side == "debit"
+    assert (await _balances(db, "wallet"))[0] == (0 if released else 30)
+    assert (await _balances(db, "shop"))[2] == (0 if released else 30)
+    assert await _hold_state(db, "hold") == ("expired" if released else "pending")
+    assert (await run_check(db)).ok
+    async with db.transaction() as uow:
+        swept = await service.sweep_expired_holds(uow)
+    assert [h.transfer_id for h in swept] == ([] if released else ["hold"])
     assert await _hold_state(db, "hold") == "expired"
     assert (await run_check(db)).ok
 

@@ -44,7 +44,9 @@ class Database:
             if write:
                 await conn.execution_options(**{_WRITE: True})
             async with conn.begin():
-                yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+                uow = UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+                yield uow
+                await uow.run_before_commit()
 
     @asynccontextmanager
     async def single_statement(self, *, write: bool = True) -> AsyncIterator[UnitOfWork]:
@@ -60,7 +62,9 @@ class Database:
             return
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+            uow = UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+            yield uow
+            _refuse_deferred(uow, "single_statement")
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[UnitOfWork]:
@@ -77,7 +81,9 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                yield UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+                uow = UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+                yield uow
+                _refuse_deferred(uow, "snapshot")
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -85,6 +91,13 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _refuse_deferred(uow: UnitOfWork, kind: str) -> None:
+    """Work left for a commit that this kind of transaction has no place for (a ledger post
+    in autocommit or in a read-only snapshot) is a bug: fail loudly rather than drop it."""
+    if uow.has_before_commit:
+        raise RuntimeError(f"work deferred to the commit of a {kind} transaction")
 
 
 def create_database(settings: Settings, clock: Clock) -> Database:

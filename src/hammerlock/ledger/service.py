@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hammerlock.audit import service as audit
-from hammerlock.audit.model import Context
+from hammerlock.audit.model import AuditEvent, Context
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.ledger import storage
 from hammerlock.ledger.errors import AccountNotFound, AccountReserved, TransferNotFound
@@ -24,7 +24,9 @@ from hammerlock.ledger.model import (
     AccountState,
     Balances,
     Hold,
+    LedgerInvariantError,
     Snapshot,
+    TransferFlag,
     TransferInput,
     TransferRecord,
     account_result,
@@ -32,11 +34,13 @@ from hammerlock.ledger.model import (
     expire_due_holds,
     is_reserved,
 )
+from hammerlock.ledger.storage import Lock
 
 __all__ = [
     "LedgerRequest",
     "close_account",
     "create_accounts",
+    "flush",
     "get_account",
     "get_transfer",
     "post",
@@ -73,37 +77,75 @@ def _accounts_of(holds: Iterable[Hold]) -> set[str]:
     return {a for h in holds for a in (h.debit_account_id, h.credit_account_id)}
 
 
-async def _holds_in_reach(
-    uow: UnitOfWork, named: set[str], pending_ids: set[str], now_us: int
-) -> tuple[dict[str, Hold], set[str]]:
-    """The holds a batch must see — those it posts or voids, and the due ones touching the
-    accounts it decides on (to release them first) — and every account those holds touch."""
-    holds = await storage.fetch_holds(uow, pending_ids)
-    decided = named | _accounts_of(holds.values())
-    holds.update(await storage.due_holds_touching(uow, decided, now_us))
-    return holds, decided | _accounts_of(holds.values())
+_LIMITS = AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS
 
 
-async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) -> Snapshot:
-    """Lock every account the batch can touch, then read what it needs under those locks.
+def _limited(account: AccountState) -> bool:
+    return bool(account.flags & _LIMITS)
 
-    All the locks are taken by one statement, in id order, so two batches (or a batch and the
-    sweeper) never deadlock. Which accounts that is depends on holds read before locking (the
-    ones named by ``pending_id``, and the due ones whose partner accounts must be locked too to
-    release them); if the reads under the locks name an account more (a hold committed
-    meanwhile), the locks are given back (rolling back a savepoint) and all taken again, in id
-    order: locking the newcomer alone, out of order, is what deadlocks.
+
+def _balancing_sides(transfers: Sequence[TransferInput]) -> set[str]:
+    """Accounts whose balance a balancing transfer reads (so they are locked like a limit)."""
+    sides = set()
+    for t in transfers:
+        if TransferFlag.BALANCING_DEBIT in t.flags and t.debit_account_id:
+            sides.add(t.debit_account_id)
+        if TransferFlag.BALANCING_CREDIT in t.flags and t.credit_account_id:
+            sides.add(t.credit_account_id)
+    return sides
+
+
+@dataclass(slots=True)
+class _Loaded:
+    snapshot: Snapshot
+    locked: set[str]  # the accounts locked for writing now; the rest are written at commit
+
+
+async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) -> _Loaded:
+    """Read every account the batch can touch; lock for writing those whose balance decides.
+
+    An account with a limit (or the balance-reading side of a balancing transfer) decides a
+    transfer's result, so it is locked for writing now (FOR NO KEY UPDATE) and its balance read
+    under the lock. An *unconstrained* account never decides a result: it is only read, with a
+    share lock (FOR KEY SHARE: it cannot be closed meanwhile, but other transactions may move
+    its balance), and its changes are written at commit (:func:`flush`). Hot accounts — the
+    gateway, platform revenue — therefore do not serialise the transactions that touch them
+    (ADR 0016).
+
+    The write locks are taken by one statement, in id order, so two batches never deadlock.
+    Which accounts that is depends on holds read before locking (the due ones touching a
+    limited account must be released first, and their limited partner locked too); if the
+    reads under the locks name a limited account more (a hold committed meanwhile), the locks
+    are given back (rolling back a savepoint) and all taken again, in id order. The holds a
+    batch resolves (by ``pending_id``) are locked themselves, so two resolutions of one hold
+    take turns even between two unconstrained accounts.
     """
     now_us = uow.clock.now_us()
     ids = {t.id for t in transfers}
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     named = {a for t in transfers for a in (t.debit_account_id, t.credit_account_id) if a}
-    wanted = named | (await _holds_in_reach(uow, named, pending_ids, now_us))[1]
+    named |= _accounts_of((await storage.fetch_holds(uow, pending_ids)).values())
+    seen = await storage.lock_accounts(uow, named, Lock.SHARE)
+    balancing = _balancing_sides(transfers)
+    decided = {a for a, acc in seen.items() if _limited(acc) or a in balancing}
+
+    async def in_reach(lock: bool) -> tuple[dict[str, Hold], set[str]]:
+        holds = await storage.fetch_holds(uow, pending_ids, lock=lock)
+        holds.update(await storage.due_holds_touching(uow, decided, now_us))
+        partners = _accounts_of(holds.values()) - seen.keys()
+        if partners:
+            seen.update(await storage.lock_accounts(uow, partners, Lock.SHARE))
+        return holds, decided | {
+            a for a in _accounts_of(holds.values()) if a in seen and _limited(seen[a])
+        }
+
+    wanted = (await in_reach(False))[1]
+    locked: dict[str, AccountState] = {}
     for attempt in range(1, _MAX_LOCK_ROUNDS + 1):
         last = attempt == _MAX_LOCK_ROUNDS
         savepoint = await uow.conn.begin_nested() if uow.is_postgres and not last else None
         locked = await storage.lock_accounts(uow, wanted)
-        holds, needed = await _holds_in_reach(uow, named, pending_ids, now_us)
+        holds, needed = await in_reach(True)
         if needed <= wanted or last:
             if savepoint is not None:
                 await savepoint.commit()  # RELEASE SAVEPOINT: the locks stay taken
@@ -116,13 +158,92 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
         # may then report a deadlock, which run_with_retries retries.
         locked.update(await storage.lock_accounts(uow, needed - wanted))
     existing = await storage.fetch_transfers(uow, ids | pending_ids)
-    return Snapshot(now_us=now_us, accounts=locked, transfers=existing, holds=holds)
+    snapshot = Snapshot(now_us=now_us, accounts={**seen, **locked}, transfers=existing, holds=holds)
+    return _Loaded(snapshot, set(locked))
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A batch decided and not yet written: written by :func:`flush` before the commit."""
+
+    snapshot: Snapshot
+    before: dict[str, Balances]
+    locked: set[str]
+    events: list[AuditEvent]
+
+
+_DEFERRED = "ledger"
+
+
+async def flush(uow: UnitOfWork) -> None:
+    """Write the transaction's decided-but-unwritten ledger batch, if any.
+
+    Runs before the commit (a hook :func:`post_requests` registers) and before any other
+    ledger call in the same transaction, so a transaction always reads its own transfers.
+    Unconstrained accounts are locked for writing here, for the last statements of the
+    transaction only; what other transactions moved on them since this batch read them shifts
+    the balances recorded after each transfer, which stay exact.
+    """
+    pending: _Pending | None = uow.deferred.pop(_DEFERRED, None)
+    if pending is None:
+        return
+    s = pending.snapshot
+    shared = {a for a in s.touched_accounts if a not in pending.locked}
+    if shared:
+        now = await storage.lock_accounts(uow, shared)
+        shift: dict[str, _Shift] = {}
+        for account_id in shared:
+            current, read = now[account_id], s.accounts[account_id]
+            if AccountFlag.CLOSED in current.flags and AccountFlag.CLOSED not in read.flags:
+                # Impossible while the share lock holds; never write past a close.
+                raise LedgerInvariantError(f"account {account_id} closed under a share lock")
+            moved = _minus(current.balances, pending.before[account_id])
+            if any(moved):
+                shift[account_id] = moved
+        if shift:
+            s.new_transfers = [_shifted(t, shift) for t in s.new_transfers]
+    # PostgreSQL: a request's one event goes inside its transfer INSERT (one round trip fewer).
+    events = pending.events
+    along = audit.outbox_insert(events[0]) if uow.is_postgres and len(events) == 1 else None
+    if not await storage.write_changes(uow, s, pending.before, along=along):
+        await audit.record_many(uow, events)
+
+
+_Shift = tuple[int, int, int, int]  # what others moved: pending/posted debits, credits (signed)
+
+
+def _minus(a: Balances, b: Balances) -> _Shift:
+    return (
+        a.debits_pending - b.debits_pending,
+        a.debits_posted - b.debits_posted,
+        a.credits_pending - b.credits_pending,
+        a.credits_posted - b.credits_posted,
+    )
+
+
+def _plus(a: Balances, d: _Shift | None) -> Balances:
+    if d is None:
+        return a
+    return a.add(debits_pending=d[0], debits_posted=d[1], credits_pending=d[2], credits_posted=d[3])
+
+
+def _shifted(t: TransferRecord, shift: dict[str, _Shift]) -> TransferRecord:
+    dr, cr = shift.get(t.debit_account_id), shift.get(t.credit_account_id)
+    if dr is None and cr is None:
+        return t
+    return replace(t, debit_after=_plus(t.debit_after, dr), credit_after=_plus(t.credit_after, cr))
 
 
 async def post_requests(uow: UnitOfWork, requests: Sequence[LedgerRequest]) -> list[list[str]]:
-    """Apply each request in order against one locked snapshot; results per request."""
+    """Apply each request in order against one snapshot; results per request.
+
+    The results are final when this returns; the rows are written by :func:`flush` before the
+    transaction commits (or by the next ledger call in it).
+    """
+    await flush(uow)
     every = [t for r in requests for t in r.transfers]
-    snapshot = await _load_snapshot(uow, every)
+    loaded = await _load_snapshot(uow, every)
+    snapshot = loaded.snapshot
     before: dict[str, Balances] = {a.id: a.balances for a in snapshot.accounts.values()}
     expire_due_holds(snapshot)
     results: list[list[str]] = []
@@ -145,10 +266,8 @@ async def post_requests(uow: UnitOfWork, requests: Sequence[LedgerRequest]) -> l
                     },
                 )
             )
-    # PostgreSQL: a request's one event goes inside its transfer INSERT (one round trip fewer).
-    along = audit.outbox_insert(events[0]) if uow.is_postgres and len(events) == 1 else None
-    if not await storage.write_changes(uow, snapshot, before, along=along):
-        await audit.record_many(uow, events)
+    uow.deferred[_DEFERRED] = _Pending(snapshot, before, loaded.locked, events)
+    uow.before_commit(_DEFERRED, flush)
     return results
 
 
@@ -177,7 +296,8 @@ class AccountResult:
 async def create_accounts(
     uow: UnitOfWork, ctx: Context | None, new: Sequence[AccountInput], *, public: bool = True
 ) -> list[AccountResult]:
-    existing = await storage.lock_accounts(uow, [a.id for a in new])
+    await flush(uow)
+    existing = await storage.lock_accounts(uow, [a.id for a in new], Lock.SHARE)
     results: list[AccountResult] = []
     to_insert: list[AccountInput] = []
     for a in new:
@@ -191,7 +311,7 @@ async def create_accounts(
     inserted = await storage.insert_accounts(uow, to_insert, now_us)
     if lost := {a.id for a in to_insert} - inserted:
         # A concurrent request created some of them first: answer as if it had been earlier.
-        winners = await storage.lock_accounts(uow, lost)
+        winners = await storage.lock_accounts(uow, lost, Lock.SHARE)
         results = [
             AccountResult(r.id, account_result(winners[a.id], a, reserved=False))
             if a.id in lost
@@ -217,7 +337,9 @@ async def close_account(
 ) -> AccountState:
     if public and is_reserved(account_id):
         raise AccountReserved(f"account {account_id!r} is owned by a domain service")
-    locked = await storage.lock_accounts(uow, [account_id])
+    await flush(uow)
+    # FOR UPDATE: waits for every transaction that read the account to post to it.
+    locked = await storage.lock_accounts(uow, [account_id], Lock.CLOSE)
     account = locked.get(account_id)
     if account is None:
         raise AccountNotFound(f"no ledger account {account_id!r}")
@@ -245,6 +367,7 @@ async def close_account(
 
 
 async def get_account(uow: UnitOfWork, account_id: str) -> AccountState:
+    await flush(uow)
     account = await storage.get_account(uow, account_id)
     if account is None:
         raise AccountNotFound(f"no ledger account {account_id!r}")
@@ -252,6 +375,7 @@ async def get_account(uow: UnitOfWork, account_id: str) -> AccountState:
 
 
 async def get_transfer(uow: UnitOfWork, transfer_id: str) -> TransferRecord:
+    await flush(uow)
     transfer = await storage.get_transfer(uow, transfer_id)
     if transfer is None:
         raise TransferNotFound(f"no ledger transfer {transfer_id!r}")
@@ -266,17 +390,23 @@ async def statement(
 
 
 async def sweep_expired_holds(uow: UnitOfWork, *, limit: int = 1_000) -> list[Hold]:
-    """Release due holds (the sweeper); lazy expiry at batch time covers the gap between runs."""
+    """Release due holds (the sweeper); lazy expiry at batch time covers the gap between runs.
+
+    Locks as a batch does (accounts with a limit now, the holds' rows, unconstrained accounts
+    at commit), so the sweeper and the batches share one lock order.
+    """
+    await flush(uow)
     now_us = uow.clock.now_us()
     due = await storage.due_holds(uow, now_us, limit)
     if not due:
         return []
-    account_ids = {a for h in due for a in (h.debit_account_id, h.credit_account_id)}
-    locked = await storage.lock_accounts(uow, account_ids)
+    seen = await storage.lock_accounts(uow, _accounts_of(due), Lock.SHARE)
+    locked = await storage.lock_accounts(uow, {a for a, acc in seen.items() if _limited(acc)})
     # Re-read under the locks: a hold may have been resolved meanwhile.
-    holds = await storage.fetch_holds(uow, [h.transfer_id for h in due])
-    snapshot = Snapshot(now_us=now_us, accounts=locked, transfers={}, holds=holds)
-    before = {a.id: a.balances for a in locked.values()}
+    holds = await storage.fetch_holds(uow, [h.transfer_id for h in due], lock=True)
+    snapshot = Snapshot(now_us=now_us, accounts={**seen, **locked}, transfers={}, holds=holds)
+    before = {a.id: a.balances for a in snapshot.accounts.values()}
     expired = expire_due_holds(snapshot)
-    await storage.write_changes(uow, snapshot, before)
+    uow.deferred[_DEFERRED] = _Pending(snapshot, before, set(locked), [])
+    uow.before_commit(_DEFERRED, flush)
     return expired

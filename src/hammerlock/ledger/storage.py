@@ -1,15 +1,17 @@
 """Ledger tables and queries. Only ``ledger.service`` imports this module.
 
-Locking: the accounts a batch touches are locked in id order (``SELECT … ORDER BY id FOR
-UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers), so two batches
-never deadlock on each other, and every conflicting change (same transfer id on the same
-accounts, two resolutions of one hold, a limit check) is serialised by those locks. What the locks
-cannot serialise — the same transfer id reused on other accounts — the unique index catches, and
-the service retries the batch.
+Locking (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers), one order
+everywhere (ADR 0016): accounts with a limit, for writing, in id order, when a batch reads them
+→ the rows of the holds it resolves → unconstrained accounts, for writing, in id order, at commit
+(they are only share-locked before). So two batches never deadlock on each other, and every
+conflicting change (a limit check, two resolutions of one hold, a close) is serialised. What the
+locks cannot serialise — the same transfer id reused on other accounts — the unique index
+catches, and the service retries the batch.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -34,6 +36,7 @@ from hammerlock.ledger.model import (
 )
 
 __all__ = [
+    "Lock",
     "accounts",
     "holds",
     "transfers",
@@ -161,13 +164,32 @@ def _hold(row: RowMapping) -> Hold:
 # --- reads --------------------------------------------------------------------------------
 
 
-async def lock_accounts(uow: UnitOfWork, ids: Iterable[str]) -> dict[str, AccountState]:
+class Lock(enum.Enum):
+    """Row-lock strength for reading accounts (PostgreSQL; SQLite serialises writers anyway).
+
+    - ``SHARE``: FOR KEY SHARE — the account cannot be closed (``UPDATE``) meanwhile, but other
+      transactions may still move its balances: how unconstrained accounts are read.
+    - ``WRITE``: FOR NO KEY UPDATE — exclusive among writers of the balances, still compatible
+      with ``SHARE`` readers: accounts with a limit, and every account at write time.
+    - ``CLOSE``: FOR UPDATE — waits for every transaction holding the account in any mode.
+    """
+
+    SHARE = "share"
+    WRITE = "write"
+    CLOSE = "close"
+
+
+async def lock_accounts(
+    uow: UnitOfWork, ids: Iterable[str], strength: Lock = Lock.WRITE
+) -> dict[str, AccountState]:
     """Read (and on PostgreSQL lock, in id order) the accounts that exist among ``ids``."""
     found: dict[str, AccountState] = {}
     for chunk in _chunks(ids):
         query = sa.select(accounts).where(accounts.c.id.in_(chunk)).order_by(accounts.c.id)
         if uow.is_postgres:
-            query = query.with_for_update()
+            query = query.with_for_update(
+                read=strength is Lock.SHARE, key_share=strength is not Lock.CLOSE
+            )
         for row in (await uow.conn.execute(query)).mappings():
             found[row["id"]] = account_from_row(row)
     return found
@@ -182,10 +204,18 @@ async def fetch_transfers(uow: UnitOfWork, ids: Iterable[str]) -> dict[str, Tran
     return found
 
 
-async def fetch_holds(uow: UnitOfWork, transfer_ids: Iterable[str]) -> dict[str, Hold]:
+async def fetch_holds(
+    uow: UnitOfWork, transfer_ids: Iterable[str], *, lock: bool = False
+) -> dict[str, Hold]:
+    """The holds of ``transfer_ids``; with ``lock``, their rows locked (PostgreSQL) in id
+    order, so two transactions resolving one hold take turns even when no account lock
+    orders them (a hold between two unconstrained accounts)."""
     found: dict[str, Hold] = {}
     for chunk in _chunks(transfer_ids):
-        rows = await uow.conn.execute(sa.select(holds).where(holds.c.transfer_id.in_(chunk)))
+        query = sa.select(holds).where(holds.c.transfer_id.in_(chunk))
+        if lock and uow.is_postgres:
+            query = query.order_by(holds.c.transfer_id).with_for_update()
+        rows = await uow.conn.execute(query)
         for row in rows.mappings():
             found[row["transfer_id"]] = _hold(row)
     return found

@@ -188,6 +188,7 @@ async def charged_back(uow: UnitOfWork, intent_id: str) -> int:
     intent = await storage.get_intent(uow, intent_id, for_update=True)
     if intent is None:
         return 0
+    await ledger.flush(uow)  # the read below goes to the ledger's table: write ours first
     return await storage.chargebacks_booked(
         uow, intent.id, f"platform:chargebacks:{intent.currency}"
     )

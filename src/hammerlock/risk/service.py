@@ -37,15 +37,21 @@ class RulesAssessor:
         now = uow.clock.now_us()
         since = now - self.rules.velocity_window_s * 1_000_000
         fingerprint = charge.card.fingerprint if charge.card else intent.card_fingerprint
+        rules = self.rules
+        # Only what an enabled rule reads (three queries per payment otherwise, for nothing).
         by_card, by_customer = await payments_storage.count_recent(
             uow,
-            fingerprint=fingerprint,
-            customer=intent.customer,
+            fingerprint=fingerprint if rules.card_velocity.enabled else None,
+            customer=intent.customer if rules.customer_velocity.enabled else None,
             since_us=since,
             excluding=intent.id,
         )
-        is_new = intent.customer is not None and not await payments_storage.customer_has_history(
-            uow, intent.customer, intent.created_us
+        is_new = (
+            rules.new_customer.enabled
+            and intent.customer is not None
+            and not await payments_storage.customer_has_history(
+                uow, intent.customer, intent.created_us
+            )
         )
         decision = evaluate(
             RiskInput(

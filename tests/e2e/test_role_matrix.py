@@ -109,6 +109,7 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], int]] = {
     ("POST", "/v1/orders/{order_id}/resolve"): (ORDER_RESOLVERS, 200),
     ("POST", "/v1/orders/{order_id}/refund"): (ORDER_RESOLVERS, 200),
     ("POST", "/v1/orders/{order_id}/cancel"): (ORDER_RESOLVERS, 200),
+    ("POST", "/v1/orders/{order_id}/payout"): (ORDER_RESOLVERS, 200),
     ("POST", "/v1/orders/{order_id}/second_chance/accept"): (ORDER_BUYERS, 201),
     ("POST", "/v1/bidders"): (PARTY_REGISTRARS, 201),
     ("POST", "/v1/sellers"): (PARTY_REGISTRARS, 201),
@@ -277,8 +278,19 @@ class World:
                 await escrow.confirm_delivery(ctx, order_id)
             if steps >= 4:
                 await escrow.dispute(ctx, order_id, reason="matrix")
-            if kind == "released":
-                await escrow.accept(ctx, order_id)
+            if kind in ("released", "payout_failed"):
+                gateway = self.container.gateways["sandbox"]
+                assert isinstance(gateway, FakeGateway)
+                refused = kind == "payout_failed"
+                gateway.refuse_payouts = refused
+                destinations = escrow.payout_destination
+                if refused:  # "matrix:seller" is no party: pay its own id out (and be refused)
+                    escrow.payout_destination = None
+                try:
+                    await escrow.accept(ctx, order_id)
+                finally:
+                    gateway.refuse_payouts = False
+                    escrow.payout_destination = destinations
             return order_id
 
         seconds = {caller: await order(caller, "second", 0, 1) for caller in EVERYONE}
@@ -296,6 +308,7 @@ class World:
                     "resolve": await order(caller, "resolve", 4),
                     "refund_after": await order(caller, "released", 3),
                     "order_cancel": await order(caller, "cancel", 1),
+                    "payout_failed": await order(caller, "payout_failed", 3),
                     "second": seconds[caller],
                 }
             )
@@ -565,6 +578,12 @@ class World:
             ),
             ("POST", "/v1/orders/{order_id}/cancel"): lambda: Call(
                 "POST", f"/v1/orders/{mine['order_cancel']}/cancel", {"reason": "matrix"}, idem
+            ),
+            ("POST", "/v1/orders/{order_id}/payout"): lambda: Call(
+                "POST",
+                f"/v1/orders/{mine['payout_failed']}/payout",
+                {"action": "retry", "reason": "matrix"},
+                idem,
             ),
             ("POST", "/v1/orders/{order_id}/second_chance/accept"): lambda: Call(
                 "POST", f"/v1/orders/{mine['second']}/second_chance/accept", {}, idem

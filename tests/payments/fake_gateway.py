@@ -40,6 +40,7 @@ class FakeGateway:
         self.country = "US"  # Braintree reports alpha-3 ("USA"): the service must cope
         self.poisoned: set[str] = set()  # intent ids whose calls raise an unforeseen error
         self.down_for = 0  # the next N calls find the gateway unreachable
+        self.refuse_payouts = False  # while set, every payout comes back failed
 
     def _down(self) -> bool:
         if self.down_for > 0:
@@ -166,8 +167,9 @@ class FakeGateway:
         return refund
 
     async def payout(self, request: PayoutRequest) -> Payout:
+        status = "failed" if self.refuse_payouts else "paid"
         return Payout(
-            "sandbox", request.payout_key, "po_1", request.amount, request.currency, "paid"
+            "sandbox", request.payout_key, "po_1", request.amount, request.currency, status
         )
 
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:

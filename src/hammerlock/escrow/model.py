@@ -46,6 +46,7 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OrderTerms",
+    "PayoutAction",
     "PayoutStatus",
     "RefundKind",
     "Settlement",
@@ -301,6 +302,14 @@ class PayoutStatus(enum.StrEnum):
     NO_DESTINATION = "no_destination"
     PAID = "paid"
     FAILED = "failed"  # the gateway refused; an operator looks (the money stays payable)
+
+
+class PayoutAction(enum.StrEnum):
+    """What an operator does to a payout the sweeper cannot settle alone."""
+
+    RETRY = "retry"  # a failed payout: a new attempt under a new key
+    MARK_PAID = "mark_paid"  # a pending one the gateway shows paid (its payout id given)
+    MARK_FAILED = "mark_failed"  # a pending one the gateway shows never paid
 
 
 class OfferStatus(enum.StrEnum):

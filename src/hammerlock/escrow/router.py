@@ -4,7 +4,8 @@
 timeline. Every action is a POST with an ``Idempotency-Key``: ``pay`` (the buyer), ``ship`` (the
 seller), ``confirm_delivery``, ``accept``, ``dispute`` (the buyer), ``resolve`` (an operator;
 again after risk review rejected its refund), ``refund`` (an operator, after release),
-``cancel`` (an operator, a paid order not shipped), ``second_chance/accept`` (the runner-up of a
+``cancel`` (an operator, a paid order not shipped), ``payout`` (an operator: retry a failed
+payout, mark a pending one paid or failed), ``second_chance/accept`` (the runner-up of a
 defaulted order). A bidder or seller who is not the order's party gets 404. ``pay`` answers
 ``202`` with ``Hammerlock-Outcome: pending`` while its payment intent is ``processing`` (not
 stored for replay: a retry resumes).
@@ -23,7 +24,7 @@ from hammerlock.api.deps import get_container, get_ctx
 from hammerlock.api.policy import policy
 from hammerlock.api.route import HammerlockRoute
 from hammerlock.api.schemas import MAX_SAFE_INT, ApiModel
-from hammerlock.escrow.model import CARRIERS, Order
+from hammerlock.escrow.model import CARRIERS, Order, PayoutAction
 from hammerlock.escrow.service import OrderView
 from hammerlock.escrow.views import order_json
 from hammerlock.payments.model import IntentStatus, PaymentIntent
@@ -72,6 +73,13 @@ class RefundIn(ApiModel):
 
 class CancelIn(ApiModel):
     reason: Reason
+
+
+class PayoutIn(ApiModel):
+    action: Literal["retry", "mark_paid", "mark_failed"]
+    reason: Reason
+    # the gateway's id of the payout (mark_paid): what the operator found at the gateway
+    payout_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")] | None = None
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -211,6 +219,23 @@ async def refund(request: Request, order_id: OrderId, body: RefundIn) -> Respons
 async def cancel(request: Request, order_id: OrderId, body: CancelIn) -> Response:
     order = await get_container(request).escrow.cancel(
         get_ctx(request), order_id, reason=body.reason
+    )
+    return await _order_response(request, order)
+
+
+@router.post(
+    "/v1/orders/{order_id}/payout",
+    openapi_extra=policy(Permission.ORDERS_RESOLVE, money_moving=True),
+    summary="An operator settles a payout the sweeper cannot: retry a failed one, or mark a "
+    "pending (ambiguous) one paid or failed as the gateway shows it",
+)
+async def settle_payout(request: Request, order_id: OrderId, body: PayoutIn) -> Response:
+    order = await get_container(request).escrow.settle_payout(
+        get_ctx(request),
+        order_id,
+        action=PayoutAction(body.action),
+        reason=body.reason,
+        payout_id=body.payout_id,
     )
     return await _order_response(request, order)
 

@@ -74,6 +74,7 @@ from hammerlock.escrow.model import (
     Order,
     OrderStatus,
     OrderTerms,
+    PayoutAction,
     PayoutStatus,
     RefundKind,
     escrow_account,
@@ -965,6 +966,67 @@ class Escrow:
             return order
         return await self._payout_done(ctx, order.id, name, payout_id, None, key=key)
 
+    async def settle_payout(
+        self,
+        ctx: Context,
+        order_id: str,
+        *,
+        action: PayoutAction,
+        reason: str,
+        payout_id: str | None = None,
+    ) -> Order:
+        """An operator settles a payout the sweeper cannot (docs/escrow.md "Operator payout
+        actions"): ``retry`` a ``failed`` one under a new key; ``mark_paid`` (with the
+        gateway's ``payout_id``) or ``mark_failed`` a ``pending`` one the operator has looked
+        up at the gateway (an ambiguous refusal). Each is recorded with the reason."""
+        if action is PayoutAction.RETRY:
+            async with self.db.transaction() as uow:
+                order = await _locked(uow, order_id)
+                unpaid = order.released_to_seller - order.paid_out
+                if order.payout_status is not PayoutStatus.FAILED or unpaid <= 0:
+                    raise InvalidTransition(
+                        f"order {order.id}: retry is for a failed payout with money left to pay "
+                        f"(payout {order.payout_status.value}, {unpaid} unpaid)",
+                        order_status=order.status.value,
+                    )
+                retried = await _save(uow, order, _next_payout(order, order.version + 1))
+                await _record(
+                    uow,
+                    ctx,
+                    retried,
+                    "payout_retried",
+                    {"reason": reason, "amount": retried.payout_amount, "failed": order.payout_key},
+                )
+            return await self._payout(ctx, order_id)
+        order = await self._load(order_id)
+        key = order.payout_key
+        if order.payout_status is not PayoutStatus.PENDING or key is None:
+            raise InvalidTransition(
+                f"order {order.id}: {action.value} is for a pending payout "
+                f"(payout {order.payout_status.value})",
+                order_status=order.status.value,
+            )
+        if action is PayoutAction.MARK_PAID and not payout_id:
+            raise InvalidTransition(
+                "mark_paid needs the gateway's payout_id", order_status=order.status.value
+            )
+        done, applied = await self._payout_outcome(
+            ctx,
+            order.id,
+            order.gateway or self.config.default_gateway,
+            payout_id if action is PayoutAction.MARK_PAID else None,
+            None if action is PayoutAction.MARK_PAID else "marked_failed_by_operator",
+            key=key,
+            note={"operator_reason": reason},
+        )
+        if not applied:
+            raise InvalidTransition(
+                f"order {order.id}: the payout changed meanwhile (payout "
+                f"{done.payout_status.value}); look at the order again",
+                order_status=done.status.value,
+            )
+        return done
+
     async def _destination(self, seller_id: str) -> str | None:
         if self.payout_destination is None:
             return seller_id
@@ -1015,10 +1077,31 @@ class Escrow:
         """The outcome of the gateway call made under payout ``key``: recorded only if that is
         still the pending payout (a concurrent call may have recorded it and chained the next
         payout under a new key, which this call never paid)."""
+        order, _ = await self._payout_outcome(ctx, order_id, gateway, payout_id, failure, key=key)
+        return order
+
+    async def _payout_outcome(
+        self,
+        ctx: Context,
+        order_id: str,
+        gateway: str,
+        payout_id: str | None,
+        failure: str | None,
+        *,
+        key: str,
+        note: dict[str, Any] | None = None,
+    ) -> tuple[Order, bool]:
+        """:meth:`_payout_done`, saying whether it recorded the outcome. ``note``: more details
+        for the timeline (an operator's reason)."""
         async with self.db.transaction() as uow:
             order = await _locked(uow, order_id)
             if order.payout_status is not PayoutStatus.PENDING or order.payout_key != key:
-                return order
+                marked_failed = order.payout_status is PayoutStatus.FAILED
+                if failure is None and marked_failed and order.payout_key == key:
+                    # Recorded failed (an operator marked it so) and the gateway has now paid
+                    # it: a retry of this money would pay it twice. An operator must look.
+                    log.error("escrow.payout_paid_after_marked_failed", order=order.id, key=key)
+                return order, False
             if failure is not None:
                 after = replace(order, payout_status=PayoutStatus.FAILED)
                 more = order.released_to_seller - order.paid_out - order.payout_amount
@@ -1028,8 +1111,8 @@ class Escrow:
                     after = _next_payout(after, order.version + 1)
                 failed = await _save(uow, order, after)
                 details = {"code": failure, "amount": order.payout_amount, "follow_up": more > 0}
-                await _record(uow, ctx, failed, "payout_failed", details)
-                return failed
+                await _record(uow, ctx, failed, "payout_failed", {**details, **(note or {})})
+                return failed, True
             await _ensure_accounts(
                 uow,
                 [
@@ -1063,9 +1146,14 @@ class Escrow:
                 ctx,
                 paid,
                 "payout_paid",
-                {"payout": payout_id, "amount": order.payout_amount, "gateway": gateway},
+                {
+                    "payout": payout_id,
+                    "amount": order.payout_amount,
+                    "gateway": gateway,
+                    **(note or {}),
+                },
             )
-            return paid
+            return paid, True
 
     # -- default and second chance -----------------------------------------------------------
 

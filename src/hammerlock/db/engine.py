@@ -59,6 +59,7 @@ class Database:
         if not self.is_postgres:
             async with self.transaction(write=write) as uow:
                 yield uow
+                _refuse_deferred(uow, "single_statement")
             return
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -77,6 +78,7 @@ class Database:
         if not self.is_postgres:
             async with self.transaction(write=False) as uow:
                 yield uow
+                _refuse_deferred(uow, "snapshot")
             return
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="REPEATABLE READ")
@@ -96,7 +98,7 @@ class Database:
 def _refuse_deferred(uow: UnitOfWork, kind: str) -> None:
     """Work left for a commit that this kind of transaction has no place for (a ledger post
     in autocommit or in a read-only snapshot) is a bug: fail loudly rather than drop it."""
-    if uow.has_before_commit:
+    if uow.has_deferred:
         raise RuntimeError(f"work deferred to the commit of a {kind} transaction")
 
 

@@ -36,8 +36,9 @@ class UnitOfWork:
         self._before_commit.setdefault(name, hook)
 
     @property
-    def has_before_commit(self) -> bool:
-        return bool(self._before_commit)
+    def has_deferred(self) -> bool:
+        """Work is waiting for the commit (not merely a hook whose work already ran)."""
+        return bool(self.deferred)
 
     async def run_before_commit(self) -> None:
         while self._before_commit:

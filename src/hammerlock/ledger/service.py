@@ -112,7 +112,9 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
     gateway, platform revenue — therefore do not serialise the transactions that touch them
     (ADR 0016).
 
-    The write locks are taken by one statement, in id order, so two batches never deadlock.
+    The write locks are taken by one statement, in id order, so two batches never deadlock
+    (the balance-reading side of a balancing transfer without a limit is locked last, after the
+    holds: where every other batch locks that account, at commit).
     Which accounts that is depends on holds read before locking (the due ones touching a
     limited account must be released first, and their limited partner locked too); if the
     reads under the locks name a limited account more (a hold committed meanwhile), the locks
@@ -126,8 +128,9 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
     named = {a for t in transfers for a in (t.debit_account_id, t.credit_account_id) if a}
     named |= _accounts_of((await storage.fetch_holds(uow, pending_ids)).values())
     seen = await storage.lock_accounts(uow, named, Lock.SHARE)
-    balancing = _balancing_sides(transfers)
-    decided = {a for a, acc in seen.items() if _limited(acc) or a in balancing}
+    balancing = _balancing_sides(transfers) & seen.keys()
+    decided = {a for a, acc in seen.items() if _limited(acc)} | balancing
+    added: set[str] = set()  # accounts share-locked inside the current savepoint
 
     async def in_reach(lock: bool) -> tuple[dict[str, Hold], set[str]]:
         holds = await storage.fetch_holds(uow, pending_ids, lock=lock)
@@ -135,15 +138,16 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
         partners = _accounts_of(holds.values()) - seen.keys()
         if partners:
             seen.update(await storage.lock_accounts(uow, partners, Lock.SHARE))
-        return holds, decided | {
-            a for a in _accounts_of(holds.values()) if a in seen and _limited(seen[a])
-        }
+            added.update(partners)
+        touched = decided | _accounts_of(holds.values())
+        return holds, {a for a in touched if a in seen and _limited(seen[a])}
 
     wanted = (await in_reach(False))[1]
     locked: dict[str, AccountState] = {}
     for attempt in range(1, _MAX_LOCK_ROUNDS + 1):
         last = attempt == _MAX_LOCK_ROUNDS
         savepoint = await uow.conn.begin_nested() if uow.is_postgres and not last else None
+        added.clear()
         locked = await storage.lock_accounts(uow, wanted)
         holds, needed = await in_reach(True)
         if needed <= wanted or last:
@@ -151,12 +155,18 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
                 await savepoint.commit()  # RELEASE SAVEPOINT: the locks stay taken
             break
         if savepoint is not None:
-            await savepoint.rollback()  # gives the row locks back
+            await savepoint.rollback()  # gives the row locks back, share locks taken in it too
+            for account_id in added:
+                del seen[account_id]  # so the next round locks them again
         wanted |= needed
     if not needed <= wanted:
         # Still racing after every round: lock the newcomers out of order after all. PostgreSQL
         # may then report a deadlock, which run_with_retries retries.
         locked.update(await storage.lock_accounts(uow, needed - wanted))
+    # A balancing transfer reads its side's balance: an unconstrained one is locked for writing
+    # too, but last (after the limited accounts and the holds), as every batch locks those.
+    if late := balancing - locked.keys():
+        locked.update(await storage.lock_accounts(uow, late))
     existing = await storage.fetch_transfers(uow, ids | pending_ids)
     snapshot = Snapshot(now_us=now_us, accounts={**seen, **locked}, transfers=existing, holds=holds)
     return _Loaded(snapshot, set(locked))

@@ -3,10 +3,13 @@
 Locking (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers), one order
 everywhere (ADR 0016): accounts with a limit, for writing, in id order, when a batch reads them
 → the rows of the holds it resolves → unconstrained accounts, for writing, in id order, at commit
-(they are only share-locked before). So two batches never deadlock on each other, and every
+(they are only share-locked before; a balancing transfer's unconstrained side is locked at this
+place in the order too, when read). So two batches never deadlock on each other, and every
 conflicting change (a limit check, two resolutions of one hold, a close) is serialised. What the
-locks cannot serialise — the same transfer id reused on other accounts — the unique index
-catches, and the service retries the batch.
+locks cannot serialise — the same transfer id sent twice at once, on other accounts or on
+unconstrained ones — the unique index catches at commit, and the group-commit writer retries
+the batch (domain services send a transfer id only under their own row lock: an intent's, an
+order's).
 """
 
 from __future__ import annotations

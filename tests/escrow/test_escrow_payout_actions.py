@@ -4,12 +4,14 @@ as the gateway shows it. Money: every seller is paid exactly what was released, 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from structlog.testing import capture_logs
 
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
-from hammerlock.escrow.errors import InvalidTransition
+from hammerlock.escrow.errors import InvalidPayoutAction, InvalidTransition
 from hammerlock.escrow.model import Order, PayoutAction, PayoutStatus
 from hammerlock.payments.gateways.base import Payout, PayoutRequest
 from tests.escrow.conftest import SYSTEM, install, open_test_order
@@ -88,10 +90,19 @@ async def test_mark_paid_books_what_the_gateway_paid_once(
     escrow = install(container, gateway)
     order = await _released(container)
     assert order.payout_status is PayoutStatus.PENDING
+    with pytest.raises(InvalidTransition):  # pending, never answered ambiguously: not yet
+        await escrow.settle_payout(
+            OPERATOR, order.id, action=PayoutAction.MARK_PAID, reason="x", payout_id="po_lost"
+        )
     clock.advance(60)
-    await escrow.sweep(SYSTEM)  # refused as a reuse: still pending
+    await escrow.sweep(SYSTEM)  # refused as a reuse: still pending, recorded ambiguous
+    await escrow.sweep(SYSTEM)  # … once
     assert (await escrow.get(SYSTEM, order.id)).order.payout_status is PayoutStatus.PENDING
-    with pytest.raises(InvalidTransition):  # the gateway's id is required
+    ambiguous = [e for e in await _events(container, order.id) if e["event"] == "payout_ambiguous"]
+    assert [e["details"] for e in ambiguous] == [  # type: ignore[index]
+        {"key": order.payout_key, "code": "idempotency_mismatch"}
+    ]
+    with pytest.raises(InvalidPayoutAction):  # the gateway's id is required
         await escrow.settle_payout(OPERATOR, order.id, action=PayoutAction.MARK_PAID, reason="x")
     with pytest.raises(InvalidTransition):  # retry is for failed payouts
         await escrow.settle_payout(OPERATOR, order.id, action=PayoutAction.RETRY, reason="x")
@@ -122,7 +133,13 @@ async def test_mark_failed_then_retry_pays_once(container: Container, clock: Fix
     escrow = install(container, gateway)
     order = await _released(container)
     first_key = order.payout_key
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)  # the ambiguous answer, recorded
     gateway.paid.clear()  # the gateway shows nothing under the first key after all
+    with pytest.raises(InvalidPayoutAction):
+        await escrow.settle_payout(
+            OPERATOR, order.id, action=PayoutAction.MARK_FAILED, reason="x", payout_id="po_1"
+        )
     failed = await escrow.settle_payout(
         OPERATOR, order.id, action=PayoutAction.MARK_FAILED, reason="nothing at the gateway"
     )
@@ -140,22 +157,67 @@ async def test_mark_failed_then_retry_pays_once(container: Container, clock: Fix
     await _money_conserved(container, paid)
 
 
-async def test_a_late_success_for_a_payout_marked_failed_is_reported(
-    container: Container,
+@pytest.mark.parametrize("retried", [False, True])
+async def test_a_late_success_for_a_payout_marked_failed_is_recorded(
+    container: Container, clock: FixedClock, retried: bool
 ) -> None:
-    """If the gateway answers paid for a key an operator marked failed, the order is not
-    changed (the operator's word stands) but an error says a retry would pay twice."""
-    gateway = AmbiguousPayouts()
+    """If the gateway answers paid for a key an operator marked failed — before or after a
+    retry moved the order to a new key — the order is not changed (the operator's word stands)
+    but the order records it and an error says the seller may be paid twice."""
+    gateway = AmbiguousFirstKey()
     escrow = install(container, gateway)
     order = await _released(container)
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)
     await escrow.settle_payout(
         OPERATOR, order.id, action=PayoutAction.MARK_FAILED, reason="looked wrong"
     )
+    if retried:
+        again = await escrow.settle_payout(
+            OPERATOR, order.id, action=PayoutAction.RETRY, reason="pay"
+        )
+        assert again.payout_status is PayoutStatus.PAID
     with capture_logs() as logs:
         after = await escrow._payout_done(  # the late answer, as the gateway call makes it
             SYSTEM, order.id, "sandbox", "po_late", None, key=order.payout_key or ""
         )
-    assert after.payout_status is PayoutStatus.FAILED
+    assert after.payout_status is (PayoutStatus.PAID if retried else PayoutStatus.FAILED)
     assert [e["event"] for e in logs if e["log_level"] == "error"] == [
         "escrow.payout_paid_after_marked_failed"
     ]
+    late = [
+        e
+        for e in await _events(container, order.id)
+        if e["event"] == "payout_paid_after_marked_failed"
+    ]
+    assert [e["details"] for e in late] == [  # type: ignore[index]
+        {"key": order.payout_key, "payout": "po_late", "gateway": "sandbox"}
+    ]
+
+
+async def test_a_payout_in_flight_cannot_be_marked(container: Container) -> None:
+    """(Review.) The payout's call hangs at the gateway: the order is pending, never answered
+    ambiguously — marking it failed (then retrying) could pay the seller twice: refused."""
+    gateway = GatedPayouts()
+    escrow = install(container, gateway)
+    opened = await open_test_order(container, hammer=100_000)
+    order, _ = await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    await escrow.ship(SELLER, order.id, carrier="ups", tracking="1Z999AA10123456784")
+    gateway.gate.arm()
+    accepting = asyncio.create_task(escrow.accept(BUYER, order.id))
+    try:
+        await asyncio.wait_for(gateway.gate.inside.wait(), 5)
+        for action in (PayoutAction.MARK_FAILED, PayoutAction.MARK_PAID):
+            with pytest.raises(InvalidTransition):
+                await escrow.settle_payout(
+                    OPERATOR,
+                    order.id,
+                    action=action,
+                    reason="nothing seen",
+                    payout_id="po_1" if action is PayoutAction.MARK_PAID else None,
+                )
+    finally:
+        gateway.gate.release.set()
+    done = await asyncio.wait_for(accepting, 5)
+    assert done.payout_status is PayoutStatus.PAID
+    assert sum(gateway.paid.values()) == done.released_to_seller

@@ -69,3 +69,49 @@ async def test_balancing_batch_and_plain_batch_do_not_deadlock(container: Contai
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     assert not errors, f"two batches deadlocked: {errors!r}"
     assert outcomes == [["ok"], ["ok"]]
+
+
+@on_postgres
+@pytest.mark.postgres
+async def test_unconstrained_balancing_side_and_plain_batch_do_not_deadlock(
+    container: Container,
+) -> None:
+    """(Second review.) T1: BALANCING_DEBIT b_bal → fund and a plain a_u → fund, all without
+    limits. Had T1 locked only b_bal when reading it (a_u at commit), T2 (a_u → b_bal, taking
+    a_u then b_bal at its commit) and T1's commit would take the two in opposite orders."""
+    new = [
+        AccountInput("a_u", "USD", "wallet", AccountFlag(0), "{}"),  # sorts before b_bal
+        AccountInput("b_bal", "USD", "wallet", AccountFlag(0), "{}"),
+        AccountInput("fund", "USD", "wallet", AccountFlag(0), "{}"),
+    ]
+    async with container.db.transaction() as uow:
+        await ledger.create_accounts(uow, None, new, public=False)
+        assert await ledger.post(uow, [_pay("f", "fund", "b_bal", 100)]) == ["ok"]
+
+    t1_posted, t1_release = asyncio.Event(), asyncio.Event()
+
+    async def t1() -> list[str]:
+        async with container.db.transaction() as uow:
+            r = await ledger.post(
+                uow,
+                [
+                    _pay("t1b", "b_bal", "fund", 50, TransferFlag.BALANCING_DEBIT),
+                    _pay("t1p", "a_u", "fund", 1),
+                ],
+            )
+            t1_posted.set()
+            await t1_release.wait()
+            return r
+
+    async def t2() -> list[str]:
+        async with container.db.transaction() as uow:
+            return await ledger.post(uow, [_pay("t2", "a_u", "b_bal", 5)])
+
+    task1 = asyncio.create_task(t1())
+    await asyncio.wait_for(t1_posted.wait(), 5)
+    task2 = asyncio.create_task(t2())
+    await _wait_until_blocked_on_locks(container, 1)  # T2's commit: a_u taken, waits for b_bal
+    t1_release.set()
+    outcomes = await asyncio.gather(task1, task2, return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not errors, f"two batches deadlocked: {errors!r}"

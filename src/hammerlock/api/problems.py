@@ -69,6 +69,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "refund_exceeds_total": 422,
     "refund_out_of_range": 422,
     "second_chance_not_open": 409,
+    "invalid_payout_action": 422,
     # parties and auctions
     "party_not_found": 404,
     "lot_not_found": 404,

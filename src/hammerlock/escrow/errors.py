@@ -7,6 +7,7 @@ EscrowError
  ├── RefundTooLarge          refund_exceeds_total      422
  ├── RefundOutOfRange        refund_out_of_range       422  (a re-resolution's refund_amount)
  ├── PaymentMethodRequired   payment_method_required   422  (no card on file and none given)
+ ├── InvalidPayoutAction     invalid_payout_action     422  (payout_id with mark_paid only)
  └── OfferNotOpen            second_chance_not_open    409
 """
 
@@ -16,6 +17,7 @@ from hammerlock.errors import DomainError
 
 __all__ = [
     "EscrowError",
+    "InvalidPayoutAction",
     "InvalidTrackingNumber",
     "InvalidTransition",
     "OfferNotOpen",
@@ -58,6 +60,11 @@ class RefundOutOfRange(EscrowError):
 class PaymentMethodRequired(EscrowError):
     code = "payment_method_required"
     title = "A payment method is needed"
+
+
+class InvalidPayoutAction(EscrowError):
+    code = "invalid_payout_action"
+    title = "payout_id goes with mark_paid, and only with it"
 
 
 class OfferNotOpen(EscrowError):

@@ -60,6 +60,7 @@ from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.escrow import storage
 from hammerlock.escrow.errors import (
+    InvalidPayoutAction,
     InvalidTrackingNumber,
     InvalidTransition,
     OfferNotOpen,
@@ -959,12 +960,24 @@ class Escrow:
                     self._ambiguous[key] = now
                 report = log.error if due else log.debug
                 report("escrow.payout_ambiguous", order=order.id, key=key, code=exc.code)
-                return order
+                return await self._record_ambiguous(ctx, order.id, key, exc.code)
             return await self._payout_done(ctx, order.id, name, None, exc.code, key=key)
         except GatewayError as exc:
             log.warning("escrow.payout_pending", order=order.id, code=exc.code)
             return order
         return await self._payout_done(ctx, order.id, name, payout_id, None, key=key)
+
+    async def _record_ambiguous(self, ctx: Context, order_id: str, key: str, code: str) -> Order:
+        """The timeline's ``payout_ambiguous`` (once per key): the mark an operator's
+        ``mark_paid`` / ``mark_failed`` needs, and what tells them to look at the gateway."""
+        async with self.db.transaction() as uow:
+            order = await _locked(uow, order_id)
+            if order.payout_status is not PayoutStatus.PENDING or order.payout_key != key:
+                return order
+            if any(e.get("key") == key for e in await _ambiguous_events(uow, order.id)):
+                return order
+            await _record(uow, ctx, order, "payout_ambiguous", {"key": key, "code": code})
+            return order
 
     async def settle_payout(
         self,
@@ -998,24 +1011,29 @@ class Escrow:
                     {"reason": reason, "amount": retried.payout_amount, "failed": order.payout_key},
                 )
             return await self._payout(ctx, order_id)
-        order = await self._load(order_id)
+        if (action is PayoutAction.MARK_PAID) != bool(payout_id):
+            raise InvalidPayoutAction("payout_id goes with mark_paid, and only with it")
+        async with self.db.transaction(write=False) as uow:
+            order = await _read(uow, order_id)
+            ambiguous = {e.get("key") for e in await _ambiguous_events(uow, order.id)}
         key = order.payout_key
-        if order.payout_status is not PayoutStatus.PENDING or key is None:
+        if order.payout_status is not PayoutStatus.PENDING or key is None or key not in ambiguous:
+            # Only a payout the gateway answered ambiguously (it knows the key, with other
+            # parameters): one merely pending may be in flight right now, and marking it
+            # failed would let a retry pay it twice.
             raise InvalidTransition(
-                f"order {order.id}: {action.value} is for a pending payout "
-                f"(payout {order.payout_status.value})",
+                f"order {order.id}: {action.value} is for a pending payout the gateway answered "
+                f"ambiguously (timeline payout_ambiguous); this one is "
+                f"{order.payout_status.value}"
+                + ("" if key in ambiguous else ", never answered so: the sweeper retries it"),
                 order_status=order.status.value,
-            )
-        if action is PayoutAction.MARK_PAID and not payout_id:
-            raise InvalidTransition(
-                "mark_paid needs the gateway's payout_id", order_status=order.status.value
             )
         done, applied = await self._payout_outcome(
             ctx,
             order.id,
             order.gateway or self.config.default_gateway,
             payout_id if action is PayoutAction.MARK_PAID else None,
-            None if action is PayoutAction.MARK_PAID else "marked_failed_by_operator",
+            None if action is PayoutAction.MARK_PAID else _MARKED_FAILED,
             key=key,
             note={"operator_reason": reason},
         )
@@ -1096,11 +1114,12 @@ class Escrow:
         async with self.db.transaction() as uow:
             order = await _locked(uow, order_id)
             if order.payout_status is not PayoutStatus.PENDING or order.payout_key != key:
-                marked_failed = order.payout_status is PayoutStatus.FAILED
-                if failure is None and marked_failed and order.payout_key == key:
-                    # Recorded failed (an operator marked it so) and the gateway has now paid
-                    # it: a retry of this money would pay it twice. An operator must look.
+                if failure is None and await _marked_failed(uow, order.id, key):
+                    # The gateway paid a payout an operator marked failed: the money may be paid
+                    # again (a retry, a follow-up). Recorded on the order, loudly, for them.
                     log.error("escrow.payout_paid_after_marked_failed", order=order.id, key=key)
+                    late = {"key": key, "payout": payout_id, "gateway": gateway}
+                    await _record(uow, ctx, order, "payout_paid_after_marked_failed", late)
                 return order, False
             if failure is not None:
                 after = replace(order, payout_status=PayoutStatus.FAILED)
@@ -1110,7 +1129,12 @@ class Escrow:
                     # payout (everything released, not yet paid out) under its own key
                     after = _next_payout(after, order.version + 1)
                 failed = await _save(uow, order, after)
-                details = {"code": failure, "amount": order.payout_amount, "follow_up": more > 0}
+                details = {
+                    "code": failure,
+                    "key": key,
+                    "amount": order.payout_amount,
+                    "follow_up": more > 0,
+                }
                 await _record(uow, ctx, failed, "payout_failed", {**details, **(note or {})})
                 return failed, True
             await _ensure_accounts(
@@ -1622,6 +1646,26 @@ def _next_payout(order: Order, n: int) -> Order:
 
 
 # -- plumbing ------------------------------------------------------------------------------------
+
+
+_MARKED_FAILED = "marked_failed_by_operator"
+
+
+async def _marked_failed(uow: UnitOfWork, order_id: str, key: str) -> bool:
+    """Whether an operator marked the payout under ``key`` failed (its timeline says so)."""
+    failed = await storage.events_named(uow, order_id, "payout_failed")
+    return any(e.get("key") == key and e.get("code") == _MARKED_FAILED for e in failed)
+
+
+async def _ambiguous_events(uow: UnitOfWork, order_id: str) -> list[dict[str, Any]]:
+    return await storage.events_named(uow, order_id, "payout_ambiguous")
+
+
+async def _read(uow: UnitOfWork, order_id: str) -> Order:
+    order = await storage.get_order(uow, order_id)
+    if order is None:
+        raise OrderNotFound(f"no order {order_id!r}")
+    return order
 
 
 async def _locked(uow: UnitOfWork, order_id: str) -> Order:

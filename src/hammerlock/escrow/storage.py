@@ -216,6 +216,15 @@ async def timeline(uow: UnitOfWork, order_id: str, *, limit: int) -> list[dict[s
     ]
 
 
+async def events_named(uow: UnitOfWork, order_id: str, event: str) -> list[dict[str, Any]]:
+    """The details of the order's timeline entries named ``event`` (oldest first)."""
+    t = escrow_order_events
+    rows = await uow.conn.execute(
+        sa.select(t.c.details).where(t.c.order_id == order_id, t.c.event == event).order_by(t.c.seq)
+    )
+    return [orjson.loads(d) for d in rows.scalars()]
+
+
 async def ids_where(
     uow: UnitOfWork, conditions: Iterable[sa.ColumnElement[bool]], *, limit: int
 ) -> list[str]:

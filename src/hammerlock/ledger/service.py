@@ -113,8 +113,9 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
     (ADR 0016).
 
     The write locks are taken by one statement, in id order, so two batches never deadlock
-    (the balance-reading side of a balancing transfer without a limit is locked last, after the
-    holds: where every other batch locks that account, at commit).
+    (a batch with a balancing transfer whose read side has no limit locks all its unconstrained
+    accounts when it reads them, in one statement after the holds: where every other batch
+    locks those, at commit).
     Which accounts that is depends on holds read before locking (the due ones touching a
     limited account must be released first, and their limited partner locked too); if the
     reads under the locks name a limited account more (a hold committed meanwhile), the locks
@@ -163,9 +164,12 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
         # Still racing after every round: lock the newcomers out of order after all. PostgreSQL
         # may then report a deadlock, which run_with_retries retries.
         locked.update(await storage.lock_accounts(uow, needed - wanted))
-    # A balancing transfer reads its side's balance: an unconstrained one is locked for writing
-    # too, but last (after the limited accounts and the holds), as every batch locks those.
-    if late := balancing - locked.keys():
+    # A balancing transfer reads its side's balance, so an unconstrained side is locked for
+    # writing now — and with it every unconstrained account this batch can touch, in one
+    # statement in id order, after the limited accounts and the holds: where and how every
+    # batch locks them (at commit), so no two batches take two of them in opposite orders.
+    if balancing - locked.keys():
+        late = {a for a, acc in seen.items() if not _limited(acc)} - locked.keys()
         locked.update(await storage.lock_accounts(uow, late))
     existing = await storage.fetch_transfers(uow, ids | pending_ids)
     snapshot = Snapshot(now_us=now_us, accounts={**seen, **locked}, transfers=existing, holds=holds)

@@ -940,10 +940,16 @@ class Escrow:
             log.error("escrow.payout_no_gateway", order=order.id, gateway=name)
             return order
         destination = await self._destination(order.seller_id)
-        order = await self._payout_status(ctx, order.id, destination)
+        order, ambiguous = await self._payout_status(ctx, order.id, destination)
         if destination is None or order.payout_status is not PayoutStatus.PENDING:
             return order
         key = order.payout_key or ""
+        if ambiguous:
+            # Answered ambiguously before: never called again under this key. A gateway that
+            # forgets keys (Stripe, after 24 hours) would make a new payout of money that may
+            # already be paid. An operator settles it (POST /v1/orders/{id}/payout).
+            self._remind_ambiguous(order.id, key, "recorded")
+            return order
         try:
             payout_id = await self._call_payout(gateway, order, key, destination)
         except GatewayRejected as exc:
@@ -952,20 +958,24 @@ class Escrow:
                 # destination changed after a timed-out attempt that may have paid): not a
                 # refusal of the payout, so never `failed` — a failed payout's amount is paid
                 # again by the next one. Left pending for an operator, loudly.
-                # the sweeper retries it every pass: an error once an hour per key, not each pass
-                now = time.monotonic()
-                last = self._ambiguous.get(key)
-                due = last is None or now - last >= _AMBIGUOUS_REPORT_S
-                if due and (last is not None or len(self._ambiguous) < 10_000):
-                    self._ambiguous[key] = now
-                report = log.error if due else log.debug
-                report("escrow.payout_ambiguous", order=order.id, key=key, code=exc.code)
+                self._remind_ambiguous(order.id, key, exc.code)
                 return await self._record_ambiguous(ctx, order.id, key, exc.code)
             return await self._payout_done(ctx, order.id, name, None, exc.code, key=key)
         except GatewayError as exc:
             log.warning("escrow.payout_pending", order=order.id, code=exc.code)
             return order
         return await self._payout_done(ctx, order.id, name, payout_id, None, key=key)
+
+    def _remind_ambiguous(self, order_id: str, key: str, code: str) -> None:
+        """``escrow.payout_ambiguous`` at error level once an hour per key and process (the
+        sweeper passes by every pending payout on each run), at debug level in between."""
+        now = time.monotonic()
+        last = self._ambiguous.get(key)
+        due = last is None or now - last >= _AMBIGUOUS_REPORT_S
+        if due and (last is not None or len(self._ambiguous) < 10_000):
+            self._ambiguous[key] = now
+        report = log.error if due else log.debug
+        report("escrow.payout_ambiguous", order=order_id, key=key, code=code)
 
     async def _record_ambiguous(self, ctx: Context, order_id: str, key: str, code: str) -> Order:
         """The timeline's ``payout_ambiguous`` (once per key): the mark an operator's
@@ -1051,18 +1061,25 @@ class Escrow:
         async with self.db.transaction(write=False) as uow:
             return await self.payout_destination(uow, seller_id)
 
-    async def _payout_status(self, ctx: Context, order_id: str, destination: str | None) -> Order:
+    async def _payout_status(
+        self, ctx: Context, order_id: str, destination: str | None
+    ) -> tuple[Order, bool]:
         """``no_destination`` while the seller has none (recorded once, not an error);
-        ``pending`` again, committed before the call, once it has one."""
+        ``pending`` again, committed before the call, once it has one. Also whether the pending
+        payout's key was answered ambiguously before (the timeline's ``payout_ambiguous``)."""
         wanted = PayoutStatus.PENDING if destination else PayoutStatus.NO_DESTINATION
         async with self.db.transaction() as uow:
             order = await _locked(uow, order_id)
-            if order.payout_status not in _PAYABLE or order.payout_status is wanted:
-                return order
-            moved = await _save(uow, order, replace(order, payout_status=wanted))
-            event = "payout_started" if destination else "payout_no_destination"
-            await _record(uow, ctx, moved, event, {"amount": order.payout_amount})
-            return moved
+            if order.payout_status not in _PAYABLE:
+                return order, False
+            if order.payout_status is not wanted:
+                order = await _save(uow, order, replace(order, payout_status=wanted))
+                event = "payout_started" if destination else "payout_no_destination"
+                await _record(uow, ctx, order, event, {"amount": order.payout_amount})
+            if order.payout_status is not PayoutStatus.PENDING:
+                return order, False
+            recorded = {e.get("key") for e in await _ambiguous_events(uow, order.id)}
+            return order, order.payout_key in recorded
 
     async def _call_payout(self, gateway: Gateway, order: Order, key: str, destination: str) -> str:
         # Always a payout of exactly what the ledger released to the seller. (Braintree's

@@ -178,9 +178,10 @@ async def test_a_late_success_for_a_payout_marked_failed_is_recorded(
         )
         assert again.payout_status is PayoutStatus.PAID
     with capture_logs() as logs:
-        after = await escrow._payout_done(  # the late answer, as the gateway call makes it
+        after, applied = await escrow._payout_outcome(  # the late answer, as the call makes it
             SYSTEM, order.id, "sandbox", "po_late", None, key=order.payout_key or ""
         )
+    assert not applied
     assert after.payout_status is (PayoutStatus.PAID if retried else PayoutStatus.FAILED)
     assert [e["event"] for e in logs if e["log_level"] == "error"] == [
         "escrow.payout_paid_after_marked_failed"

@@ -960,11 +960,13 @@ class Escrow:
                 # again by the next one. Left pending for an operator, loudly.
                 self._remind_ambiguous(order.id, key, exc.code)
                 return await self._record_ambiguous(ctx, order.id, key, exc.code)
-            return await self._payout_done(ctx, order.id, name, None, exc.code, key=key)
+            failed, _ = await self._payout_outcome(ctx, order.id, name, None, exc.code, key=key)
+            return failed
         except GatewayError as exc:
             log.warning("escrow.payout_pending", order=order.id, code=exc.code)
             return order
-        return await self._payout_done(ctx, order.id, name, payout_id, None, key=key)
+        paid, _ = await self._payout_outcome(ctx, order.id, name, payout_id, None, key=key)
+        return paid
 
     def _remind_ambiguous(self, order_id: str, key: str, code: str) -> None:
         """``escrow.payout_ambiguous`` at error level once an hour per key and process (the
@@ -1099,22 +1101,6 @@ class Escrow:
             )
         return payout.payout_id
 
-    async def _payout_done(
-        self,
-        ctx: Context,
-        order_id: str,
-        gateway: str,
-        payout_id: str | None,
-        failure: str | None,
-        *,
-        key: str,
-    ) -> Order:
-        """The outcome of the gateway call made under payout ``key``: recorded only if that is
-        still the pending payout (a concurrent call may have recorded it and chained the next
-        payout under a new key, which this call never paid)."""
-        order, _ = await self._payout_outcome(ctx, order_id, gateway, payout_id, failure, key=key)
-        return order
-
     async def _payout_outcome(
         self,
         ctx: Context,
@@ -1126,8 +1112,10 @@ class Escrow:
         key: str,
         note: dict[str, Any] | None = None,
     ) -> tuple[Order, bool]:
-        """:meth:`_payout_done`, saying whether it recorded the outcome. ``note``: more details
-        for the timeline (an operator's reason)."""
+        """The outcome of the gateway call made under payout ``key``, and whether it was
+        recorded: only if that is still the pending payout (a concurrent call may have recorded
+        it and chained the next payout under a new key, which this call never paid). ``note``:
+        more details for the timeline (an operator's reason)."""
         async with self.db.transaction() as uow:
             order = await _locked(uow, order_id)
             if order.payout_status is not PayoutStatus.PENDING or order.payout_key != key:

@@ -115,9 +115,9 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
     The write locks are taken by one statement, in id order, so two batches never deadlock
     (a batch with a balancing transfer whose read side has no limit locks all its unconstrained
     accounts when it reads them, in one statement after the holds: where every other batch
-    locks those, at commit).
-    Which accounts that is depends on holds read before locking (the due ones touching a
-    limited account must be released first, and their limited partner locked too); if the
+    locks those, at commit). Which limited accounts to lock depends on holds read before
+    locking (the due ones touching a limited account must be released first, and their
+    limited partner locked too); if the
     reads under the locks name a limited account more (a hold committed meanwhile), the locks
     are given back (rolling back a savepoint) and all taken again, in id order. The holds a
     batch resolves (by ``pending_id``) are locked themselves, so two resolutions of one hold

@@ -46,6 +46,7 @@ __all__ = [
     "post",
     "post_requests",
     "statement",
+    "sum_debited",
     "sweep_expired_holds",
 ]
 
@@ -394,6 +395,13 @@ async def get_transfer(uow: UnitOfWork, transfer_id: str) -> TransferRecord:
     if transfer is None:
         raise TransferNotFound(f"no ledger transfer {transfer_id!r}")
     return transfer
+
+
+async def sum_debited(uow: UnitOfWork, account_id: str, *, code: str, id_prefix: str) -> int:
+    """What the transfers out of ``account_id`` with ``code`` and an id starting with
+    ``id_prefix`` moved, this transaction's own included."""
+    await flush(uow)
+    return await storage.sum_debited(uow, account_id, code=code, id_prefix=id_prefix)
 
 
 async def statement(

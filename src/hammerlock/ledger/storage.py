@@ -284,6 +284,22 @@ async def statement(
     return [(r["seq"], transfer_from_row(r)) for r in (await uow.conn.execute(query)).mappings()]
 
 
+async def sum_debited(uow: UnitOfWork, account_id: str, *, code: str, id_prefix: str) -> int:
+    """Σ amount of the transfers out of ``account_id`` with ``code`` whose id starts with
+    ``id_prefix`` (read through the debit index: bounded by that account's transfers)."""
+    t = transfers
+    total = (
+        await uow.conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(t.c.amount), 0)).where(
+                t.c.debit_account_id == account_id,
+                t.c.code == code,
+                t.c.id.startswith(id_prefix, autoescape=True),
+            )
+        )
+    ).scalar_one()
+    return int(total)
+
+
 # --- writes -------------------------------------------------------------------------------
 
 

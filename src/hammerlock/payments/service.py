@@ -178,6 +178,7 @@ it answered True: every transaction takes the domain's row before the ledger's, 
 and a payout's completion on one order never deadlock."""
 _DISPUTE_ID_MAX: Final = 64
 _MAX_SAFE_AMOUNT: Final = 2**53 - 1
+_CHARGEBACK_CODE: Final = "payment.chargeback"  # ledger code of `{intent}:chargeback.{dispute}`
 
 
 async def charged_back(uow: UnitOfWork, intent_id: str) -> int:
@@ -188,9 +189,11 @@ async def charged_back(uow: UnitOfWork, intent_id: str) -> int:
     intent = await storage.get_intent(uow, intent_id, for_update=True)
     if intent is None:
         return 0
-    await ledger.flush(uow)  # the read below goes to the ledger's table: write ours first
-    return await storage.chargebacks_booked(
-        uow, intent.id, f"platform:chargebacks:{intent.currency}"
+    return await ledger.sum_debited(
+        uow,
+        f"platform:chargebacks:{intent.currency}",
+        code=_CHARGEBACK_CODE,
+        id_prefix=f"{intent.id}:chargeback.",
     )
 
 
@@ -1312,7 +1315,7 @@ class Payments:
                     credit_account_id=gateway,
                     amount=booked.amount,
                     currency=booked.currency,
-                    code="payment.chargeback",
+                    code=_CHARGEBACK_CODE,
                 )
             ],
         )

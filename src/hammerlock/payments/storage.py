@@ -16,7 +16,6 @@ from sqlalchemy.engine import RowMapping
 from hammerlock.db.metadata import metadata
 from hammerlock.db.rows import insert_row, update_versioned
 from hammerlock.db.uow import UnitOfWork
-from hammerlock.ledger.storage import transfers as ledger_transfers
 from hammerlock.payments.model import (
     CaptureMethod,
     IntentStatus,
@@ -446,20 +445,3 @@ async def record_gateway_event(
         )
     )
     return True
-
-
-async def chargebacks_booked(uow: UnitOfWork, intent_id: str, contra_account: str) -> int:
-    """What the chargebacks booked on ``intent_id`` took back: the sum of its ledger transfers
-    ``{intent}:chargeback.{dispute}`` out of ``contra_account`` (read through the ledger's debit
-    index, so bounded by that account's chargebacks, not by all transfers)."""
-    t = ledger_transfers
-    total = (
-        await uow.conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(t.c.amount), 0)).where(
-                t.c.debit_account_id == contra_account,
-                t.c.code == "payment.chargeback",
-                t.c.id.startswith(f"{intent_id}:chargeback.", autoescape=True),
-            )
-        )
-    ).scalar_one()
-    return int(total)

@@ -1033,11 +1033,14 @@ class Escrow:
             # Only a payout the gateway answered ambiguously (it knows the key, with other
             # parameters): one merely pending may be in flight right now, and marking it
             # failed would let a retry pay it twice.
+            state = (
+                "pending and never answered so: the sweeper retries it"
+                if order.payout_status is PayoutStatus.PENDING
+                else order.payout_status.value
+            )
             raise InvalidTransition(
                 f"order {order.id}: {action.value} is for a pending payout the gateway answered "
-                f"ambiguously (timeline payout_ambiguous); this one is "
-                f"{order.payout_status.value}"
-                + ("" if key in ambiguous else ", never answered so: the sweeper retries it"),
+                f"ambiguously (timeline payout_ambiguous); this one is {state}",
                 order_status=order.status.value,
             )
         done, applied = await self._payout_outcome(

@@ -128,14 +128,15 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
     ids = {t.id for t in transfers}
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     named = {a for t in transfers for a in (t.debit_account_id, t.credit_account_id) if a}
-    named |= _accounts_of((await storage.fetch_holds(uow, pending_ids)).values())
+    resolving = await storage.fetch_holds(uow, pending_ids)  # read again, locked, below
+    named |= _accounts_of(resolving.values())
     seen = await storage.lock_accounts(uow, named, Lock.SHARE)
     balancing = _balancing_sides(transfers) & seen.keys()
     decided = {a for a, acc in seen.items() if _limited(acc)} | balancing
     added: set[str] = set()  # accounts share-locked inside the current savepoint
 
     async def in_reach(lock: bool) -> tuple[dict[str, Hold], set[str]]:
-        holds = await storage.fetch_holds(uow, pending_ids, lock=lock)
+        holds = await storage.fetch_holds(uow, pending_ids, lock=True) if lock else dict(resolving)
         holds.update(await storage.due_holds_touching(uow, decided, now_us))
         partners = _accounts_of(holds.values()) - seen.keys()
         if partners:

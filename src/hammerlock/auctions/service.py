@@ -184,7 +184,7 @@ class Auctions:
     # -- reads ------------------------------------------------------------------------------
 
     async def get_lot(self, ctx: Context, lot_id: str) -> Lot:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             return await self._visible(uow, ctx, lot_id)
 
     async def _visible(
@@ -198,7 +198,7 @@ class Auctions:
     async def list_bids(
         self, ctx: Context, lot_id: str, *, after_seq: int, limit: int
     ) -> tuple[Lot, list[Bid]]:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             lot = await self._visible(uow, ctx, lot_id)
             return lot, await storage.list_bids(uow, lot_id, after_seq=after_seq, limit=limit)
 
@@ -358,7 +358,7 @@ class Auctions:
     async def _deposit_authorized(self, ctx: Context, lot_id: str, bidder_id: str) -> bool:
         """Whether ``bidder_id`` holds an authorized deposit on the lot (read before the bid's
         transaction: the intent's state is the payments service's to tell)."""
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             lot = await self._visible(uow, ctx, lot_id)
             if lot.deposit_amount == 0:
                 return True
@@ -559,7 +559,7 @@ class Auctions:
     async def release_deposits(self, ctx: Context, lot_id: str) -> int:
         """Void the deposits of a finished lot's losers (all of them when unsold). Gateway
         calls happen outside any transaction; each release is then recorded in its own."""
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             lot = await storage.get_lot(uow, lot_id)
             if lot is None or lot.status not in FINISHED or lot.deposits_released:
                 return 0
@@ -618,11 +618,11 @@ class Auctions:
         """Open due scheduled lots, close due open lots (each in its own transaction, claimed
         with ``FOR UPDATE SKIP LOCKED``), then release deposits of finished lots."""
         counts = {"opened": 0, "closed": 0, "released": 0, "renewed": 0}
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             due = await storage.any_due(uow, now_us=uow.clock.now_us())
         if due:  # idle passes never take the write lock (SQLite has one writer)
             await self._open_and_close_due(ctx, counts)
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             pending = await storage.lots_with_unreleased_deposits(uow, limit=self.close_batch)
         for lot_id in pending:
             counts["released"] += await self.release_deposits(ctx, lot_id)
@@ -661,7 +661,7 @@ class Auctions:
         now_us = self.db.clock.now_us()
         renewed, after_id = 0, ""
         for _ in range(_RENEW_PAGES):
-            async with self.db.transaction(write=False) as uow:
+            async with self.db.read() as uow:
                 page = await storage.held_deposits_of_live_lots(
                     uow, after_id=after_id, limit=self.close_batch
                 )

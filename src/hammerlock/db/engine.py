@@ -68,6 +68,27 @@ class Database:
             _refuse_deferred(uow, "single_statement")
 
     @asynccontextmanager
+    async def read(self) -> AsyncIterator[UnitOfWork]:
+        """Plain reads (no row locks, no writes) that need no snapshot across statements.
+
+        PostgreSQL: each statement in autocommit — exactly what a READ COMMITTED transaction
+        gives its statements (each its own snapshot), without the BEGIN and COMMIT round trips
+        (half the statements of a one-read transaction). SQLite: a deferred read transaction,
+        one snapshot as before. Use :meth:`snapshot` when the reads must agree with each other,
+        :meth:`transaction` for anything that locks or writes.
+        """
+        if not self.is_postgres:
+            async with self.transaction(write=False) as uow:
+                yield uow
+                _refuse_deferred(uow, "read")
+            return
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            uow = UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+            yield uow
+            _refuse_deferred(uow, "read")
+
+    @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[UnitOfWork]:
         """A read-only transaction in which every statement sees one consistent snapshot.
 

@@ -226,12 +226,8 @@ def _order_accounts(order_id: str, seller_id: str, currency: str) -> list[Accoun
 
 async def _ensure_accounts(uow: UnitOfWork, wanted: list[AccountInput]) -> None:
     """Create the accounts a plain read does not find; existing shared ones are never locked."""
-    missing = []
-    for account in wanted:
-        try:
-            await ledger.get_account(uow, account.id)
-        except AccountNotFound:
-            missing.append(account)
+    existing = await ledger.get_accounts(uow, [account.id for account in wanted])
+    missing = [account for account in wanted if account.id not in existing]
     if missing:
         results = await ledger.create_accounts(uow, None, missing, public=False)
         bad = [r for r in results if r.result not in _LEDGER_OK]
@@ -457,7 +453,7 @@ class Escrow:
     async def orders_of_lot(self, ctx: Context, lot_id: str) -> list[dict[str, Any]]:
         """The orders a lot led to (the winner's, then any second-chance one), those ``ctx``
         may see: ``{"id", "buyer_id", "status", "generation"}`` each."""
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             rows = await uow.conn.execute(
                 sa.select(storage.escrow_orders.c.id)
                 .where(storage.escrow_orders.c.lot_id == lot_id)
@@ -477,7 +473,7 @@ class Escrow:
         ]
 
     async def get(self, ctx: Context, order_id: str) -> OrderView:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             order = await storage.get_order(uow, order_id)
             if order is None or not _visible(ctx, order):
                 raise OrderNotFound(f"no order {order_id!r}")
@@ -669,7 +665,7 @@ class Escrow:
     async def _card_on_file(self, bidder_id: str) -> str | None:
         if self.card_on_file is None:
             return None
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             return await self.card_on_file(uow, bidder_id)
 
     async def _sync_paid(self, ctx: Context, order_id: str) -> Order:
@@ -1025,7 +1021,7 @@ class Escrow:
             return await self._payout(ctx, order_id)
         if (action is PayoutAction.MARK_PAID) != bool(payout_id):
             raise InvalidPayoutAction("payout_id goes with mark_paid, and only with it")
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             order = await _read(uow, order_id)
             ambiguous = {e.get("key") for e in await _ambiguous_events(uow, order.id)}
         key = order.payout_key
@@ -1063,7 +1059,7 @@ class Escrow:
     async def _destination(self, seller_id: str) -> str | None:
         if self.payout_destination is None:
             return seller_id
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             return await self.payout_destination(uow, seller_id)
 
     async def _payout_status(
@@ -1300,7 +1296,7 @@ class Escrow:
         now = self.db.clock.now_us()
         grace_us = int(self.config.sweeper_grace_s * 1_000_000)
         batch = self.config.sweep_batch
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             waiting = await storage.ids_where(uow, storage.awaiting_with_intent(), limit=batch)
             due = await storage.ids_where(uow, storage.due_for_default(now), limit=batch)
             unshipped_since = now - self.config.ship_window_s * 1_000_000
@@ -1369,7 +1365,7 @@ class Escrow:
         return 1
 
     async def _load(self, order_id: str) -> Order:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             order = await storage.get_order(uow, order_id)
         if order is None:
             raise OrderNotFound(f"no order {order_id!r}")

@@ -74,6 +74,11 @@ def _transfers_digest(transfers: Sequence[TransferInput]) -> str:
     return digest.hexdigest()
 
 
+def _has_pending(account: AccountState) -> bool:
+    b = account.balances
+    return b.debits_pending != 0 or b.credits_pending != 0
+
+
 def _accounts_of(holds: Iterable[Hold]) -> set[str]:
     return {a for h in holds for a in (h.debit_account_id, h.credit_account_id)}
 
@@ -137,7 +142,14 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
 
     async def in_reach(lock: bool) -> tuple[dict[str, Hold], set[str]]:
         holds = await storage.fetch_holds(uow, pending_ids, lock=True) if lock else dict(resolving)
-        holds.update(await storage.due_holds_touching(uow, decided, now_us))
+        # Every pending hold counts in both its accounts' pending totals (never zero: a
+        # transfer of 0 is refused), written with the hold under the account's write lock. An
+        # account read under that lock with nothing pending has no hold to expire: no query.
+        # (Before locking, the share-locked read only guides which accounts to lock.)
+        rows = locked if lock else seen
+        maybe = {a for a in decided if a not in rows or _has_pending(rows[a])}
+        if maybe:
+            holds.update(await storage.due_holds_touching(uow, maybe, now_us))
         partners = _accounts_of(holds.values()) - seen.keys()
         if partners:
             seen.update(await storage.lock_accounts(uow, partners, Lock.SHARE))
@@ -145,8 +157,8 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
         touched = decided | _accounts_of(holds.values())
         return holds, {a for a in touched if a in seen and _limited(seen[a])}
 
-    wanted = (await in_reach(False))[1]
     locked: dict[str, AccountState] = {}
+    wanted = (await in_reach(False))[1]
     for attempt in range(1, _MAX_LOCK_ROUNDS + 1):
         last = attempt == _MAX_LOCK_ROUNDS
         savepoint = await uow.conn.begin_nested() if uow.is_postgres and not last else None
@@ -388,6 +400,12 @@ async def get_account(uow: UnitOfWork, account_id: str) -> AccountState:
     if account is None:
         raise AccountNotFound(f"no ledger account {account_id!r}")
     return account
+
+
+async def get_accounts(uow: UnitOfWork, account_ids: Iterable[str]) -> dict[str, AccountState]:
+    """The accounts that exist among ``account_ids``, read in one statement without a lock."""
+    await flush(uow)
+    return await storage.lock_accounts(uow, account_ids, None)
 
 
 async def get_transfer(uow: UnitOfWork, transfer_id: str) -> TransferRecord:

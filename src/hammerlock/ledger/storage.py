@@ -183,13 +183,14 @@ class Lock(enum.Enum):
 
 
 async def lock_accounts(
-    uow: UnitOfWork, ids: Iterable[str], strength: Lock = Lock.WRITE
+    uow: UnitOfWork, ids: Iterable[str], strength: Lock | None = Lock.WRITE
 ) -> dict[str, AccountState]:
-    """Read (and on PostgreSQL lock, in id order) the accounts that exist among ``ids``."""
+    """Read (and on PostgreSQL lock, in id order) the accounts that exist among ``ids``;
+    ``strength=None`` reads them without a lock."""
     found: dict[str, AccountState] = {}
     for chunk in _chunks(ids):
         query = sa.select(accounts).where(accounts.c.id.in_(chunk)).order_by(accounts.c.id)
-        if uow.is_postgres:
+        if uow.is_postgres and strength is not None:
             query = query.with_for_update(
                 read=strength is Lock.SHARE, key_share=strength is not Lock.CLOSE
             )

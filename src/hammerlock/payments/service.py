@@ -265,7 +265,7 @@ class Payments:
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, intent_id: str) -> tuple[PaymentIntent, Review | None]:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             intent = await storage.get_intent(uow, intent_id)
             if intent is None:
                 raise IntentNotFound(f"no payment intent {intent_id!r}")
@@ -278,7 +278,7 @@ class Payments:
         return None if found is None else found[0]
 
     async def view(self, intent: PaymentIntent) -> dict[str, Any]:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             return intent_json(intent, await self._review_of(uow, intent))
 
     # -- create and confirm ----------------------------------------------------------------
@@ -928,13 +928,13 @@ class Payments:
     async def list_reviews(
         self, *, status: ReviewStatus | None, after_id: str | None, limit: int
     ) -> list[Review]:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             return await review_storage.list_reviews(
                 uow, status=status, after_id=after_id, limit=limit
             )
 
     async def get_review(self, review_id: str) -> Review:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             found = await review_storage.get_review(uow, review_id)
         if found is None:
             raise ReviewNotFound(f"no review {review_id!r}")
@@ -1131,7 +1131,7 @@ class Payments:
         return refund_id
 
     async def get_refund(self, refund_id: str) -> Refund:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             found = await storage.get_refund(uow, refund_id)
         if found is None:
             raise RefundNotFound(f"no refund {refund_id!r}")
@@ -1372,7 +1372,7 @@ class Payments:
         }
         now = self.db.clock.now_us()
         grace_us = int(self.config.janitor_grace_s * 1_000_000)
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             stuck = await storage.intents_in(
                 uow,
                 {IntentStatus.PROCESSING},
@@ -1460,7 +1460,7 @@ class Payments:
     # -- plumbing -------------------------------------------------------------------------------
 
     async def _load(self, intent_id: str) -> PaymentIntent:
-        async with self.db.transaction(write=False) as uow:
+        async with self.db.read() as uow:
             intent = await storage.get_intent(uow, intent_id)
         if intent is None:
             raise IntentNotFound(f"no payment intent {intent_id!r}")

@@ -76,6 +76,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "bid_not_found": 404,
     "lot_not_open": 409,
     "bid_too_low": 422,
+    "bid_too_high": 422,
     "own_lot_bid": 403,
     "card_required": 409,
     "deposit_required": 409,

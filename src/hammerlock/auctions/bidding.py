@@ -39,6 +39,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from hammerlock.auctions import storage
 from hammerlock.auctions.errors import (
     BidsBusy,
+    BidTooHigh,
     BidTooLow,
     CardRequired,
     DepositRequired,
@@ -71,6 +72,7 @@ from hammerlock.db.receipts import (
 from hammerlock.db.retry import in_transaction_with_retries, transient
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.errors import DomainError
+from hammerlock.escrow.model import largest_hammer
 from hammerlock.parties import service as parties
 from hammerlock.parties.errors import PartyNotFound
 from hammerlock.tasks import cancel_and_wait
@@ -365,6 +367,15 @@ async def _decide(uow: UnitOfWork, batch: _Batch, request: BidRequest) -> tuple[
             f"lot {lot.id} asks for a deposit of {lot.deposit_amount} {lot.currency} "
             "before the first bid (POST /v1/lots/{id}/deposits)",
             deposit_amount=lot.deposit_amount,
+        )
+    allowed = largest_hammer(lot.currency, lot.buyer_premium_bps)
+    if request.max_amount > allowed:
+        # The order's total (hammer + premium) must be an amount the API carries, or the lot
+        # could never close into an order.
+        raise BidTooHigh(
+            f"the most a bid on lot {lot.id} may be is {allowed} {lot.currency} (with its "
+            "buyer's premium, the largest amount the API carries)",
+            max_amount_allowed=allowed,
         )
     after = apply_bid(lot.terms, lot.standing, bidder_id, request.max_amount)
     if isinstance(after, BidRefusal):

@@ -7,6 +7,7 @@ AuctionError
  ├── InvalidTransition  invalid_state_transition  409
  ├── BidsBusy           bids_busy                 503  (the bid queue is full or timed out)
  ├── BidTooLow          bid_too_low               422  (with ``ask``)
+ ├── BidTooHigh         bid_too_high              422  (with ``max_amount_allowed``)
  ├── OwnLot             own_lot_bid               403  (a seller bidding on its own lot)
  ├── CardRequired       card_required             409
  ├── DepositRequired    deposit_required          409
@@ -22,6 +23,7 @@ from hammerlock.errors import DomainError
 __all__ = [
     "AuctionError",
     "BidNotFound",
+    "BidTooHigh",
     "BidTooLow",
     "BidsBusy",
     "BuyNowUnavailable",
@@ -63,6 +65,11 @@ class InvalidTransition(AuctionError):
 class BidTooLow(AuctionError):
     code = "bid_too_low"
     title = "The bid is below the current ask"
+
+
+class BidTooHigh(AuctionError):
+    code = "bid_too_high"
+    title = "The bid is above the largest amount this lot can sell for"
 
 
 class OwnLot(AuctionError):

@@ -75,7 +75,7 @@ from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.errors import DomainError
 from hammerlock.escrow import service as escrow
-from hammerlock.escrow.model import OrderTerms
+from hammerlock.escrow.model import OrderTerms, largest_hammer
 from hammerlock.ledger import service as ledger
 from hammerlock.ledger.model import AccountFlag, AccountInput, LedgerInvariantError
 from hammerlock.money.currency import get_currency
@@ -98,6 +98,9 @@ OrderOpener = Callable[[UnitOfWork, Context, OrderTerms], Awaitable[str]]
 
 _US: Final = 1_000_000
 _MAX_DURATION_S: Final = 366 * 86_400
+_MAX_FAILED_PER_PASS: Final = 16  # lots a scheduler pass sets aside before it gives up
+_MAX_AHEAD_S: Final = 5 * 366 * 86_400  # how far ahead a lot may be scheduled to start
+_EARLIEST_US: Final = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 _MAX_BPS: Final = 10_000
 _DEFAULT_PAYMENT_WINDOW_S: Final = 48 * 3_600
 _DEFAULT_INSPECTION_S: Final = 3 * 86_400
@@ -138,12 +141,27 @@ class NewLot:
     inspection_period_s: int = _DEFAULT_INSPECTION_S
 
 
-def _check_new_lot(new: NewLot) -> None:
+def _check_new_lot(new: NewLot, now_us: int) -> None:
     try:
         get_currency(new.currency)
     except UnknownCurrency:
         raise InvalidLot(f"unknown currency {new.currency!r}", param="currency") from None
     problems: list[str] = []
+    if new.starts_at_us < _EARLIEST_US or new.starts_at_us > now_us + _MAX_AHEAD_S * _US:
+        # Every instant derived from the lot (its latest end, the payment deadline, the end of
+        # inspection) then stays far inside what the calendar and the API can represent.
+        problems.append("starts_at is after 2000-01-01 and at most 5 years from now")
+    if 0 <= new.buyer_premium_bps <= _MAX_BPS:
+        most = largest_hammer(new.currency, new.buyer_premium_bps)
+        named = {"starting_price": new.starting_price, "reserve_price": new.reserve_price}
+        if new.buy_now_price is not None:
+            named["buy_now_price"] = new.buy_now_price
+        for name, amount in named.items():
+            if amount > most:
+                problems.append(
+                    f"{name} is at most {most} (with the buyer's premium, the largest amount "
+                    "the API carries)"
+                )
     if new.reserve_price < 0 or new.estimate < 0:
         problems.append("reserve_price and estimate are at least 0")
     if new.buy_now_price is not None and new.buy_now_price <= new.starting_price:
@@ -205,7 +223,7 @@ class Auctions:
     # -- lots -------------------------------------------------------------------------------
 
     async def create_lot(self, ctx: Context, new: NewLot) -> Lot:
-        _check_new_lot(new)
+        _check_new_lot(new, self.db.clock.now_us())
         increments = new.increments or default_increments(new.currency)
         deposit_bps = (
             new.deposit_bps
@@ -533,7 +551,16 @@ class Auctions:
                 )
                 break
         s = lot.standing
-        runner = s.runner_up_id if s.runner_up_id != assert_winner else None
+        # A second chance goes only to a runner-up whose own maximum meets the reserve: the
+        # reserve is the least the seller accepts (below it the lot is unsold), and the offer is
+        # made at that maximum. (After a buy-now the runner-up is always below the reserve.)
+        runner = (
+            s.runner_up_id
+            if s.runner_up_id not in {None, assert_winner}
+            and s.runner_up_max is not None
+            and s.runner_up_max >= lot.reserve_price
+            else None
+        )
         terms = OrderTerms(
             lot_id=lot.id,
             seller_id=lot.seller_id,
@@ -633,26 +660,37 @@ class Auctions:
         return counts
 
     async def _open_and_close_due(self, ctx: Context, counts: dict[str, int]) -> None:
-        for _ in range(self.close_batch):
-            async with self.db.transaction() as uow:
-                now_us = uow.clock.now_us()
-                lot = await storage.claim_due(
-                    uow, LotStatus.SCHEDULED, column="starts_at_us", now_us=now_us
-                )
-                if lot is None:
-                    break
-                await self._start_if_due(uow, ctx, lot, now_us)
-            counts["opened"] += 1
-        for _ in range(self.close_batch):
-            async with self.db.transaction() as uow:
-                now_us = uow.clock.now_us()
-                lot = await storage.claim_due(
-                    uow, LotStatus.OPEN, column="ends_at_us", now_us=now_us
-                )
-                if lot is None:
-                    break
-                await self._close_locked(uow, ctx, lot, reason="ended")
-            counts["closed"] += 1
+        """Due lots are claimed oldest first, one per transaction. A lot whose transition
+        fails (a bug, a value nothing foresaw) is logged at error level and left out for the
+        rest of the pass, so it never stops the lots due after it; the next pass tries it
+        again."""
+        for status, column, count in (
+            (LotStatus.SCHEDULED, "starts_at_us", "opened"),
+            (LotStatus.OPEN, "ends_at_us", "closed"),
+        ):
+            failed: set[str] = set()
+            for _ in range(self.close_batch):
+                claimed: str | None = None
+                try:
+                    async with self.db.transaction() as uow:
+                        now_us = uow.clock.now_us()
+                        lot = await storage.claim_due(
+                            uow, status, column=column, now_us=now_us, skip=failed
+                        )
+                        if lot is None:
+                            break
+                        claimed = lot.id
+                        if status is LotStatus.SCHEDULED:
+                            await self._start_if_due(uow, ctx, lot, now_us)
+                        else:
+                            await self._close_locked(uow, ctx, lot, reason="ended")
+                except Exception:
+                    if claimed is None or len(failed) >= _MAX_FAILED_PER_PASS:
+                        raise  # the database itself, or too many to be one bad lot
+                    log.exception("auctions.scheduler_lot_failed", lot_id=claimed, doing=count)
+                    failed.add(claimed)
+                    continue
+                counts[count] += 1
 
     async def renew_deposits(self, ctx: Context) -> int:
         """Replace deposit authorizations that would lapse before their lot can end: a new

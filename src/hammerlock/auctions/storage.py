@@ -9,7 +9,7 @@ lots never wait on, nor close, the same lot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -326,15 +326,20 @@ async def save_standings(uow: UnitOfWork, changed: Sequence[tuple[Lot, int]]) ->
     return len(written) == len(changed)
 
 
-async def claim_due(uow: UnitOfWork, status: LotStatus, *, column: str, now_us: int) -> Lot | None:
+async def claim_due(
+    uow: UnitOfWork, status: LotStatus, *, column: str, now_us: int, skip: Collection[str] = ()
+) -> Lot | None:
     """One lot in ``status`` whose ``column`` time has come, locked for this transaction; lots
-    another process holds are skipped (PostgreSQL), SQLite having one writer anyway."""
+    another process holds are skipped (PostgreSQL), SQLite having one writer anyway, and so
+    are the lots named in ``skip``."""
     query = (
         sa.select(lots)
         .where(lots.c.status == status.value, lots.c[column] <= now_us)
         .order_by(lots.c[column])
         .limit(1)
     )
+    if skip:
+        query = query.where(lots.c.id.not_in(list(skip)))
     if uow.is_postgres:
         query = query.with_for_update(skip_locked=True)
     row = (await uow.conn.execute(query)).mappings().first()

@@ -29,6 +29,7 @@ Fees (integers only, each rounded once, modes fixed here and documented in docs/
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -54,6 +55,7 @@ __all__ = [
     "compute_fees",
     "escrow_account",
     "fees_for",
+    "largest_hammer",
     "new_order_id",
     "next_status",
     "refund_intent",
@@ -246,6 +248,19 @@ def compute_fees(hammer: int, currency: str, premium_bps: int, commission_bps: i
     premium = FeeRule(premium_bps, FEE_ROUNDING).fee_for(price).minor
     commission = FeeRule(commission_bps, FEE_ROUNDING).fee_for(price).minor
     return Fees(hammer=hammer, premium=premium, commission=commission)
+
+
+@functools.cache
+def largest_hammer(currency: str, premium_bps: int) -> int:
+    """The highest hammer price whose total (hammer + buyer's premium) is still an amount the
+    API can carry (``MAX_API_AMOUNT``, 2^53 - 1): the most a bid or a buy-now price may be on a
+    lot with this premium, so that every lot that sells can open its order."""
+    hammer = MAX_API_AMOUNT * BPS_PER_WHOLE // (BPS_PER_WHOLE + premium_bps)
+    while compute_fees(hammer, currency, premium_bps, 0).total > MAX_API_AMOUNT:
+        hammer -= 1
+    while compute_fees(hammer + 1, currency, premium_bps, 0).total <= MAX_API_AMOUNT:
+        hammer += 1
+    return hammer
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,11 @@ class OnBehalfIn(ApiModel):
     bidder_id: BidderId | None = None
 
 
+def _on_behalf_of(body: OnBehalfIn | None) -> str | None:
+    """The bidder a buy-now or deposit names; no body at all counts as ``{}``."""
+    return None if body is None else body.bidder_id
+
+
 class RetractIn(ApiModel):
     reason: Reason
 
@@ -267,9 +272,9 @@ async def retract_bid(request: Request, lot_id: LotId, bid_id: BidId, body: Retr
     openapi_extra=policy(Permission.BIDS_CREATE, money_moving=True),
     summary="Buy now: closes the lot at the buy-now price (offered until a bid meets the reserve)",
 )
-async def buy_now(request: Request, lot_id: LotId, body: OnBehalfIn) -> Response:
+async def buy_now(request: Request, lot_id: LotId, body: OnBehalfIn | None = None) -> Response:
     ctx = get_ctx(request)
-    bidder_id = _party_id(ctx, body.bidder_id, "bidder", "bidder_id")
+    bidder_id = _party_id(ctx, _on_behalf_of(body), "bidder", "bidder_id")
     bid, lot = await _auctions(request).buy_now(
         ctx, lot_id, bidder_id=bidder_id, idempotency_key=request.headers.get("idempotency-key")
     )
@@ -291,10 +296,12 @@ async def close_lot(request: Request, lot_id: LotId) -> Response:
     openapi_extra=policy(Permission.BIDS_CREATE, money_moving=True),
     summary="Authorize a bidder's deposit for a lot (a manual-capture payment intent)",
 )
-async def create_deposit(request: Request, lot_id: LotId, body: OnBehalfIn) -> Response:
+async def create_deposit(
+    request: Request, lot_id: LotId, body: OnBehalfIn | None = None
+) -> Response:
     ctx = get_ctx(request)
     container = get_container(request)
-    bidder_id = _party_id(ctx, body.bidder_id, "bidder", "bidder_id")
+    bidder_id = _party_id(ctx, _on_behalf_of(body), "bidder", "bidder_id")
     deposit, intent = await container.auctions.create_deposit(
         ctx, lot_id, bidder_id=bidder_id, idempotency_key=request.headers.get("idempotency-key")
     )

@@ -83,11 +83,17 @@ from hammerlock.money.errors import UnknownCurrency
 from hammerlock.parties import service as parties
 from hammerlock.parties.model import PartyKind
 from hammerlock.payments.errors import InvalidTransition as PaymentTransition
-from hammerlock.payments.model import CaptureMethod, IntentStatus, PaymentIntent, Purpose
+from hammerlock.payments.model import (
+    CaptureMethod,
+    IntentStatus,
+    PaymentIntent,
+    PendingOp,
+    Purpose,
+)
 from hammerlock.payments.service import NewIntent, Payments
 from hammerlock.webhooks import service as webhooks
 
-__all__ = ["Auctions", "NewLot", "OrderOpener", "mark_settled"]
+__all__ = ["Auctions", "NewLot", "OrderDepositRenewer", "OrderOpener", "mark_settled"]
 
 log = structlog.get_logger("hammerlock.auctions")
 # Deposit intents are identified by the deposit, not by the API key of the caller: a renewal by
@@ -95,6 +101,8 @@ log = structlog.get_logger("hammerlock.auctions")
 _PAYMENTS_SCOPE = "domain:auctions"
 
 OrderOpener = Callable[[UnitOfWork, Context, OrderTerms], Awaitable[str]]
+# Points the order holding deposit intent ``old`` at its renewal ``new`` (caller's transaction).
+OrderDepositRenewer = Callable[[UnitOfWork, Context, str, str], Awaitable[bool]]
 
 _US: Final = 1_000_000
 _MAX_DURATION_S: Final = 366 * 86_400
@@ -113,10 +121,13 @@ _HELD_INTENT: Final = frozenset(
         IntentStatus.REQUIRES_CONFIRMATION,
     }
 )
+# Nothing held on the card (declined, failed 3-D Secure, voided): a deposit on one is dead.
+_DEAD_INTENT: Final = frozenset({IntentStatus.CANCELED, IntentStatus.REQUIRES_PAYMENT_METHOD})
 _OPEN_DEPOSITS: Final = frozenset({DepositStatus.PENDING, DepositStatus.HELD})
 _RENEW_MARGIN_US: Final = 24 * 3_600 * 1_000_000  # renew a day before the authorization lapses
 _RENEW_PAGES: Final = 100
 _RENEW_EVERY_US: Final = 60 * 1_000_000
+_KEEP_ATTEMPTS: Final = 3  # a renewal swaps a deposit at most once a day: one re-read suffices
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +203,7 @@ class Auctions:
     db: Database
     payments: Payments
     open_order: OrderOpener = escrow.open_order
+    renew_order_deposit: OrderDepositRenewer = escrow.renew_deposit
     close_batch: int = 100
     renewed_us: int = 0  # when this process last looked for deposits to renew
     bids: BidWriter = field(init=False)
@@ -538,18 +550,7 @@ class Auctions:
         assert_winner = lot.winner_id
         if assert_winner is None or lot.hammer_price is None:
             raise LedgerInvariantError(f"lot {lot.id}: an order needs a winner and a price")
-        deposit_intent = None
-        for deposit in await storage.deposits_of(uow, lot.id, assert_winner):
-            if deposit.status is DepositStatus.HELD and deposit.payment_intent is not None:
-                deposit_intent = deposit.payment_intent
-                await storage.set_deposit(
-                    uow,
-                    deposit.id,
-                    status=DepositStatus.KEPT,
-                    payment_intent=None,
-                    now_us=uow.clock.now_us(),
-                )
-                break
+        deposit_intent = await self._keep_deposit(uow, lot.id, assert_winner)
         s = lot.standing
         # A second chance goes only to a runner-up whose own maximum meets the reserve: the
         # reserve is the least the seller accepts (below it the lot is unsold), and the offer is
@@ -577,6 +578,31 @@ class Auctions:
         )
         return await self.open_order(uow, ctx, terms)
 
+    @staticmethod
+    async def _keep_deposit(uow: UnitOfWork, lot_id: str, winner_id: str) -> str | None:
+        """The winner's held deposit turns ``kept``; its intent goes to the order. Written only
+        if the row still holds the intent read: a renewal committing in between (its swap does
+        not take the lot's lock) is read again, never handed to the order while it is voided."""
+        for _ in range(_KEEP_ATTEMPTS):
+            held = [
+                d
+                for d in await storage.deposits_of(uow, lot_id, winner_id)
+                if d.status is DepositStatus.HELD and d.payment_intent is not None
+            ]
+            if not held:
+                return None
+            deposit = held[0]
+            if await storage.set_deposit(
+                uow,
+                deposit.id,
+                status=DepositStatus.KEPT,
+                payment_intent=None,
+                now_us=uow.clock.now_us(),
+                expected=(DepositStatus.HELD, deposit.payment_intent),
+            ):
+                return deposit.payment_intent
+        raise LedgerInvariantError(f"lot {lot_id}: the winner's deposit keeps changing")
+
     async def _release_after_close(self, ctx: Context, lot: Lot) -> None:
         try:
             await self.release_deposits(ctx, lot.id)
@@ -596,7 +622,12 @@ class Auctions:
             if deposit.status not in _OPEN_DEPOSITS or deposit.bidder_id == lot.winner_id:
                 continue
             if deposit.payment_intent is not None:
-                await self._void(ctx, deposit.payment_intent)
+                intent = await self._void(ctx, deposit.payment_intent)
+                if intent.status not in _DEAD_INTENT:
+                    # Still authorizing at the gateway (or the void did not go through): the
+                    # hold may be on the card; the next pass voids it once its outcome is in.
+                    changed = True
+                    continue
             async with self.db.transaction() as uow:
                 if not await storage.set_deposit(
                     uow,
@@ -630,14 +661,21 @@ class Auctions:
             await storage.mark_deposits_released(uow, lot_id)
         return released
 
-    async def _void(self, ctx: Context, intent_id: str) -> None:
+    async def _void(self, ctx: Context, intent_id: str) -> PaymentIntent:
+        """Void a deposit's authorization; the intent as it is after. One still ``processing``
+        (an authorization whose outcome is unknown) is driven to its outcome first; if it is
+        still unknown, or the void is, the intent is not dead yet and the caller comes back."""
         intent, _ = await self.payments.get(intent_id)
-        if intent.status in {IntentStatus.CANCELED, IntentStatus.REQUIRES_PAYMENT_METHOD}:
-            return
+        if intent.status is IntentStatus.PROCESSING:
+            intent = await self.payments.drive(ctx, intent_id)
+        if intent.status in _DEAD_INTENT or intent.status is IntentStatus.PROCESSING:
+            return intent
         try:
-            await self.payments.cancel(ctx, intent_id, reason="abandoned")
+            return await self.payments.cancel(ctx, intent_id, reason="abandoned")
         except PaymentTransition:
             log.warning("auctions.deposit_not_voidable", intent=intent_id)
+            intent, _ = await self.payments.get(intent_id)
+            return intent
 
     # -- the scheduler ----------------------------------------------------------------------
 
@@ -693,25 +731,27 @@ class Auctions:
                 counts[count] += 1
 
     async def renew_deposits(self, ctx: Context) -> int:
-        """Replace deposit authorizations that would lapse before their lot can end: a new
-        authorization on the same card first, then the deposit points at it, then the old one
-        is voided (so a bidder is never left without a deposit in between)."""
+        """Replace deposit authorizations that would lapse while still needed — before their
+        lot can end, or for the winner's (kept) deposit before the order's payment window
+        ends: a new authorization on the same card first, then the deposit (and the order)
+        points at it, then the old one is voided (so a bidder is never left without a deposit
+        in between)."""
         now_us = self.db.clock.now_us()
         renewed, after_id = 0, ""
         for _ in range(_RENEW_PAGES):
             async with self.db.read() as uow:
-                page = await storage.held_deposits_of_live_lots(
-                    uow, after_id=after_id, limit=self.close_batch
+                page = await storage.renewable_deposits(
+                    uow, now_us=now_us, after_id=after_id, limit=self.close_batch
                 )
-            for deposit, latest_end_us in page:
-                renewed += await self._renew_one(ctx, deposit, latest_end_us, now_us)
+            for deposit, needed_until_us in page:
+                renewed += await self._renew_one(ctx, deposit, needed_until_us, now_us)
             if len(page) < self.close_batch:
                 break
             after_id = page[-1][0].id
         return renewed
 
     async def _renew_one(
-        self, ctx: Context, deposit: Deposit, latest_end_us: int, now_us: int
+        self, ctx: Context, deposit: Deposit, needed_until_us: int, now_us: int
     ) -> int:
         if deposit.payment_intent is None:
             return 0
@@ -719,7 +759,7 @@ class Auctions:
         expires_us = old.authorization_expires_us
         if old.status is not IntentStatus.REQUIRES_CAPTURE or expires_us is None:
             return 0
-        if expires_us - now_us > _RENEW_MARGIN_US or latest_end_us < expires_us:
+        if expires_us - now_us > _RENEW_MARGIN_US or needed_until_us < expires_us:
             return 0
         new = await self.payments.create(
             ctx,
@@ -741,23 +781,71 @@ class Auctions:
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
             log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=new.id)
             return 0
+        try:
+            async with self.db.transaction() as uow:
+                swapped = await self._swap(uow, ctx, deposit, old.id, new.id)
+        except _OrderMovedOn:  # rolled back: the order took the deposit or ended meanwhile
+            swapped = False
+        if not swapped:
+            await self._void(ctx, new.id)
+            return 0
+        voided = await self._void(ctx, old.id)
+        if deposit.status is DepositStatus.KEPT and _captured(voided):
+            await self._undo_renewal(ctx, deposit, old.id, new.id)
+            return 0
+        return 1
+
+    async def _swap(
+        self, uow: UnitOfWork, ctx: Context, deposit: Deposit, old_id: str, new_id: str
+    ) -> bool:
+        """The deposit points at ``new_id`` — and so does its order, for a kept deposit, in the
+        same transaction (raises ``_OrderMovedOn`` to roll back when the order will not)."""
+        if not await storage.swap_deposit_intent(uow, deposit, new_id, now_us=uow.clock.now_us()):
+            return False
+        if deposit.status is DepositStatus.KEPT and not await self.renew_order_deposit(
+            uow, ctx, old_id, new_id
+        ):
+            raise _OrderMovedOn
+        await audit.record(
+            uow,
+            ctx.event(
+                "auctions.deposit.renew",
+                resource_type="deposit",
+                resource_id=deposit.id,
+                ts_us=uow.clock.now_us(),
+                details={"lot_id": deposit.lot_id, "old": old_id, "new": new_id},
+            ),
+        )
+        return True
+
+    async def _undo_renewal(self, ctx: Context, deposit: Deposit, old_id: str, new_id: str) -> None:
+        """A pay or a default captured the old authorization between the swap and its void:
+        that one is the deposit. Point the deposit (and the order, unless escrow already did)
+        back at it and void the renewal, so the order never captures both."""
         async with self.db.transaction() as uow:
-            swapped = await storage.swap_deposit_intent(
-                uow, deposit, new.id, now_us=uow.clock.now_us()
+            await storage.set_deposit(
+                uow,
+                deposit.id,
+                status=DepositStatus.KEPT,
+                payment_intent=old_id,
+                now_us=uow.clock.now_us(),
+                expected=(DepositStatus.KEPT, new_id),
             )
-            if swapped:
-                await audit.record(
-                    uow,
-                    ctx.event(
-                        "auctions.deposit.renew",
-                        resource_type="deposit",
-                        resource_id=deposit.id,
-                        ts_us=uow.clock.now_us(),
-                        details={"lot_id": deposit.lot_id, "old": old.id, "new": new.id},
-                    ),
-                )
-        await self._void(ctx, old.id if swapped else new.id)
-        return int(swapped)
+            await self.renew_order_deposit(uow, ctx, new_id, old_id)
+            await audit.record(
+                uow,
+                ctx.event(
+                    "auctions.deposit.renew_undone",
+                    resource_type="deposit",
+                    resource_id=deposit.id,
+                    ts_us=uow.clock.now_us(),
+                    details={"lot_id": deposit.lot_id, "captured": old_id, "voided": new_id},
+                ),
+            )
+        if _captured(await self._void(ctx, new_id)):
+            log.error(
+                "auctions.deposit_captured_twice", deposit=deposit.id, intents=[old_id, new_id]
+            )
 
     # -- deposits ---------------------------------------------------------------------------
 
@@ -766,7 +854,8 @@ class Auctions:
     ) -> tuple[Deposit, PaymentIntent | None]:
         """Record the deposit and its ledger account, then authorize the card (manual capture)
         outside the transaction, then record the intent on the deposit."""
-        deposit, card = await self._record_deposit(ctx, lot_id, bidder_id, idempotency_key)
+        dead = await self._dead_deposits(lot_id, bidder_id)
+        deposit, card = await self._record_deposit(ctx, lot_id, bidder_id, idempotency_key, dead)
         if deposit.status not in _OPEN_DEPOSITS:
             return deposit, await self._intent_of(deposit)
         if deposit.payment_intent is not None:
@@ -819,8 +908,53 @@ class Auctions:
         intent, _ = await self.payments.get(deposit.payment_intent)
         return intent
 
+    async def _dead_deposits(self, lot_id: str, bidder_id: str) -> dict[str, str]:
+        """The bidder's open deposits on the lot whose intent holds nothing any more (a 3-D
+        Secure challenge failed after the call, the authorization was voided or lapsed):
+        deposit id → intent id. Asked of the payments service before the deposit's
+        transaction."""
+        async with self.db.read() as uow:
+            priors = await storage.deposits_of(uow, lot_id, bidder_id)
+        dead: dict[str, str] = {}
+        for prior in priors:
+            if prior.status not in _OPEN_DEPOSITS or prior.payment_intent is None:
+                continue
+            intent, _ = await self.payments.get(prior.payment_intent)
+            if intent.status in _DEAD_INTENT:
+                dead[prior.id] = prior.payment_intent
+        return dead
+
+    async def _fail_deposit(self, uow: UnitOfWork, ctx: Context, deposit: Deposit) -> bool:
+        """``held`` → ``failed`` for a deposit whose intent is dead (unless it changed since)."""
+        now_us = uow.clock.now_us()
+        if not await storage.set_deposit(
+            uow,
+            deposit.id,
+            status=DepositStatus.FAILED,
+            payment_intent=None,
+            now_us=now_us,
+            expected=(deposit.status, deposit.payment_intent),
+        ):
+            return False
+        await audit.record(
+            uow,
+            ctx.event(
+                "auctions.deposit.fail",
+                resource_type="deposit",
+                resource_id=deposit.id,
+                ts_us=now_us,
+                details={"lot_id": deposit.lot_id, "payment_intent": deposit.payment_intent},
+            ),
+        )
+        return True
+
     async def _record_deposit(
-        self, ctx: Context, lot_id: str, bidder_id: str, idempotency_key: str | None
+        self,
+        ctx: Context,
+        lot_id: str,
+        bidder_id: str,
+        idempotency_key: str | None,
+        dead: dict[str, str],
     ) -> tuple[Deposit, str | None]:
         async with self.db.transaction() as uow:
             lot = await self._visible(uow, ctx, lot_id, for_update=True)
@@ -835,8 +969,14 @@ class Auctions:
                     return found, card
             await self._check_deposit(uow, ctx, lot, bidder_id, card)
             for prior in await storage.deposits_of(uow, lot_id, bidder_id):
-                if prior.status in _OPEN_DEPOSITS:
-                    return prior, card
+                if prior.status not in _OPEN_DEPOSITS:
+                    continue
+                is_dead = prior.payment_intent is not None and (
+                    dead.get(prior.id) == prior.payment_intent
+                )
+                if is_dead and await self._fail_deposit(uow, ctx, prior):
+                    continue  # a dead one does not count: the bidder gets a new deposit
+                return prior, card
             now_us = uow.clock.now_us()
             deposit = Deposit(
                 id=new_id("dep"),
@@ -923,6 +1063,18 @@ class Auctions:
         self, uow: UnitOfWork, ctx: Context, lot: Lot, bid: Bid, action: str, *, extended: bool
     ) -> None:
         await audit.record(uow, bid_event(ctx, lot, bid, action, extended=extended))
+
+
+class _OrderMovedOn(Exception):
+    """Escrow would not follow a kept deposit's renewal (the order took the deposit, or ended):
+    raised inside the swap's transaction to roll the deposit's swap back."""
+
+
+def _captured(intent: PaymentIntent) -> bool:
+    """Whether the authorization was captured (or its capture is under way)."""
+    return intent.status is IntentStatus.SUCCEEDED or (
+        intent.status is IntentStatus.PROCESSING and intent.pending_op is PendingOp.CAPTURE
+    )
 
 
 async def mark_settled(uow: UnitOfWork, ctx: Context, lot_id: str) -> bool:

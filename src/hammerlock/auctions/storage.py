@@ -627,21 +627,33 @@ async def set_deposit(
     return bool(result.rowcount == 1)
 
 
-async def held_deposits_of_live_lots(
-    uow: UnitOfWork, *, after_id: str, limit: int
+async def renewable_deposits(
+    uow: UnitOfWork, *, now_us: int, after_id: str, limit: int
 ) -> list[tuple[Deposit, int]]:
-    """Held deposits on lots still taking bids, with each lot's latest possible end."""
+    """Deposits whose authorization must stay alive, each with when it is needed until: held
+    ones on lots still taking bids (until the lot's latest possible end), and kept ones of
+    closed lots whose payment window is still running (until the close + ``payment_window_s``,
+    when a default captures it)."""
     d, lot = lot_deposits, lots
+    window_us = sa.cast(lot.c.payment_window_s, BIG) * 1_000_000
+    live = sa.and_(
+        d.c.status == DepositStatus.HELD.value,
+        lot.c.status.in_([LotStatus.OPEN.value, LotStatus.SCHEDULED.value]),
+    )
+    awaiting_payment = sa.and_(
+        d.c.status == DepositStatus.KEPT.value,
+        lot.c.status == LotStatus.CLOSED.value,
+        lot.c.closed_us + window_us > now_us,
+    )
     rows = (
         (
             await uow.conn.execute(
-                sa.select(d, lot.c.latest_end_us)
+                sa.select(d, lot.c.latest_end_us, lot.c.closed_us, lot.c.payment_window_s)
                 .join(lot, lot.c.id == d.c.lot_id)
                 .where(
-                    d.c.status == DepositStatus.HELD.value,
+                    sa.or_(live, awaiting_payment),
                     d.c.payment_intent.is_not(None),
                     d.c.id > after_id,
-                    lot.c.status.in_([LotStatus.OPEN.value, LotStatus.SCHEDULED.value]),
                 )
                 .order_by(d.c.id)
                 .limit(limit)
@@ -650,20 +662,27 @@ async def held_deposits_of_live_lots(
         .mappings()
         .all()
     )
-    return [(_deposit(r), r["latest_end_us"]) for r in rows]
+    return [(_deposit(r), _needed_until_us(r)) for r in rows]
+
+
+def _needed_until_us(row: RowMapping) -> int:
+    if row["status"] == DepositStatus.KEPT.value:
+        return int(row["closed_us"]) + int(row["payment_window_s"]) * 1_000_000
+    return int(row["latest_end_us"])
 
 
 async def swap_deposit_intent(
     uow: UnitOfWork, deposit: Deposit, new_intent: str, *, now_us: int
 ) -> bool:
-    """Point a held deposit at its renewed authorization (only if nobody changed it since)."""
+    """Point a held (or kept) deposit at its renewed authorization (only if nobody changed it
+    since)."""
     t = lot_deposits
     result = await uow.conn.execute(
         t.update()
         .where(
             t.c.id == deposit.id,
             t.c.version == deposit.version,
-            t.c.status == DepositStatus.HELD.value,
+            t.c.status == deposit.status.value,
         )
         .values(payment_intent=new_intent, updated_us=now_us, version=deposit.version + 1)
     )

@@ -785,7 +785,10 @@ class Demo:
                 )
                 self.say(f"3-D Secure passed → [bold]{intent['status']}[/bold]")
             if intent["status"] == "requires_review":
-                review = intent["review"]
+                # The buyer sees only the review's id and status; the reviewers read the rest.
+                review = self.c.get(
+                    f"/v1/reviews/{intent['review']['id']}", self.keys["reviewer 1"]
+                )
                 self.say(
                     f"over $100,000: review {review['id']} needs "
                     f"{review['approvals_required']} different reviewers"

@@ -6,7 +6,9 @@ seller), ``confirm_delivery``, ``accept``, ``dispute`` (the buyer), ``resolve`` 
 again after risk review rejected its refund), ``refund`` (an operator, after release),
 ``cancel`` (an operator, a paid order not shipped), ``payout`` (an operator: retry a failed
 payout, mark a pending one paid or failed), ``second_chance/accept`` (the runner-up of a
-defaulted order). A bidder or seller who is not the order's party gets 404. ``pay`` answers
+defaulted order). A bidder or seller who is not the order's party gets 404 (but the runner-up
+of a defaulted order reads the offer made to it); each reader sees what its relation to the
+order allows (``escrow.views.Reader``). ``pay`` answers
 ``202`` with ``Hammerlock-Outcome: pending`` while its payment intent is ``processing`` (not
 stored for replay: a retry resumes).
 """
@@ -26,7 +28,7 @@ from hammerlock.api.route import HammerlockRoute
 from hammerlock.api.schemas import MAX_SAFE_INT, ApiModel
 from hammerlock.escrow.model import CARRIERS, Order, PayoutAction
 from hammerlock.escrow.service import OrderView
-from hammerlock.escrow.views import order_json
+from hammerlock.escrow.views import Reader, intent_for, order_for
 from hammerlock.payments.model import IntentStatus, PaymentIntent
 from hammerlock.security.permissions import Permission
 
@@ -54,7 +56,8 @@ class ShipIn(ApiModel):
 
 
 class EmptyIn(ApiModel):
-    pass
+    """``{}``: a body may be left out (an optional body, here and in ``pay``, counts as ``{}``);
+    one that is sent is still checked (unknown fields refused)."""
 
 
 class DisputeIn(ApiModel):
@@ -92,12 +95,16 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 async def _view(request: Request, view: OrderView) -> dict[str, Any]:
-    body = order_json(view.order)
+    """The order as its reader may see it (docs/escrow.md "Who sees what")."""
+    body = order_for(view.reader, view.order)
+    if view.reader is Reader.RUNNER_UP:
+        return body
     body["escrow_balance"] = view.escrow_balance
     body["timeline"] = view.timeline
     body["payment_intent"] = None
     if view.payment_intent is not None:
-        body["payment_intent"] = await get_container(request).payments.view(view.payment_intent)
+        intent = await get_container(request).payments.view(view.payment_intent)
+        body["payment_intent"] = intent_for(view.reader, intent)
     return body
 
 
@@ -121,9 +128,10 @@ async def get_order(request: Request, order_id: OrderId) -> Response:
     openapi_extra=_BUYER,
     summary="Pay: capture the deposit into escrow, charge the rest (card on file by default)",
 )
-async def pay(request: Request, order_id: OrderId, body: PayIn) -> Response:
+async def pay(request: Request, order_id: OrderId, body: PayIn | None = None) -> Response:
+    method = None if body is None else body.payment_method  # no body: `{}`
     escrow = get_container(request).escrow
-    order, intent = await escrow.pay(get_ctx(request), order_id, payment_method=body.payment_method)
+    order, intent = await escrow.pay(get_ctx(request), order_id, payment_method=method)
     response = await _order_response(request, order)
     if _pending(intent):
         response.status_code = 202
@@ -153,7 +161,9 @@ async def ship(request: Request, order_id: OrderId, body: ShipIn) -> Response:
     openapi_extra=_BUYER,
     summary="The buyer confirms delivery: the inspection period starts",
 )
-async def confirm_delivery(request: Request, order_id: OrderId, body: EmptyIn) -> Response:
+async def confirm_delivery(
+    request: Request, order_id: OrderId, body: EmptyIn | None = None
+) -> Response:
     del body
     order = await get_container(request).escrow.confirm_delivery(get_ctx(request), order_id)
     return await _order_response(request, order)
@@ -164,7 +174,7 @@ async def confirm_delivery(request: Request, order_id: OrderId, body: EmptyIn) -
     openapi_extra=_BUYER,
     summary="The buyer accepts the item: escrow is released to the seller and the house",
 )
-async def accept(request: Request, order_id: OrderId, body: EmptyIn) -> Response:
+async def accept(request: Request, order_id: OrderId, body: EmptyIn | None = None) -> Response:
     del body
     order = await get_container(request).escrow.accept(get_ctx(request), order_id)
     return await _order_response(request, order)
@@ -245,7 +255,9 @@ async def settle_payout(request: Request, order_id: OrderId, body: PayoutIn) -> 
     openapi_extra=_BUYER,
     summary="The runner-up accepts a defaulted order's second-chance offer: a new order",
 )
-async def accept_second_chance(request: Request, order_id: OrderId, body: EmptyIn) -> Response:
+async def accept_second_chance(
+    request: Request, order_id: OrderId, body: EmptyIn | None = None
+) -> Response:
     del body
     new = await get_container(request).escrow.accept_offer(get_ctx(request), order_id)
     response = await _order_response(request, new)

@@ -87,7 +87,7 @@ from hammerlock.escrow.model import (
     settle,
     valid_tracking_number,
 )
-from hammerlock.escrow.views import order_json
+from hammerlock.escrow.views import Reader, order_json
 from hammerlock.ledger import service as ledger
 from hammerlock.ledger.errors import AccountNotFound
 from hammerlock.ledger.model import (
@@ -116,7 +116,15 @@ from hammerlock.payments.service import (
 from hammerlock.security.pan import contains_pan
 from hammerlock.webhooks import service as webhooks
 
-__all__ = ["CardOnFile", "Escrow", "EscrowConfig", "OrderView", "chargeback", "open_order"]
+__all__ = [
+    "CardOnFile",
+    "Escrow",
+    "EscrowConfig",
+    "OrderView",
+    "chargeback",
+    "open_order",
+    "renew_deposit",
+]
 
 log = structlog.get_logger("hammerlock.escrow")
 
@@ -181,6 +189,7 @@ class OrderView:
     escrow_balance: int
     timeline: list[dict[str, Any]]
     payment_intent: PaymentIntent | None = None
+    reader: Reader = Reader.STAFF  # what the reader may see of it (escrow.views.order_for)
 
 
 def _ensure_ledger(results: list[str], what: str) -> None:
@@ -243,6 +252,35 @@ async def open_order(uow: UnitOfWork, ctx: Context, terms: OrderTerms) -> str:
     """
     order = await _open(uow, ctx, terms, generation=0, parent=None)
     return order.id
+
+
+async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_intent: str) -> bool:
+    """Point the order whose deposit is authorization ``old_intent`` at its renewal
+    ``new_intent``, inside the caller's transaction (the auctions service swapping the winner's
+    deposit before the authorization lapses). Only while the order awaits payment, nothing of
+    the deposit is in escrow, no pay was asked for (a pay captures the authorization it read), and
+    no chargeback was booked on ``old_intent`` (its refund plan is keyed by that intent); False
+    otherwise, and nothing changed: the caller voids the renewal.
+    """
+    order_id = await storage.order_of_intent(uow, old_intent)
+    if order_id is None:
+        return False
+    order = await _locked(uow, order_id)
+    if (
+        order.deposit_intent_id != old_intent
+        or order.status is not OrderStatus.AWAITING_PAYMENT
+        or order.deposit_in_escrow
+        or old_intent in order.chargebacks
+        # Once a pay was asked for, it captures the deposit it read under this lock: a swap
+        # now could leave two pays capturing two authorizations. Paying takes the deposit at
+        # once, so one that is asked for no longer needs renewing.
+        or await storage.events_named(uow, order.id, _LABELS[Event.PAY])
+    ):
+        return False
+    saved = await _save(uow, order, replace(order, deposit_intent_id=new_intent))
+    details = {"payment_intent": new_intent, "renews": old_intent}
+    await _record(uow, ctx, saved, "deposit_renewed", details)
+    return True
 
 
 async def _open(
@@ -379,6 +417,20 @@ def _visible(ctx: Context, order: Order) -> bool:
     return True
 
 
+def _reader(ctx: Context, order: Order) -> Reader | None:
+    """How ``ctx`` may read ``order``; None: not at all (404). Beyond the order's parties, the
+    runner-up of a defaulted order reads the offer made to it (open, accepted or expired)."""
+    if _visible(ctx, order):
+        if ctx.actor.role in _BUYER_ROLES:
+            return Reader.BUYER
+        return Reader.SELLER if ctx.actor.role in _SELLER_ROLES else Reader.STAFF
+    principal = ctx.actor.principal_id
+    offered = order.offer_status is not OfferStatus.NONE
+    if ctx.actor.role in _BUYER_ROLES and principal is not None and offered:
+        return Reader.RUNNER_UP if principal == order.runner_up_bidder_id else None
+    return None
+
+
 def _acting_as(ctx: Context, order: Order, side: str) -> None:
     """Bidders act only as the order's buyer, sellers only as its seller: else 404."""
     role, principal = ctx.actor.role, ctx.actor.principal_id
@@ -469,20 +521,23 @@ class Escrow:
                 "generation": o.generation,
             }
             for o in orders
-            if o is not None and _visible(ctx, o)
+            if o is not None and _reader(ctx, o) is not None
         ]
 
     async def get(self, ctx: Context, order_id: str) -> OrderView:
         async with self.db.read() as uow:
             order = await storage.get_order(uow, order_id)
-            if order is None or not _visible(ctx, order):
+            reader = None if order is None else _reader(ctx, order)
+            if order is None or reader is None:
                 raise OrderNotFound(f"no order {order_id!r}")
+            if reader is Reader.RUNNER_UP:  # the offer only: nothing of the buyer's payment
+                return OrderView(order, 0, [], None, reader)
             balance = await _balance(uow, order.escrow_account)
             timeline = await storage.timeline(uow, order.id, limit=_TIMELINE_MAX)
         intent = None
         if order.payment_intent_id is not None:
             intent, _ = await self.payments.get(order.payment_intent_id)
-        return OrderView(order, balance, timeline, intent)
+        return OrderView(order, balance, timeline, intent, reader)
 
     # -- the transition skeleton -------------------------------------------------------------
 
@@ -571,7 +626,13 @@ class Escrow:
                 ],
             )
             _ensure_ledger(results, f"deposit of {current.id}")
-            saved = await _save(uow, current, replace(current, deposit_in_escrow=amount))
+            # The intent captured here is the deposit, even if a renewal swapped the order to
+            # another one meanwhile (the renewal then voids its own: renew_deposit).
+            saved = await _save(
+                uow,
+                current,
+                replace(current, deposit_in_escrow=amount, deposit_intent_id=deposit.id),
+            )
             await _record(uow, ctx, saved, "deposit_captured", {"amount": amount})
             return saved
 
@@ -1201,6 +1262,10 @@ class Escrow:
         async def change(uow: UnitOfWork, current: Order) -> tuple[Order, dict[str, Any]]:
             if current.payment_intent_id != order.payment_intent_id:
                 raise _RestStarted  # a pay made the rest's intent after _stop_rest looked
+            if deposit and not current.deposit_in_escrow:
+                # The authorization captured is the deposit, even if a renewal swapped the
+                # order to another one meanwhile (the renewal then voids its own).
+                current = replace(current, deposit_intent_id=order.deposit_intent_id)
             return await _penalise(uow, current, deposit)
 
         try:

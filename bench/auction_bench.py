@@ -382,7 +382,7 @@ def self_cpu_s() -> float:
 def budget_row(label: str, r: dict[str, float], target: str) -> str:
     """A bid scenario's CPU budget: the vault has no part in a bid (counted in the server's
     figure when several workers run)."""
-    accepted_share = r["accepted"] / max(r["requests"], 1)
+    accepted_share = min(1.0, r["accepted"] / max(r["requests"], 1))
     return (
         f"| {label} | {r['cpu_ms']:.2f} ms | — | {r['pg_ms']:.2f} ms | {r['loadgen_ms']:.2f} ms "
         f"| {r['total_ms']:.2f} ms | {r['ceiling_req_s']:,.0f} req/s "

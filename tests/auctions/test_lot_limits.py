@@ -118,6 +118,9 @@ async def test_a_lot_that_fails_to_close_does_not_stop_the_lots_due_after_it(
     assert (await market.get(first["id"]))["status"] == "open"  # rolled back, tried again later
     monkeypatch.setattr(container.auctions, "open_order", opener)
     await container.auctions.scheduler_pass(SYSTEM)
+    assert (await market.get(first["id"]))["status"] == "open"  # set aside for a minute
+    clock.advance(61)
+    await container.auctions.scheduler_pass(SYSTEM)
     assert (await market.get(first["id"]))["status"] == "closed"
 
 

@@ -106,7 +106,9 @@ OrderDepositRenewer = Callable[[UnitOfWork, Context, str, str], Awaitable[bool]]
 
 _US: Final = 1_000_000
 _MAX_DURATION_S: Final = 366 * 86_400
-_MAX_FAILED_PER_PASS: Final = 16  # lots a scheduler pass sets aside before it gives up
+_MAX_FAILED_PER_PASS: Final = 16  # failed lots after which a pass stops opening and closing
+_MAX_SET_ASIDE: Final = 1_000  # lots a process remembers as failing (the claim's NOT IN list)
+_SET_ASIDE_US: Final = 60 * 1_000_000  # how long a failed lot is left out before a new try
 _MAX_AHEAD_S: Final = 5 * 366 * 86_400  # how far ahead a lot may be scheduled to start
 _EARLIEST_US: Final = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 _MAX_BPS: Final = 10_000
@@ -206,6 +208,8 @@ class Auctions:
     renew_order_deposit: OrderDepositRenewer = escrow.renew_deposit
     close_batch: int = 100
     renewed_us: int = 0  # when this process last looked for deposits to renew
+    # lots whose open or close failed here → until when this process leaves them out
+    set_aside: dict[str, int] = field(default_factory=dict)
     bids: BidWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -690,7 +694,10 @@ class Auctions:
         async with self.db.read() as uow:
             pending = await storage.lots_with_unreleased_deposits(uow, limit=self.close_batch)
         for lot_id in pending:
-            counts["released"] += await self.release_deposits(ctx, lot_id)
+            try:
+                counts["released"] += await self.release_deposits(ctx, lot_id)
+            except Exception:  # one lot's release never stops the others, nor the renewals
+                log.exception("auctions.release_failed", lot_id=lot_id)
         now_us = self.db.clock.now_us()
         if now_us - self.renewed_us >= _RENEW_EVERY_US:  # a scan of held deposits: once a minute
             self.renewed_us = now_us
@@ -699,21 +706,23 @@ class Auctions:
 
     async def _open_and_close_due(self, ctx: Context, counts: dict[str, int]) -> None:
         """Due lots are claimed oldest first, one per transaction. A lot whose transition
-        fails (a bug, a value nothing foresaw) is logged at error level and left out for the
-        rest of the pass, so it never stops the lots due after it; the next pass tries it
-        again."""
+        fails (a bug, a value nothing foresaw) is logged at error level and set aside in this
+        process for a minute (``set_aside``), so it never stops the lots due after it, however
+        many fail; it is tried again after that."""
+        now_us = self.db.clock.now_us()
+        self.set_aside = {k: v for k, v in self.set_aside.items() if v > now_us}
         for status, column, count in (
             (LotStatus.SCHEDULED, "starts_at_us", "opened"),
             (LotStatus.OPEN, "ends_at_us", "closed"),
         ):
-            failed: set[str] = set()
+            failures = 0
             for _ in range(self.close_batch):
                 claimed: str | None = None
                 try:
                     async with self.db.transaction() as uow:
                         now_us = uow.clock.now_us()
                         lot = await storage.claim_due(
-                            uow, status, column=column, now_us=now_us, skip=failed
+                            uow, status, column=column, now_us=now_us, skip=self.set_aside.keys()
                         )
                         if lot is None:
                             break
@@ -723,10 +732,14 @@ class Auctions:
                         else:
                             await self._close_locked(uow, ctx, lot, reason="ended")
                 except Exception:
-                    if claimed is None or len(failed) >= _MAX_FAILED_PER_PASS:
-                        raise  # the database itself, or too many to be one bad lot
+                    if claimed is None:
+                        raise  # the database itself: the pass fails, the next one retries
                     log.exception("auctions.scheduler_lot_failed", lot_id=claimed, doing=count)
-                    failed.add(claimed)
+                    if len(self.set_aside) < _MAX_SET_ASIDE:
+                        self.set_aside[claimed] = self.db.clock.now_us() + _SET_ASIDE_US
+                    failures += 1
+                    if failures >= _MAX_FAILED_PER_PASS:
+                        break  # something broader is wrong; deposits still get their turn
                     continue
                 counts[count] += 1
 
@@ -744,7 +757,10 @@ class Auctions:
                     uow, now_us=now_us, after_id=after_id, limit=self.close_batch
                 )
             for deposit, needed_until_us in page:
-                renewed += await self._renew_one(ctx, deposit, needed_until_us, now_us)
+                try:
+                    renewed += await self._renew_one(ctx, deposit, needed_until_us, now_us)
+                except Exception:  # one deposit's renewal never stops the others'
+                    log.exception("auctions.deposit_renewal_error", deposit=deposit.id)
             if len(page) < self.close_batch:
                 break
             after_id = page[-1][0].id
@@ -759,7 +775,13 @@ class Auctions:
         expires_us = old.authorization_expires_us
         if old.status is not IntentStatus.REQUIRES_CAPTURE or expires_us is None:
             return 0
-        if expires_us - now_us > _RENEW_MARGIN_US or needed_until_us < expires_us:
+        # Renewed a day ahead of its lapse, when it may lapse less than a day after it is last
+        # needed: the default (or the close) comes on a background pass after that instant,
+        # not at it, and a lapse time is only the card brand's rule of thumb.
+        if (
+            expires_us - now_us > _RENEW_MARGIN_US
+            or needed_until_us + _RENEW_MARGIN_US < expires_us
+        ):
             return 0
         new = await self.payments.create(
             ctx,
@@ -775,7 +797,9 @@ class Auctions:
                 purpose=Purpose.DEPOSIT,
                 destination_account=deposit.account,
             ),
-            idempotency_key=f"deposit:{deposit.id}:renew:{old.id}",
+            # Processes renewing the same deposit row (same version) share one authorization;
+            # once the row moved on (a swap, the close keeping it), a new attempt gets a new one.
+            idempotency_key=f"deposit:{deposit.id}:renew:{old.id}:v{deposit.version}",
             scope=_PAYMENTS_SCOPE,
         )
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
@@ -787,7 +811,12 @@ class Auctions:
         except _OrderMovedOn:  # rolled back: the order took the deposit or ended meanwhile
             swapped = False
         if not swapped:
-            await self._void(ctx, new.id)
+            # Another process may have made the same renewal (same key, same authorization) and
+            # swapped it in: then it is the deposit's now, never to be voided here.
+            async with self.db.read() as uow:
+                now = await storage.get_deposit(uow, deposit.id)
+            if now is None or now.payment_intent != new.id:
+                await self._void(ctx, new.id)
             return 0
         voided = await self._void(ctx, old.id)
         if deposit.status is DepositStatus.KEPT and _captured(voided):

@@ -449,6 +449,17 @@ LotSettled = Callable[[UnitOfWork, Context, str], Awaitable[object]]
 # resuming after a crash all find the one intent or refund instead of making another.
 _SCOPE: Final = "domain:escrow"
 _SETTLES_THE_LOT: Final = frozenset({OrderStatus.RELEASED, OrderStatus.REFUNDED})
+
+
+def _settles_the_lot(order: Order) -> bool:
+    """Whether the lot's money story ends with this order: released or refunded, or defaulted
+    with no second-chance offer (the penalty kept, nobody else to buy it). A defaulted order
+    whose offer is open settles the lot when the offer expires, or through the new order."""
+    if order.status is OrderStatus.DEFAULTED:
+        return order.offer_status is OfferStatus.NONE
+    return order.status in _SETTLES_THE_LOT
+
+
 _REFUND_REASONS: Final = {
     RefundKind.RESOLUTION: RefundReason.DISPUTE,
     RefundKind.CANCELLATION: RefundReason.REQUESTED_BY_CUSTOMER,
@@ -569,7 +580,7 @@ class Escrow:
             saved = await _save(uow, order, changed)
             name = label or _LABELS.get(event, event.value)
             await _record(uow, ctx, saved, name, {"event": event.value, **details})
-            settles = saved.status in _SETTLES_THE_LOT and order.status is not saved.status
+            settles = _settles_the_lot(saved) and order.status is not saved.status
             if self.on_settled is not None and settles:
                 await self.on_settled(uow, ctx, saved.lot_id)  # lot closed → settled, same txn
             return saved
@@ -1338,6 +1349,8 @@ class Escrow:
                 return 0
             expired = await _save(uow, order, replace(order, offer_status=OfferStatus.EXPIRED))
             await _record(uow, ctx, expired, "second_chance_expired", {})
+            if self.on_settled is not None:
+                await self.on_settled(uow, ctx, expired.lot_id)  # nobody else will buy it here
             return 1
 
     # -- the sweeper ---------------------------------------------------------------------------

@@ -6,10 +6,12 @@ Each test here demonstrates a bug found in review: it fails on the code it was w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import pytest
 
+from hammerlock.auctions import storage as auction_storage
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
@@ -328,3 +330,45 @@ async def test_two_schedulers_renewing_one_held_deposit_leave_the_bidder_a_live_
     assert (await market.bid(lot["id"], b, 10_000)).status_code == 201
     r = await market.bid(lot["id"], a, 20_000)
     assert r.status_code == 201, r.text
+
+
+async def test_a_declined_renewal_is_tried_again_six_hours_later(
+    market: Market,
+    container: Container,
+    clock: FixedClock,
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same payments key would answer the same declined intent forever: the key names a
+    six-hour slot, so a declined renewal is tried again (until the old authorization lapses)."""
+    _wire(container, gateway)
+    seller = await market.party("seller")
+    a = await market.party("bidder", "A")
+    lot = await market.lot(
+        seller, estimate=2_000_000, ends_at=format_rfc3339(clock.now_us() + 6 * _DAY * 1_000_000)
+    )
+    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    real_create = container.payments.create
+    declined: list[str] = []
+
+    async def create(ctx: Context, new: Any, **kw: Any) -> Any:
+        if ":renew:" in kw["idempotency_key"] and not declined:
+            declined.append(kw["idempotency_key"])
+            new = dataclasses.replace(new, payment_method="tok_decline_renewal")
+        return await real_create(ctx, new, **kw)
+
+    monkeypatch.setattr(container.payments, "create", create)
+    auctions = container.auctions
+    clock.advance(4.1 * _DAY)
+    assert (await auctions.scheduler_pass(SYSTEM))["renewed"] == 0  # declined
+    clock.advance(61)
+    assert (await auctions.scheduler_pass(SYSTEM))["renewed"] == 0  # same slot, same answer
+    clock.advance(6 * 3_600)
+    assert (await auctions.scheduler_pass(SYSTEM))["renewed"] == 1
+    async with container.db.read() as uow:
+        [deposit] = await auction_storage.deposits_of(uow, lot["id"], a.id)
+    assert deposit.payment_intent not in {None, first}
+    live, _ = await container.payments.get(deposit.payment_intent)
+    assert live.status.value == "requires_capture"
+    old, _ = await container.payments.get(first)
+    assert old.status.value == "canceled"

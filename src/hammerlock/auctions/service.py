@@ -127,6 +127,7 @@ _HELD_INTENT: Final = frozenset(
 _DEAD_INTENT: Final = frozenset({IntentStatus.CANCELED, IntentStatus.REQUIRES_PAYMENT_METHOD})
 _OPEN_DEPOSITS: Final = frozenset({DepositStatus.PENDING, DepositStatus.HELD})
 _RENEW_MARGIN_US: Final = 24 * 3_600 * 1_000_000  # renew a day before the authorization lapses
+_RENEW_RETRY_US: Final = 6 * 3_600 * 1_000_000  # a declined renewal is tried again after this
 _RENEW_PAGES: Final = 100
 _RENEW_EVERY_US: Final = 60 * 1_000_000
 _KEEP_ATTEMPTS: Final = 3  # a renewal swaps a deposit at most once a day: one re-read suffices
@@ -797,13 +798,20 @@ class Auctions:
                 purpose=Purpose.DEPOSIT,
                 destination_account=deposit.account,
             ),
-            # Processes renewing the same deposit row (same version) share one authorization;
-            # once the row moved on (a swap, the close keeping it), a new attempt gets a new one.
-            idempotency_key=f"deposit:{deposit.id}:renew:{old.id}:v{deposit.version}",
+            # Processes renewing the same deposit row (same version) in the same six hours share
+            # one authorization; once the row moved on (a swap, the close keeping it), or six
+            # hours after a declined attempt, a new attempt gets a new one.
+            idempotency_key=(
+                f"deposit:{deposit.id}:renew:{old.id}:v{deposit.version}"
+                f":t{now_us // _RENEW_RETRY_US}"
+            ),
             scope=_PAYMENTS_SCOPE,
         )
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
+            # Declined (or unanswered): the old authorization still holds; tried again with a
+            # new key in the next six-hour slot, until it lapses.
             log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=new.id)
+            await self._void(ctx, new.id)  # one still processing is driven, then voided
             return 0
         try:
             async with self.db.transaction() as uow:

@@ -56,16 +56,8 @@ class Database:
         (key checks, idempotency leases). On SQLite, where round trips are free, it is an
         ordinary transaction. Never use it for more than one dependent statement.
         """
-        if not self.is_postgres:
-            async with self.transaction(write=write) as uow:
-                yield uow
-                _refuse_deferred(uow, "single_statement")
-            return
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            uow = UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
+        async with self._autocommit("single_statement", write=write) as uow:
             yield uow
-            _refuse_deferred(uow, "single_statement")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[UnitOfWork]:
@@ -75,18 +67,24 @@ class Database:
         gives its statements (each its own snapshot), without the BEGIN and COMMIT round trips
         (half the statements of a one-read transaction). SQLite: a deferred read transaction,
         one snapshot as before. Use :meth:`snapshot` when the reads must agree with each other,
-        :meth:`transaction` for anything that locks or writes.
+        :meth:`transaction` for anything that locks or writes (ADR 0017).
         """
+        async with self._autocommit("read", write=False) as uow:
+            yield uow
+
+    @asynccontextmanager
+    async def _autocommit(self, kind: str, *, write: bool) -> AsyncIterator[UnitOfWork]:
+        """Autocommit on PostgreSQL, a transaction on SQLite; deferred ledger work refused."""
         if not self.is_postgres:
-            async with self.transaction(write=False) as uow:
+            async with self.transaction(write=write) as uow:
                 yield uow
-                _refuse_deferred(uow, "read")
+                _refuse_deferred(uow, kind)
             return
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             uow = UnitOfWork(conn=conn, dialect=self.dialect, clock=self.clock)
             yield uow
-            _refuse_deferred(uow, "read")
+            _refuse_deferred(uow, kind)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[UnitOfWork]:

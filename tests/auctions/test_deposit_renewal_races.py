@@ -339,8 +339,9 @@ async def test_a_declined_renewal_is_tried_again_six_hours_later(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The same payments key would answer the same declined intent forever: the key names a
-    six-hour slot, so a declined renewal is tried again (until the old authorization lapses)."""
+    """The same payments key would answer the same declined intent forever: six hours after a
+    decline the row gets a new version, and with it the retry a new key (until the old
+    authorization lapses)."""
     _wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")

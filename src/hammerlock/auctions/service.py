@@ -106,7 +106,7 @@ OrderDepositRenewer = Callable[[UnitOfWork, Context, str, str], Awaitable[bool]]
 
 _US: Final = 1_000_000
 _MAX_DURATION_S: Final = 366 * 86_400
-_MAX_FAILED_PER_PASS: Final = 16  # failed lots after which a pass stops opening and closing
+_MAX_FAILED_PER_PASS: Final = 16  # failed lots after which a pass stops opening (or closing)
 _MAX_SET_ASIDE: Final = 1_000  # lots a process remembers as failing (the claim's NOT IN list)
 _SET_ASIDE_US: Final = 60 * 1_000_000  # how long a failed lot is left out before a new try
 _MAX_AHEAD_S: Final = 5 * 366 * 86_400  # how far ahead a lot may be scheduled to start
@@ -128,6 +128,7 @@ _DEAD_INTENT: Final = frozenset({IntentStatus.CANCELED, IntentStatus.REQUIRES_PA
 _OPEN_DEPOSITS: Final = frozenset({DepositStatus.PENDING, DepositStatus.HELD})
 _RENEW_MARGIN_US: Final = 24 * 3_600 * 1_000_000  # renew a day before the authorization lapses
 _RENEW_RETRY_US: Final = 6 * 3_600 * 1_000_000  # a declined renewal is tried again after this
+_MAX_RENEW_RETRIES: Final = 10_000  # declined renewals a process remembers
 _RENEW_PAGES: Final = 100
 _RENEW_EVERY_US: Final = 60 * 1_000_000
 _KEEP_ATTEMPTS: Final = 3  # a renewal swaps a deposit at most once a day: one re-read suffices
@@ -211,6 +212,8 @@ class Auctions:
     renewed_us: int = 0  # when this process last looked for deposits to renew
     # lots whose open or close failed here → until when this process leaves them out
     set_aside: dict[str, int] = field(default_factory=dict)
+    # deposits whose renewal was declined here → when to try again (under a new row version)
+    renew_retry: dict[str, int] = field(default_factory=dict)
     bids: BidWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -688,17 +691,22 @@ class Auctions:
         """Open due scheduled lots, close due open lots (each in its own transaction, claimed
         with ``FOR UPDATE SKIP LOCKED``), then release deposits of finished lots."""
         counts = {"opened": 0, "closed": 0, "released": 0, "renewed": 0}
+        now_us = self.db.clock.now_us()
+        self.set_aside = {k: v for k, v in self.set_aside.items() if v > now_us}
         async with self.db.read() as uow:
             due = await storage.any_due(uow, now_us=uow.clock.now_us())
         if due:  # idle passes never take the write lock (SQLite has one writer)
             await self._open_and_close_due(ctx, counts)
         async with self.db.read() as uow:
-            pending = await storage.lots_with_unreleased_deposits(uow, limit=self.close_batch)
+            pending = await storage.lots_with_unreleased_deposits(
+                uow, limit=self.close_batch, skip=self.set_aside.keys()
+            )
         for lot_id in pending:
             try:
                 counts["released"] += await self.release_deposits(ctx, lot_id)
             except Exception:  # one lot's release never stops the others, nor the renewals
                 log.exception("auctions.release_failed", lot_id=lot_id)
+                self._set_aside(lot_id)  # nor fills the next passes' pages
         now_us = self.db.clock.now_us()
         if now_us - self.renewed_us >= _RENEW_EVERY_US:  # a scan of held deposits: once a minute
             self.renewed_us = now_us
@@ -707,42 +715,52 @@ class Auctions:
 
     async def _open_and_close_due(self, ctx: Context, counts: dict[str, int]) -> None:
         """Due lots are claimed oldest first, one per transaction. A lot whose transition
-        fails (a bug, a value nothing foresaw) is logged at error level and set aside in this
-        process for a minute (``set_aside``), so it never stops the lots due after it, however
-        many fail; it is tried again after that."""
-        now_us = self.db.clock.now_us()
-        self.set_aside = {k: v for k, v in self.set_aside.items() if v > now_us}
+        fails (a bug, a value nothing foresaw) is logged at error level, passed over for the
+        rest of the pass (the claim moves past it) and set aside in this process for a minute
+        (``set_aside``), so it never stops the lots due after it; it is tried again after
+        that. Opening and closing each stop for the pass after 16 failures."""
         for status, column, count in (
             (LotStatus.SCHEDULED, "starts_at_us", "opened"),
             (LotStatus.OPEN, "ends_at_us", "closed"),
         ):
-            failures = 0
+            failures, after = 0, None
             for _ in range(self.close_batch):
-                claimed: str | None = None
+                claimed: Lot | None = None
                 try:
                     async with self.db.transaction() as uow:
                         now_us = uow.clock.now_us()
-                        lot = await storage.claim_due(
-                            uow, status, column=column, now_us=now_us, skip=self.set_aside.keys()
+                        claimed = await storage.claim_due(
+                            uow,
+                            status,
+                            column=column,
+                            now_us=now_us,
+                            skip=self.set_aside.keys(),
+                            after=after,
                         )
-                        if lot is None:
+                        if claimed is None:
                             break
-                        claimed = lot.id
                         if status is LotStatus.SCHEDULED:
-                            await self._start_if_due(uow, ctx, lot, now_us)
+                            await self._start_if_due(uow, ctx, claimed, now_us)
                         else:
-                            await self._close_locked(uow, ctx, lot, reason="ended")
+                            await self._close_locked(uow, ctx, claimed, reason="ended")
                 except Exception:
                     if claimed is None:
                         raise  # the database itself: the pass fails, the next one retries
-                    log.exception("auctions.scheduler_lot_failed", lot_id=claimed, doing=count)
-                    if len(self.set_aside) < _MAX_SET_ASIDE:
-                        self.set_aside[claimed] = self.db.clock.now_us() + _SET_ASIDE_US
+                    log.exception("auctions.scheduler_lot_failed", lot_id=claimed.id, doing=count)
+                    self._set_aside(claimed.id)
+                    after = (getattr(claimed, column), claimed.id)
                     failures += 1
                     if failures >= _MAX_FAILED_PER_PASS:
                         break  # something broader is wrong; deposits still get their turn
                     continue
                 counts[count] += 1
+
+    def _set_aside(self, lot_id: str) -> None:
+        """Leave ``lot_id`` out of this process's claims for a while; when the memory is full,
+        the entry due back soonest makes room (the newest failure is always remembered)."""
+        if len(self.set_aside) >= _MAX_SET_ASIDE:
+            del self.set_aside[min(self.set_aside, key=self.set_aside.__getitem__)]
+        self.set_aside[lot_id] = self.db.clock.now_us() + _SET_ASIDE_US
 
     async def renew_deposits(self, ctx: Context) -> int:
         """Replace deposit authorizations that would lapse while still needed — before their
@@ -784,6 +802,17 @@ class Auctions:
             or needed_until_us + _RENEW_MARGIN_US < expires_us
         ):
             return 0
+        retry_at = self.renew_retry.get(deposit.id)
+        if retry_at is not None:
+            # The last renewal of this row was declined: after a while, a new attempt — under
+            # a new row version, so that every process sharing an attempt shares its version.
+            if now_us < retry_at:
+                return 0
+            del self.renew_retry[deposit.id]
+            async with self.db.transaction() as uow:
+                if not await storage.bump_deposit(uow, deposit, now_us=uow.clock.now_us()):
+                    return 0  # it moved on meanwhile: the next scan reads it again
+            deposit = replace(deposit, version=deposit.version + 1)
         new = await self.payments.create(
             ctx,
             NewIntent(
@@ -798,20 +827,22 @@ class Auctions:
                 purpose=Purpose.DEPOSIT,
                 destination_account=deposit.account,
             ),
-            # Processes renewing the same deposit row (same version) in the same six hours share
-            # one authorization; once the row moved on (a swap, the close keeping it), or six
-            # hours after a declined attempt, a new attempt gets a new one.
-            idempotency_key=(
-                f"deposit:{deposit.id}:renew:{old.id}:v{deposit.version}"
-                f":t{now_us // _RENEW_RETRY_US}"
-            ),
+            # Every process renewing the same deposit row (same version) shares one
+            # authorization, resumed by whoever comes next if an answer was lost; once the row
+            # moved on (a swap, the close keeping it, a retry after a decline), a new one.
+            idempotency_key=f"deposit:{deposit.id}:renew:{old.id}:v{deposit.version}",
             scope=_PAYMENTS_SCOPE,
         )
+        if new.status is IntentStatus.PROCESSING:
+            return 0  # its answer is not in: the next pass (any process) resumes it, same key
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
-            # Declined (or unanswered): the old authorization still holds; tried again with a
-            # new key in the next six-hour slot, until it lapses.
+            # Declined, or waiting for a 3-D Secure challenge nobody will take (nobody can
+            # swap that one in: void it). The old authorization still holds; retried later.
             log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=new.id)
-            await self._void(ctx, new.id)  # one still processing is driven, then voided
+            if new.status is IntentStatus.REQUIRES_ACTION:
+                await self._void(ctx, new.id)
+            if len(self.renew_retry) < _MAX_RENEW_RETRIES:
+                self.renew_retry[deposit.id] = now_us + _RENEW_RETRY_US
             return 0
         try:
             async with self.db.transaction() as uow:

@@ -327,19 +327,28 @@ async def save_standings(uow: UnitOfWork, changed: Sequence[tuple[Lot, int]]) ->
 
 
 async def claim_due(
-    uow: UnitOfWork, status: LotStatus, *, column: str, now_us: int, skip: Collection[str] = ()
+    uow: UnitOfWork,
+    status: LotStatus,
+    *,
+    column: str,
+    now_us: int,
+    skip: Collection[str] = (),
+    after: tuple[int, str] | None = None,
 ) -> Lot | None:
-    """One lot in ``status`` whose ``column`` time has come, locked for this transaction; lots
-    another process holds are skipped (PostgreSQL), SQLite having one writer anyway, and so
-    are the lots named in ``skip``."""
+    """One lot in ``status`` whose ``column`` time has come, oldest first, locked for this
+    transaction; lots another process holds are skipped (PostgreSQL), SQLite having one writer
+    anyway, and so are the lots named in ``skip`` and those at or before ``after`` (a
+    ``(time, id)`` cursor)."""
     query = (
         sa.select(lots)
         .where(lots.c.status == status.value, lots.c[column] <= now_us)
-        .order_by(lots.c[column])
+        .order_by(lots.c[column], lots.c.id)
         .limit(1)
     )
     if skip:
         query = query.where(lots.c.id.not_in(list(skip)))
+    if after is not None:
+        query = query.where(sa.tuple_(lots.c[column], lots.c.id) > sa.tuple_(*after))
     if uow.is_postgres:
         query = query.with_for_update(skip_locked=True)
     row = (await uow.conn.execute(query)).mappings().first()
@@ -361,7 +370,11 @@ async def any_due(uow: UnitOfWork, *, now_us: int) -> bool:
     return (await uow.conn.execute(query)).first() is not None
 
 
-async def lots_with_unreleased_deposits(uow: UnitOfWork, *, limit: int) -> list[str]:
+async def lots_with_unreleased_deposits(
+    uow: UnitOfWork, *, limit: int, skip: Collection[str] = ()
+) -> list[str]:
+    """Finished lots whose losers' deposits are not all released yet, but those in ``skip``
+    (lots whose release failed lately in this process)."""
     query = (
         sa.select(lots.c.id)
         .where(
@@ -372,6 +385,8 @@ async def lots_with_unreleased_deposits(uow: UnitOfWork, *, limit: int) -> list[
         )
         .limit(limit)
     )
+    if skip:
+        query = query.where(lots.c.id.not_in(list(skip)))
     return [r[0] for r in (await uow.conn.execute(query)).all()]
 
 
@@ -669,6 +684,18 @@ def _needed_until_us(row: RowMapping) -> int:
     if row["status"] == DepositStatus.KEPT.value:
         return int(row["closed_us"]) + int(row["payment_window_s"]) * 1_000_000
     return int(row["latest_end_us"])
+
+
+async def bump_deposit(uow: UnitOfWork, deposit: Deposit, *, now_us: int) -> bool:
+    """A new version of the deposit row, nothing else changed (only if nobody changed it since):
+    a renewal's retry gets a new payments key, shared by whoever reads the new version."""
+    t = lot_deposits
+    result = await uow.conn.execute(
+        t.update()
+        .where(t.c.id == deposit.id, t.c.version == deposit.version)
+        .values(updated_us=now_us, version=deposit.version + 1)
+    )
+    return bool(result.rowcount == 1)
 
 
 async def swap_deposit_intent(

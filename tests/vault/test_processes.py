@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -119,7 +120,11 @@ def test_serve_starts_the_vault_beside_the_api_and_stops_it(
         if path.is_file():
             content = path.read_bytes()
             assert AMEX.encode() not in content, path
-            assert CVC.encode() not in content, path
+            # As a value of its own: four digits also turn up inside random hex ids and hashes
+            # (one full-suite run found "7391" in an order id).
+            assert not re.search(
+                rb"(?<![0-9A-Za-z])" + CVC.encode() + rb"(?![0-9A-Za-z])", content
+            ), path
     assert AMEX not in server.stdout + server.stderr
     assert (tmp_path / "var" / "vault" / "vault.db").is_file()
     assert (tmp_path / "var" / "hammerlock.db").is_file()

@@ -769,6 +769,11 @@ class Auctions:
         points at it, then the old one is voided (so a bidder is never left without a deposit
         in between)."""
         now_us = self.db.clock.now_us()
+        # A retry not taken a day after it was due (renewed elsewhere, lapsed, finished) is
+        # forgotten.
+        self.renew_retry = {
+            k: v for k, v in self.renew_retry.items() if v > now_us - _RENEW_MARGIN_US
+        }
         renewed, after_id = 0, ""
         for _ in range(_RENEW_PAGES):
             async with self.db.read() as uow:

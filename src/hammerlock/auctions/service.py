@@ -128,7 +128,7 @@ _DEAD_INTENT: Final = frozenset({IntentStatus.CANCELED, IntentStatus.REQUIRES_PA
 _OPEN_DEPOSITS: Final = frozenset({DepositStatus.PENDING, DepositStatus.HELD})
 _RENEW_MARGIN_US: Final = 24 * 3_600 * 1_000_000  # renew a day before the authorization lapses
 _RENEW_RETRY_US: Final = 6 * 3_600 * 1_000_000  # a declined renewal is tried again after this
-_MAX_RENEW_RETRIES: Final = 10_000  # declined renewals a process remembers
+_MAX_REMEMBERED: Final = 10_000  # declined or unanswered renewals a process remembers
 _RENEW_PAGES: Final = 100
 _RENEW_EVERY_US: Final = 60 * 1_000_000
 _KEEP_ATTEMPTS: Final = 3  # a renewal swaps a deposit at most once a day: one re-read suffices
@@ -212,8 +212,10 @@ class Auctions:
     renewed_us: int = 0  # when this process last looked for deposits to renew
     # lots whose open or close failed here → until when this process leaves them out
     set_aside: dict[str, int] = field(default_factory=dict)
-    # deposits whose renewal was declined here → when to try again (under a new row version)
-    renew_retry: dict[str, int] = field(default_factory=dict)
+    # deposits whose renewal was declined here → (the row version declined, when to try again)
+    renew_retry: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # renewals answered ``processing`` here → (their deposit, the row version they were made at)
+    unsettled: dict[str, tuple[str, int]] = field(default_factory=dict)
     bids: BidWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -772,8 +774,9 @@ class Auctions:
         # A retry not taken a day after it was due (renewed elsewhere, lapsed, finished) is
         # forgotten.
         self.renew_retry = {
-            k: v for k, v in self.renew_retry.items() if v > now_us - _RENEW_MARGIN_US
+            k: v for k, v in self.renew_retry.items() if v[1] > now_us - _RENEW_MARGIN_US
         }
+        await self._settle_unsettled(ctx)
         renewed, after_id = 0, ""
         for _ in range(_RENEW_PAGES):
             async with self.db.read() as uow:
@@ -807,17 +810,20 @@ class Auctions:
             or needed_until_us + _RENEW_MARGIN_US < expires_us
         ):
             return 0
-        retry_at = self.renew_retry.get(deposit.id)
-        if retry_at is not None:
-            # The last renewal of this row was declined: after a while, a new attempt — under
-            # a new row version, so that every process sharing an attempt shares its version.
-            if now_us < retry_at:
+        retry = self.renew_retry.get(deposit.id)
+        if retry is not None:
+            # A renewal of this row was declined: after a while, a new attempt — under a new
+            # row version, so that every process sharing an attempt shares its version. Once
+            # the row moved on (another process's retry, a swap), its own key decides.
+            declined_version, retry_at = retry
+            if deposit.version == declined_version and now_us < retry_at:
                 return 0
             del self.renew_retry[deposit.id]
-            async with self.db.transaction() as uow:
-                if not await storage.bump_deposit(uow, deposit, now_us=uow.clock.now_us()):
-                    return 0  # it moved on meanwhile: the next scan reads it again
-            deposit = replace(deposit, version=deposit.version + 1)
+            if deposit.version == declined_version:
+                async with self.db.transaction() as uow:
+                    if not await storage.bump_deposit(uow, deposit, now_us=uow.clock.now_us()):
+                        return 0  # it moved on meanwhile: the next scan reads it again
+                deposit = replace(deposit, version=deposit.version + 1)
         new = await self.payments.create(
             ctx,
             NewIntent(
@@ -839,15 +845,18 @@ class Auctions:
             scope=_PAYMENTS_SCOPE,
         )
         if new.status is IntentStatus.PROCESSING:
-            return 0  # its answer is not in: the next pass (any process) resumes it, same key
+            # Its answer is not in: the next pass (any process) resumes it under the same key
+            # while the row stays at this version; once it moves on, nobody can swap it in and
+            # ``_settle_unsettled`` voids it.
+            _remember(self.unsettled, new.id, (deposit.id, deposit.version))
+            return 0
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
             # Declined, or waiting for a 3-D Secure challenge nobody will take (nobody can
             # swap that one in: void it). The old authorization still holds; retried later.
             log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=new.id)
             if new.status is IntentStatus.REQUIRES_ACTION:
                 await self._void(ctx, new.id)
-            if len(self.renew_retry) < _MAX_RENEW_RETRIES:
-                self.renew_retry[deposit.id] = now_us + _RENEW_RETRY_US
+            _remember(self.renew_retry, deposit.id, (deposit.version, now_us + _RENEW_RETRY_US))
             return 0
         try:
             async with self.db.transaction() as uow:
@@ -867,6 +876,23 @@ class Auctions:
             await self._undo_renewal(ctx, deposit, old.id, new.id)
             return 0
         return 1
+
+    async def _settle_unsettled(self, ctx: Context) -> None:
+        """Renewals this process saw answered ``processing``: one the deposit points at now is
+        the deposit's; one whose row has moved past the version it was made at (the close,
+        a release, another renewal) can never be swapped in — driven to its outcome and voided,
+        so it is not left held on the card beside the deposit."""
+        for intent_id, (deposit_id, version) in list(self.unsettled.items()):
+            async with self.db.read() as uow:
+                deposit = await storage.get_deposit(uow, deposit_id)
+            if deposit is not None and deposit.payment_intent == intent_id:
+                del self.unsettled[intent_id]
+                continue
+            if deposit is not None and deposit.version == version:
+                continue  # the next renewal pass resumes it under the same key
+            intent = await self._void(ctx, intent_id)
+            if intent.status in _DEAD_INTENT:
+                del self.unsettled[intent_id]
 
     async def _swap(
         self, uow: UnitOfWork, ctx: Context, deposit: Deposit, old_id: str, new_id: str
@@ -1141,6 +1167,14 @@ class Auctions:
 class _OrderMovedOn(Exception):
     """Escrow would not follow a kept deposit's renewal (the order took the deposit, or ended):
     raised inside the swap's transaction to roll the deposit's swap back."""
+
+
+def _remember(memory: dict[str, Any], key: str, value: Any) -> None:
+    """Bounded per-process memory: when full, the oldest entry makes room."""
+    if key not in memory:
+        while memory and len(memory) >= _MAX_REMEMBERED:
+            del memory[next(iter(memory))]
+    memory[key] = value
 
 
 def _captured(intent: PaymentIntent) -> bool:

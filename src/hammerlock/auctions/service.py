@@ -883,16 +883,33 @@ class Auctions:
         a release, another renewal) can never be swapped in — driven to its outcome and voided,
         so it is not left held on the card beside the deposit."""
         for intent_id, (deposit_id, version) in list(self.unsettled.items()):
-            async with self.db.read() as uow:
-                deposit = await storage.get_deposit(uow, deposit_id)
-            if deposit is not None and deposit.payment_intent == intent_id:
-                del self.unsettled[intent_id]
-                continue
-            if deposit is not None and deposit.version == version:
-                continue  # the next renewal pass resumes it under the same key
-            intent = await self._void(ctx, intent_id)
-            if intent.status in _DEAD_INTENT:
-                del self.unsettled[intent_id]
+            try:
+                if await self._settle_one(ctx, intent_id, deposit_id, version):
+                    del self.unsettled[intent_id]
+            except Exception:  # one never stops the others, nor the renewal scan after them
+                log.exception("auctions.deposit_renewal_error", intent=intent_id)
+
+    async def _settle_one(
+        self, ctx: Context, intent_id: str, deposit_id: str, version: int
+    ) -> bool:
+        """Whether the remembered renewal ``intent_id`` is settled (the deposit's, or dead)."""
+        async with self.db.read() as uow:
+            deposit = await storage.get_deposit(uow, deposit_id)
+        if deposit is not None and deposit.payment_intent == intent_id:
+            return True
+        if deposit is not None and deposit.version == version:
+            current = None
+            if deposit.payment_intent is not None:
+                current, _ = await self.payments.get(deposit.payment_intent)
+            if current is not None and current.status is IntentStatus.REQUIRES_CAPTURE:
+                return False  # the next renewal pass resumes it under the same key
+            # The authorization it was to replace was captured (a pay, a default) or died:
+            # nobody resumes it. A new row version makes sure nobody can swap it in any more.
+            async with self.db.transaction() as uow:
+                if not await storage.bump_deposit(uow, deposit, now_us=uow.clock.now_us()):
+                    return False  # moved on meanwhile: looked at again on the next pass
+        intent = await self._void(ctx, intent_id)
+        return intent.status in _DEAD_INTENT
 
     async def _swap(
         self, uow: UnitOfWork, ctx: Context, deposit: Deposit, old_id: str, new_id: str

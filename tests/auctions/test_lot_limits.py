@@ -94,6 +94,35 @@ async def test_lot_instants_outside_the_window_are_refused(
     assert "starts_at" in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "terms", [{"payment_window_s": 0}, {"inspection_period_s": -1}, {"payment_window_s": -5}]
+)
+async def test_order_windows_an_order_cannot_take_are_refused(
+    market: Market, terms: dict[str, int]
+) -> None:
+    """A payment window of 0 passed the schema, then every close of the lot failed (the order's
+    terms refuse it)."""
+    seller = await market.party("seller")
+    r = await market.client.post(
+        "/v1/lots",
+        json={
+            "title": "No window",
+            "currency": "USD",
+            "estimate": 1_000,
+            "starting_price": 1_000,
+            "starts_at": format_rfc3339(market.clock.now_us()),
+            "ends_at": format_rfc3339(market.clock.now_us() + 3_600_000_000),
+            **terms,
+        },
+        headers=seller.headers,
+    )
+    assert r.status_code == 422, r.text
+    # 0 passes the schema (seconds ≥ 0) and is the service's to refuse; negatives, the schema's
+    assert r.json()["code"] == (
+        "invalid_lot" if terms.get("payment_window_s") == 0 else "validation_error"
+    )
+
+
 async def test_a_lot_that_fails_to_close_does_not_stop_the_lots_due_after_it(
     market: Market, container: Container, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

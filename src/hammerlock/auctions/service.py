@@ -194,6 +194,12 @@ def _check_new_lot(new: NewLot, now_us: int) -> None:
         problems.append("deposit_bps is within 0..10000")
     if not 0 <= new.soft_close_s <= 86_400 or not 0 <= new.soft_close_cap_s <= 7 * 86_400:
         problems.append("soft_close_s ≤ 1 day, soft_close_cap_s ≤ 7 days")
+    # What the order the lot closes into takes (escrow.model.OrderTerms): a window of 0 would
+    # make every close fail.
+    if not 1 <= new.payment_window_s <= _MAX_DURATION_S:
+        problems.append("payment_window_s is within 1 s..366 days")
+    if not 0 <= new.inspection_period_s <= _MAX_DURATION_S:
+        problems.append("inspection_period_s is within 0..366 days")
     if new.increments is not None and (why := validate_increments(new.increments)):
         problems.append(why)
     if problems:

@@ -655,20 +655,17 @@ class Auctions:
                 ):
                     changed = True  # authorized meanwhile: the next pass voids what it holds
                     continue
-                await audit.record(
+                await _audit_deposit(
                     uow,
-                    ctx.event(
-                        "auctions.deposit.release",
-                        resource_type="deposit",
-                        resource_id=deposit.id,
-                        ts_us=uow.clock.now_us(),
-                        details={
-                            "lot_id": lot_id,
-                            "bidder_id": deposit.bidder_id,
-                            "payment_intent": deposit.payment_intent,
-                            "amount": deposit.amount,
-                        },
-                    ),
+                    ctx,
+                    deposit.id,
+                    "auctions.deposit.release",
+                    {
+                        "lot_id": lot_id,
+                        "bidder_id": deposit.bidder_id,
+                        "payment_intent": deposit.payment_intent,
+                        "amount": deposit.amount,
+                    },
                 )
             released += 1
         if changed:
@@ -764,11 +761,9 @@ class Auctions:
                 counts[count] += 1
 
     def _set_aside(self, lot_id: str) -> None:
-        """Leave ``lot_id`` out of this process's claims for a while; when the memory is full,
-        the entry due back soonest makes room (the newest failure is always remembered)."""
-        if len(self.set_aside) >= _MAX_SET_ASIDE:
-            del self.set_aside[min(self.set_aside, key=self.set_aside.__getitem__)]
-        self.set_aside[lot_id] = self.db.clock.now_us() + _SET_ASIDE_US
+        """Leave ``lot_id`` out of this process's claims for a while (the newest failure is
+        always remembered: every entry lives as long, so the oldest is due back soonest)."""
+        _remember(self.set_aside, lot_id, self.db.clock.now_us() + _SET_ASIDE_US, _MAX_SET_ASIDE)
 
     async def renew_deposits(self, ctx: Context) -> int:
         """Replace deposit authorizations that would lapse while still needed — before their
@@ -928,15 +923,12 @@ class Auctions:
             uow, ctx, old_id, new_id
         ):
             raise _OrderMovedOn
-        await audit.record(
+        await _audit_deposit(
             uow,
-            ctx.event(
-                "auctions.deposit.renew",
-                resource_type="deposit",
-                resource_id=deposit.id,
-                ts_us=uow.clock.now_us(),
-                details={"lot_id": deposit.lot_id, "old": old_id, "new": new_id},
-            ),
+            ctx,
+            deposit.id,
+            "auctions.deposit.renew",
+            {"lot_id": deposit.lot_id, "old": old_id, "new": new_id},
         )
         return True
 
@@ -954,15 +946,12 @@ class Auctions:
                 expected=(DepositStatus.KEPT, new_id),
             )
             await self.renew_order_deposit(uow, ctx, new_id, old_id)
-            await audit.record(
+            await _audit_deposit(
                 uow,
-                ctx.event(
-                    "auctions.deposit.renew_undone",
-                    resource_type="deposit",
-                    resource_id=deposit.id,
-                    ts_us=uow.clock.now_us(),
-                    details={"lot_id": deposit.lot_id, "captured": old_id, "voided": new_id},
-                ),
+                ctx,
+                deposit.id,
+                "auctions.deposit.renew_undone",
+                {"lot_id": deposit.lot_id, "captured": old_id, "voided": new_id},
             )
         if _captured(await self._void(ctx, new_id)):
             log.error(
@@ -1058,15 +1047,12 @@ class Auctions:
             expected=(deposit.status, deposit.payment_intent),
         ):
             return False
-        await audit.record(
+        await _audit_deposit(
             uow,
-            ctx.event(
-                "auctions.deposit.fail",
-                resource_type="deposit",
-                resource_id=deposit.id,
-                ts_us=now_us,
-                details={"lot_id": deposit.lot_id, "payment_intent": deposit.payment_intent},
-            ),
+            ctx,
+            deposit.id,
+            "auctions.deposit.fail",
+            {"lot_id": deposit.lot_id, "payment_intent": deposit.payment_intent},
         )
         return True
 
@@ -1132,20 +1118,17 @@ class Auctions:
             await storage.insert_deposit(
                 uow, deposit, key_id=ctx.actor.key_id, idempotency_key=idempotency_key
             )
-            await audit.record(
+            await _audit_deposit(
                 uow,
-                ctx.event(
-                    "auctions.deposit.create",
-                    resource_type="deposit",
-                    resource_id=deposit.id,
-                    ts_us=now_us,
-                    details={
-                        "lot_id": lot_id,
-                        "bidder_id": bidder_id,
-                        "amount": deposit.amount,
-                        "currency": deposit.currency,
-                    },
-                ),
+                ctx,
+                deposit.id,
+                "auctions.deposit.create",
+                {
+                    "lot_id": lot_id,
+                    "bidder_id": bidder_id,
+                    "amount": deposit.amount,
+                    "currency": deposit.currency,
+                },
             )
             return deposit, card
 
@@ -1192,12 +1175,27 @@ class _OrderMovedOn(Exception):
     raised inside the swap's transaction to roll the deposit's swap back."""
 
 
-def _remember(memory: dict[str, Any], key: str, value: Any) -> None:
-    """Bounded per-process memory: when full, the oldest entry makes room."""
+def _remember(memory: dict[str, Any], key: str, value: Any, limit: int | None = None) -> None:
+    """Bounded per-process memory (``limit``, else ``_MAX_REMEMBERED``, read at each call): when
+    full, the oldest entry makes room."""
+    bound = _MAX_REMEMBERED if limit is None else limit
     if key not in memory:
-        while memory and len(memory) >= _MAX_REMEMBERED:
+        while memory and len(memory) >= bound:
             del memory[next(iter(memory))]
     memory[key] = value
+
+
+async def _audit_deposit(
+    uow: UnitOfWork, ctx: Context, deposit_id: str, action: str, details: dict[str, Any]
+) -> None:
+    event = ctx.event(
+        action,
+        resource_type="deposit",
+        resource_id=deposit_id,
+        ts_us=uow.clock.now_us(),
+        details=details,
+    )
+    await audit.record(uow, event)
 
 
 def _captured(intent: PaymentIntent) -> bool:

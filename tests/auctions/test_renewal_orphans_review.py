@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from hammerlock.auctions import service as auctions_service
 from hammerlock.auctions import storage as auction_storage
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
@@ -141,7 +140,11 @@ async def test_a_retry_bump_does_not_orphan_another_processs_processing_renewal(
     monkeypatch.setattr(container.payments, "create", declined)
     await proc_a.renew_deposits(SYSTEM)
     await proc_c.renew_deposits(SYSTEM)
-    assert len(proc_a.renew_retry) == len(proc_c.renew_retry) == 1
+    async with container.db.read() as uow:
+        [deposit] = await auction_storage.deposits_of(uow, lot["id"], a.id)
+        declined_attempt = await auction_storage.get_renewal(uow, deposit.id, deposit.version)
+    assert declined_attempt is not None
+    assert declined_attempt.state.value == "declined"
     monkeypatch.setattr(container.payments, "create", real_create)
 
     clock.advance(6 * 3_600 + 1)
@@ -171,13 +174,14 @@ async def test_a_declined_renewal_is_tried_again_when_the_retry_memory_is_full(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Once ``renew_retry`` holds ``_MAX_REMEMBERED`` entries (10,000; scaled down to 1 here,
+    """(Written when retries were remembered per process; since ADR 0019 the decline is recorded
+    in ``deposit_renewals`` and there is no memory to fill — the test keeps the scenario.)
+    Once ``renew_retry`` held ``_MAX_REMEMBERED`` entries (10,000; scaled down to 1 here,
     and filled), a declined renewal was not remembered. The next pass asks again under the same key
     (the row's version did not change: only a remembered retry bumps it), and ``payments.create``
     answers the same declined intent: no new attempt is ever made, however long the card has
     been fine again, until the memory empties (entries live up to 30 h; the renewal window is
     24 h) — the deposit lapses."""
-    monkeypatch.setattr(auctions_service, "_MAX_REMEMBERED", 1)
     _wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -188,7 +192,6 @@ async def test_a_declined_renewal_is_tried_again_when_the_retry_memory_is_full(
     )
     await _deposit(market, lot["id"], a)
     auctions = container.auctions
-    auctions.renew_retry["dep_another"] = (1, clock.now_us() + 10 * _DAY * 1_000_000)  # full
     clock.advance(4.1 * _DAY)
     real_create = container.payments.create
 

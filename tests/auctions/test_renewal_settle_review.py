@@ -1,4 +1,5 @@
-"""Review s6e: ``_settle_unsettled`` and renewals answered ``processing``.
+"""Review s6e: settling renewals answered ``processing`` (then ``_settle_unsettled``, now
+``_settle_renewals`` over the durable record of ADR 0019).
 
 Each test here demonstrates a bug found in review: it fails on the code it was written against.
 """
@@ -20,6 +21,13 @@ from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.review_s6e")
 _DAY = 86_400
+
+
+async def _unanswered(container: Container) -> list[str]:
+    """Renewals whose answer is not in (``open`` attempts with an intent: ADR 0019)."""
+    async with container.db.read() as uow:
+        rows = await auction_storage.unsettled_renewals(uow, after=("", 0), limit=100)
+    return [r.intent_id for r in rows if r.state.value == "open" and r.intent_id is not None]
 
 
 async def test_a_processing_renewal_is_voided_once_pay_captured_the_old_authorization(
@@ -50,8 +58,7 @@ async def test_a_processing_renewal_is_voided_once_pay_captured_the_old_authoriz
     clock.advance(4.1 * _DAY)  # within a day of the first authorization's lapse
     gateway.faults.add("timeout_after_charge")  # the renewal: authorized, answer lost
     assert await auctions.renew_deposits(SYSTEM) == 0
-    assert len(auctions.unsettled) == 1
-    [renewal] = auctions.unsettled
+    [renewal] = await _unanswered(container)
 
     paid, _ = await escrow.pay(SYSTEM, order["id"], payment_method=None)
     assert paid.status.value == "paid"
@@ -68,7 +75,7 @@ async def test_a_processing_renewal_is_voided_once_pay_captured_the_old_authoriz
         if i.status.value == "requires_capture"
     ]
     # What goes wrong: the renewal is held on the card of a buyer who has paid.
-    assert held == [], (intent.status.value, auctions.unsettled)
+    assert held == [], (intent.status.value, await _unanswered(container))
 
 
 async def test_one_unsettled_renewal_failing_to_settle_does_not_stop_every_renewal(
@@ -106,7 +113,7 @@ async def test_one_unsettled_renewal_failing_to_settle_does_not_stop_every_renew
     clock.advance(3.6 * _DAY)  # lot 1's deposit is due, lot 2's not yet
     gateway.faults.add("timeout_after_charge")
     assert await auctions.renew_deposits(SYSTEM) == 0
-    [renewal] = auctions.unsettled
+    [renewal] = await _unanswered(container)
     clock.advance(0.4 * _DAY + 1)
     auctions.renewed_us = clock.now_us()
     assert (await auctions.scheduler_pass(SYSTEM))["closed"] == 1  # lot 1 unsold: row moves

@@ -43,6 +43,8 @@ __all__ = [
     "Lot",
     "LotStatus",
     "LotTerms",
+    "Renewal",
+    "RenewalState",
     "Standing",
     "apply_bid",
     "ask_for",
@@ -390,6 +392,33 @@ class Deposit:
     created_us: int
     updated_us: int
     version: int
+
+
+class RenewalState(enum.StrEnum):
+    """Where one renewal attempt of a deposit stands (one attempt per deposit row version)."""
+
+    OPEN = "open"  # recorded before the gateway call; its answer may still be unknown
+    DECLINED = "declined"  # refused (or voided waiting for 3-D Secure); tried again at retry_at
+    SWAPPED = "swapped"  # the deposit points at the renewal; the old authorization is voided next
+    UNDONE = "undone"  # the old one was captured meanwhile: the deposit is back on it, the renewal
+    # is voided next
+    DONE = "done"  # nothing left to do: swapped and old voided, or the renewal is dead
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """A durable record of one renewal attempt, written before its authorization is asked for,
+    so that no process restart leaves a renewal held on a card beside the deposit (ADR 0019)."""
+
+    deposit_id: str
+    version: int  # the deposit row's version the attempt was made at
+    old_intent: str
+    payments_key: str
+    intent_id: str | None  # known once the gateway answered (or payments recorded it)
+    state: RenewalState
+    retry_at_us: int | None
+    created_us: int
+    updated_us: int
 
 
 def deposit_account(bidder_id: str, lot_id: str) -> str:

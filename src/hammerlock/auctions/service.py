@@ -59,6 +59,8 @@ from hammerlock.auctions.model import (
     DepositStatus,
     Lot,
     LotStatus,
+    Renewal,
+    RenewalState,
     Standing,
     default_deposit_bps,
     default_increments,
@@ -82,6 +84,7 @@ from hammerlock.money.currency import get_currency
 from hammerlock.money.errors import UnknownCurrency
 from hammerlock.parties import service as parties
 from hammerlock.parties.model import PartyKind
+from hammerlock.payments import storage as payments_storage
 from hammerlock.payments.errors import InvalidTransition as PaymentTransition
 from hammerlock.payments.model import (
     CaptureMethod,
@@ -128,7 +131,7 @@ _DEAD_INTENT: Final = frozenset({IntentStatus.CANCELED, IntentStatus.REQUIRES_PA
 _OPEN_DEPOSITS: Final = frozenset({DepositStatus.PENDING, DepositStatus.HELD})
 _RENEW_MARGIN_US: Final = 24 * 3_600 * 1_000_000  # renew a day before the authorization lapses
 _RENEW_RETRY_US: Final = 6 * 3_600 * 1_000_000  # a declined renewal is tried again after this
-_MAX_REMEMBERED: Final = 10_000  # declined or unanswered renewals a process remembers
+_RENEW_UNANSWERED_US: Final = 10 * 60 * 1_000_000  # an attempt with no intent after this had none
 _RENEW_PAGES: Final = 100
 _RENEW_EVERY_US: Final = 60 * 1_000_000
 _KEEP_ATTEMPTS: Final = 3  # a renewal swaps a deposit at most once a day: one re-read suffices
@@ -218,10 +221,6 @@ class Auctions:
     renewed_us: int = 0  # when this process last looked for deposits to renew
     # lots whose open or close failed here → until when this process leaves them out
     set_aside: dict[str, int] = field(default_factory=dict)
-    # deposits whose renewal was declined here → (the row version declined, when to try again)
-    renew_retry: dict[str, tuple[int, int]] = field(default_factory=dict)
-    # renewals answered ``processing`` here → (their deposit, the row version they were made at)
-    unsettled: dict[str, tuple[str, int]] = field(default_factory=dict)
     bids: BidWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -770,14 +769,11 @@ class Auctions:
         lot can end, or for the winner's (kept) deposit before the order's payment window
         ends: a new authorization on the same card first, then the deposit (and the order)
         points at it, then the old one is voided (so a bidder is never left without a deposit
-        in between)."""
+        in between). Each attempt is recorded in ``deposit_renewals`` before its authorization
+        is asked for; unsettled attempts (any process's, from before any restart) are settled
+        first (ADR 0019)."""
         now_us = self.db.clock.now_us()
-        # A retry not taken a day after it was due (renewed elsewhere, lapsed, finished) is
-        # forgotten.
-        self.renew_retry = {
-            k: v for k, v in self.renew_retry.items() if v[1] > now_us - _RENEW_MARGIN_US
-        }
-        await self._settle_unsettled(ctx)
+        await self._settle_renewals(ctx)
         renewed, after_id = 0, ""
         for _ in range(_RENEW_PAGES):
             async with self.db.read() as uow:
@@ -811,20 +807,26 @@ class Auctions:
             or needed_until_us + _RENEW_MARGIN_US < expires_us
         ):
             return 0
-        retry = self.renew_retry.get(deposit.id)
-        if retry is not None:
-            # A renewal of this row was declined: after a while, a new attempt — under a new
-            # row version, so that every process sharing an attempt shares its version. Once
-            # the row moved on (another process's retry, a swap), its own key decides.
-            declined_version, retry_at = retry
-            if deposit.version == declined_version and now_us < retry_at:
+        async with self.db.read() as uow:
+            last = await storage.get_renewal(uow, deposit.id, deposit.version)
+        if last is not None and last.state is RenewalState.DECLINED:
+            if last.retry_at_us is not None and now_us < last.retry_at_us:
                 return 0
-            del self.renew_retry[deposit.id]
-            if deposit.version == declined_version:
-                async with self.db.transaction() as uow:
-                    if not await storage.bump_deposit(uow, deposit, now_us=uow.clock.now_us()):
-                        return 0  # it moved on meanwhile: the next scan reads it again
-                deposit = replace(deposit, version=deposit.version + 1)
+            # A new attempt under a new row version: every process reading the row shares it.
+            async with self.db.transaction() as uow:
+                if not await storage.bump_deposit(uow, deposit, now_us=uow.clock.now_us()):
+                    return 0  # it moved on meanwhile: the next scan reads it again
+            deposit = replace(deposit, version=deposit.version + 1)
+        elif last is not None and last.state is not RenewalState.OPEN:
+            return 0  # this version's attempt went through: the settling pass finishes it
+        # Every process renewing the same deposit row (same version) shares one attempt and one
+        # authorization, resumed by whoever comes next if an answer was lost; once the row
+        # moved on (a swap, the close keeping it, a retry after a decline), a new one.
+        key = f"deposit:{deposit.id}:renew:{old.id}:v{deposit.version}"
+        async with self.db.transaction() as uow:
+            attempt = await storage.record_renewal(
+                uow, deposit, old_intent=old.id, payments_key=key, now_us=uow.clock.now_us()
+            )
         new = await self.payments.create(
             ctx,
             NewIntent(
@@ -839,29 +841,22 @@ class Auctions:
                 purpose=Purpose.DEPOSIT,
                 destination_account=deposit.account,
             ),
-            # Every process renewing the same deposit row (same version) shares one
-            # authorization, resumed by whoever comes next if an answer was lost; once the row
-            # moved on (a swap, the close keeping it, a retry after a decline), a new one.
-            idempotency_key=f"deposit:{deposit.id}:renew:{old.id}:v{deposit.version}",
+            idempotency_key=key,
             scope=_PAYMENTS_SCOPE,
         )
         if new.status is IntentStatus.PROCESSING:
             # Its answer is not in: the next pass (any process) resumes it under the same key
             # while the row stays at this version; once it moves on, nobody can swap it in and
-            # ``_settle_unsettled`` voids it.
-            _remember(self.unsettled, new.id, (deposit.id, deposit.version))
+            # the settling pass voids it.
+            async with self.db.transaction() as uow:
+                await storage.note_renewal_intent(uow, attempt, new.id, uow.clock.now_us())
             return 0
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
-            # Declined, or waiting for a 3-D Secure challenge nobody will take (nobody can
-            # swap that one in: void it). The old authorization still holds; retried later.
-            log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=new.id)
-            if new.status is IntentStatus.REQUIRES_ACTION:
-                await self._void(ctx, new.id)
-            _remember(self.renew_retry, deposit.id, (deposit.version, now_us + _RENEW_RETRY_US))
+            await self._declined(ctx, deposit, attempt, new.id, now_us)
             return 0
         try:
             async with self.db.transaction() as uow:
-                swapped = await self._swap(uow, ctx, deposit, old.id, new.id)
+                swapped = await self._swap(uow, ctx, deposit, attempt, new.id)
         except _OrderMovedOn:  # rolled back: the order took the deposit or ended meanwhile
             swapped = False
         if not swapped:
@@ -870,93 +865,198 @@ class Auctions:
             async with self.db.read() as uow:
                 now = await storage.get_deposit(uow, deposit.id)
             if now is None or now.payment_intent != new.id:
-                await self._void(ctx, new.id)
+                await self._declined(ctx, deposit, attempt, new.id, now_us)
             return 0
-        voided = await self._void(ctx, old.id)
-        if deposit.status is DepositStatus.KEPT and _captured(voided):
-            await self._undo_renewal(ctx, deposit, old.id, new.id)
-            return 0
-        return 1
+        stands = await self._finish_swap(
+            ctx, replace(attempt, intent_id=new.id, state=RenewalState.SWAPPED)
+        )
+        return 1 if stands else 0
 
-    async def _settle_unsettled(self, ctx: Context) -> None:
-        """Renewals this process saw answered ``processing``: one the deposit points at now is
-        the deposit's; one whose row has moved past the version it was made at (the close,
-        a release, another renewal) can never be swapped in — driven to its outcome and voided,
-        so it is not left held on the card beside the deposit."""
-        for intent_id, (deposit_id, version) in list(self.unsettled.items()):
-            try:
-                if await self._settle_one(ctx, intent_id, deposit_id, version):
-                    del self.unsettled[intent_id]
-            except Exception:  # one never stops the others, nor the renewal scan after them
-                log.exception("auctions.deposit_renewal_error", intent=intent_id)
+    async def _declined(
+        self, ctx: Context, deposit: Deposit, attempt: Renewal, intent_id: str, now_us: int
+    ) -> None:
+        """The renewal cannot be the deposit's: declined, waiting for a 3-D Secure challenge
+        nobody will take, or the row (or the order) moved on before the swap. It is voided;
+        the old authorization still holds, and a new attempt is made later."""
+        log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=intent_id)
+        new = await self._void(ctx, intent_id)
+        if new.status not in _DEAD_INTENT:
+            # The void is not through: the attempt stays open and the settling pass voids it.
+            async with self.db.transaction() as uow:
+                await storage.note_renewal_intent(uow, attempt, intent_id, uow.clock.now_us())
+            return
+        async with self.db.transaction() as uow:
+            if await storage.set_renewal(
+                uow,
+                attempt,
+                state=RenewalState.DECLINED,
+                intent_id=new.id,
+                retry_at_us=now_us + _RENEW_RETRY_US,
+                now_us=uow.clock.now_us(),
+            ):
+                await _audit_deposit(
+                    uow,
+                    ctx,
+                    deposit.id,
+                    "auctions.deposit.renewal_declined",
+                    {"lot_id": deposit.lot_id, "intent": new.id, "status": new.status.value},
+                )
 
-    async def _settle_one(
-        self, ctx: Context, intent_id: str, deposit_id: str, version: int
-    ) -> bool:
-        """Whether the remembered renewal ``intent_id`` is settled (the deposit's, or dead)."""
+    async def _settle_renewals(self, ctx: Context) -> None:
+        """Every attempt that may still leave an authorization held beside the deposit, whoever
+        made it and whenever: ``swapped`` (void the old one), ``undone`` (void the renewal),
+        ``open`` (void the renewal once nobody can swap it in any more)."""
+        after: tuple[str, int] = ("", 0)
+        for _ in range(_RENEW_PAGES):
+            async with self.db.read() as uow:
+                page = await storage.unsettled_renewals(uow, after=after, limit=self.close_batch)
+            for attempt in page:
+                try:
+                    await self._settle_renewal(ctx, attempt)
+                except Exception:  # one never stops the others, nor the renewal scan after them
+                    log.exception(
+                        "auctions.deposit_renewal_error",
+                        deposit=attempt.deposit_id,
+                        intent=attempt.intent_id,
+                    )
+            if len(page) < self.close_batch:
+                return
+            after = (page[-1].deposit_id, page[-1].version)
+
+    async def _settle_renewal(self, ctx: Context, attempt: Renewal) -> None:
+        if attempt.state is RenewalState.SWAPPED:
+            await self._finish_swap(ctx, attempt)
+            return
+        if attempt.state is RenewalState.UNDONE:
+            await self._void_undone(ctx, attempt)
+            return
         async with self.db.read() as uow:
-            deposit = await storage.get_deposit(uow, deposit_id)
-        if deposit is not None and deposit.payment_intent == intent_id:
-            return True
-        if deposit is not None and deposit.version == version:
+            deposit = await storage.get_deposit(uow, attempt.deposit_id)
+        intent_id = attempt.intent_id or await self._renewal_intent(attempt)
+        if deposit is not None and intent_id is not None and deposit.payment_intent == intent_id:
+            return  # swapped in (this read is older than the swap): the swapper finishes it
+        if deposit is not None and deposit.version == attempt.version:
             current = None
             if deposit.payment_intent is not None:
                 current, _ = await self.payments.get(deposit.payment_intent)
             if current is not None and current.status is IntentStatus.REQUIRES_CAPTURE:
-                return False  # the next renewal pass resumes it under the same key
+                return  # the next renewal pass resumes it under the same key
             # The authorization it was to replace was captured (a pay, a default) or died:
             # nobody resumes it. A new row version makes sure nobody can swap it in any more.
             async with self.db.transaction() as uow:
                 if not await storage.bump_deposit(uow, deposit, now_us=uow.clock.now_us()):
-                    return False  # moved on meanwhile: looked at again on the next pass
-        intent = await self._void(ctx, intent_id)
-        return intent.status in _DEAD_INTENT
+                    return  # moved on meanwhile: looked at again on the next pass
+        if intent_id is None:
+            # Payments never recorded the key: no authorization was asked for — unless the
+            # call is still under way (a gateway call is bounded by its timeout, far below).
+            if self.db.clock.now_us() - attempt.updated_us > _RENEW_UNANSWERED_US:
+                await self._renewal_done(attempt)
+            return
+        if await self._dead(ctx, intent_id):
+            await self._renewal_done(replace(attempt, intent_id=intent_id))
+
+    async def _finish_swap(self, ctx: Context, attempt: Renewal) -> bool:
+        """The deposit points at the renewal: void the old authorization. A pay or a default
+        that captured the old one between the swap and its void makes it the deposit again:
+        the deposit (and the order, unless escrow already did) points back at it and the
+        renewal is voided, so the order never captures both. Whether the renewal stands."""
+        voided = await self._void(ctx, attempt.old_intent)
+        if voided.status in _DEAD_INTENT:
+            await self._renewal_done(attempt)
+            return True
+        if not _captured(voided) or attempt.intent_id is None:
+            return True  # not through yet: the next pass voids it again
+        async with self.db.transaction() as uow:
+            if not await storage.set_renewal(
+                uow, attempt, state=RenewalState.UNDONE, now_us=uow.clock.now_us()
+            ):
+                return False  # another process is undoing it
+            await storage.set_deposit(
+                uow,
+                attempt.deposit_id,
+                status=DepositStatus.KEPT,
+                payment_intent=attempt.old_intent,
+                now_us=uow.clock.now_us(),
+                expected=(DepositStatus.KEPT, attempt.intent_id),
+            )
+            await self.renew_order_deposit(uow, ctx, attempt.intent_id, attempt.old_intent)
+            await _audit_deposit(
+                uow,
+                ctx,
+                attempt.deposit_id,
+                "auctions.deposit.renew_undone",
+                {"captured": attempt.old_intent, "voided": attempt.intent_id},
+            )
+        await self._void_undone(ctx, replace(attempt, state=RenewalState.UNDONE))
+        return False
+
+    async def _void_undone(self, ctx: Context, attempt: Renewal) -> None:
+        """The renewal of an undone swap is voided; done once dead (or, should both have been
+        captured, once that is logged for an operator: nothing here can take it back)."""
+        if attempt.intent_id is None:  # an undone attempt always has one; kept for the type
+            await self._renewal_done(attempt)
+            return
+        renewal = await self._void(ctx, attempt.intent_id)
+        if _captured(renewal):
+            log.error(
+                "auctions.deposit_captured_twice",
+                deposit=attempt.deposit_id,
+                intents=[attempt.old_intent, attempt.intent_id],
+            )
+        if renewal.status in _DEAD_INTENT or _captured(renewal):
+            await self._renewal_done(attempt)
+
+    async def _dead(self, ctx: Context, intent_id: str) -> bool:
+        """Voided (driven first if its outcome is unknown): whether it is dead now."""
+        return (await self._void(ctx, intent_id)).status in _DEAD_INTENT
+
+    async def _renewal_intent(self, attempt: Renewal) -> str | None:
+        """The intent payments made under the attempt's key, if it made one."""
+        async with self.db.read() as uow:
+            found = await payments_storage.find_intent_by_request(
+                uow, _PAYMENTS_SCOPE, attempt.payments_key
+            )
+        return None if found is None else found.id
+
+    async def _renewal_done(self, attempt: Renewal) -> None:
+        async with self.db.transaction() as uow:
+            await storage.set_renewal(
+                uow,
+                attempt,
+                state=RenewalState.DONE,
+                intent_id=attempt.intent_id,
+                now_us=uow.clock.now_us(),
+            )
 
     async def _swap(
-        self, uow: UnitOfWork, ctx: Context, deposit: Deposit, old_id: str, new_id: str
+        self, uow: UnitOfWork, ctx: Context, deposit: Deposit, attempt: Renewal, new_id: str
     ) -> bool:
         """The deposit points at ``new_id`` — and so does its order, for a kept deposit, in the
-        same transaction (raises ``_OrderMovedOn`` to roll back when the order will not)."""
+        same transaction (raises ``_OrderMovedOn`` to roll back when the order will not) — and
+        the attempt is ``swapped``."""
         if not await storage.swap_deposit_intent(uow, deposit, new_id, now_us=uow.clock.now_us()):
             return False
         if deposit.status is DepositStatus.KEPT and not await self.renew_order_deposit(
-            uow, ctx, old_id, new_id
+            uow, ctx, attempt.old_intent, new_id
         ):
             raise _OrderMovedOn
+        if not await storage.set_renewal(
+            uow,
+            attempt,
+            state=RenewalState.SWAPPED,
+            intent_id=new_id,
+            now_us=uow.clock.now_us(),
+            expected=(RenewalState.OPEN,),
+        ):
+            raise _OrderMovedOn  # the attempt was closed meanwhile: no swap without its record
         await _audit_deposit(
             uow,
             ctx,
             deposit.id,
             "auctions.deposit.renew",
-            {"lot_id": deposit.lot_id, "old": old_id, "new": new_id},
+            {"lot_id": deposit.lot_id, "old": attempt.old_intent, "new": new_id},
         )
         return True
-
-    async def _undo_renewal(self, ctx: Context, deposit: Deposit, old_id: str, new_id: str) -> None:
-        """A pay or a default captured the old authorization between the swap and its void:
-        that one is the deposit. Point the deposit (and the order, unless escrow already did)
-        back at it and void the renewal, so the order never captures both."""
-        async with self.db.transaction() as uow:
-            await storage.set_deposit(
-                uow,
-                deposit.id,
-                status=DepositStatus.KEPT,
-                payment_intent=old_id,
-                now_us=uow.clock.now_us(),
-                expected=(DepositStatus.KEPT, new_id),
-            )
-            await self.renew_order_deposit(uow, ctx, new_id, old_id)
-            await _audit_deposit(
-                uow,
-                ctx,
-                deposit.id,
-                "auctions.deposit.renew_undone",
-                {"lot_id": deposit.lot_id, "captured": old_id, "voided": new_id},
-            )
-        if _captured(await self._void(ctx, new_id)):
-            log.error(
-                "auctions.deposit_captured_twice", deposit=deposit.id, intents=[old_id, new_id]
-            )
 
     # -- deposits ---------------------------------------------------------------------------
 
@@ -1171,16 +1271,15 @@ class Auctions:
 
 
 class _OrderMovedOn(Exception):
-    """Escrow would not follow a kept deposit's renewal (the order took the deposit, or ended):
-    raised inside the swap's transaction to roll the deposit's swap back."""
+    """Escrow would not follow a kept deposit's renewal (the order took the deposit, or ended),
+    or the attempt's record was closed meanwhile: raised inside the swap's transaction to roll
+    the deposit's swap back."""
 
 
-def _remember(memory: dict[str, Any], key: str, value: Any, limit: int | None = None) -> None:
-    """Bounded per-process memory (``limit``, else ``_MAX_REMEMBERED``, read at each call): when
-    full, the oldest entry makes room."""
-    bound = _MAX_REMEMBERED if limit is None else limit
+def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Bounded per-process memory (``limit`` entries): when full, the oldest makes room."""
     if key not in memory:
-        while memory and len(memory) >= bound:
+        while memory and len(memory) >= limit:
             del memory[next(iter(memory))]
     memory[key] = value
 

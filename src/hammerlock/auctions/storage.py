@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.auctions.model import (
@@ -24,13 +26,15 @@ from hammerlock.auctions.model import (
     DepositStatus,
     Lot,
     LotStatus,
+    Renewal,
+    RenewalState,
     Standing,
 )
 from hammerlock.db.metadata import metadata
 from hammerlock.db.rows import insert_row, update_versioned
 from hammerlock.db.uow import UnitOfWork
 
-__all__ = ["lot_bids", "lot_deposits", "lots"]
+__all__ = ["deposit_renewals", "lot_bids", "lot_deposits", "lots"]
 
 BIG = sa.BigInteger
 
@@ -130,6 +134,23 @@ lot_deposits = sa.Table(
 )
 sa.Index("ix_lot_deposits_lot_id", lot_deposits.c.lot_id, lot_deposits.c.bidder_id)
 sa.Index("ix_lot_deposits_status", lot_deposits.c.status)
+
+# One row per renewal attempt of a deposit (one per deposit row version), written before the
+# authorization is asked for; see ``Auctions.renew_deposits`` and ADR 0019.
+deposit_renewals = sa.Table(
+    "deposit_renewals",
+    metadata,
+    sa.Column("deposit_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("old_intent", sa.String(64), nullable=False),
+    sa.Column("payments_key", sa.String(255), nullable=False),
+    sa.Column("intent_id", sa.String(64), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("retry_at_us", BIG, nullable=True),
+    sa.Column("created_us", BIG, nullable=False),
+    sa.Column("updated_us", BIG, nullable=False),
+)
+sa.Index("ix_deposit_renewals_state", deposit_renewals.c.state)
 
 
 # -- lots ---------------------------------------------------------------------------------------
@@ -714,3 +735,137 @@ async def swap_deposit_intent(
         .values(payment_intent=new_intent, updated_us=now_us, version=deposit.version + 1)
     )
     return bool(result.rowcount == 1)
+
+
+# -- deposit renewals ---------------------------------------------------------------------------
+
+_UNSETTLED_RENEWALS = (
+    RenewalState.OPEN.value,
+    RenewalState.SWAPPED.value,
+    RenewalState.UNDONE.value,
+)
+
+
+def _renewal(row: RowMapping) -> Renewal:
+    return Renewal(
+        deposit_id=row["deposit_id"],
+        version=row["version"],
+        old_intent=row["old_intent"],
+        payments_key=row["payments_key"],
+        intent_id=row["intent_id"],
+        state=RenewalState(row["state"]),
+        retry_at_us=row["retry_at_us"],
+        created_us=row["created_us"],
+        updated_us=row["updated_us"],
+    )
+
+
+async def record_renewal(
+    uow: UnitOfWork, deposit: Deposit, *, old_intent: str, payments_key: str, now_us: int
+) -> Renewal:
+    """The attempt for the deposit's current version: recorded now, or as another process (or
+    an earlier try) recorded it."""
+    t = deposit_renewals
+    values = {
+        "deposit_id": deposit.id,
+        "version": deposit.version,
+        "old_intent": old_intent,
+        "payments_key": payments_key,
+        "intent_id": None,
+        "state": RenewalState.OPEN.value,
+        "retry_at_us": None,
+        "created_us": now_us,
+        "updated_us": now_us,
+    }
+    insert = pg_insert(t) if uow.is_postgres else sqlite_insert(t)
+    await uow.conn.execute(
+        insert.values(**values).on_conflict_do_nothing(index_elements=[t.c.deposit_id, t.c.version])
+    )
+    found = await get_renewal(uow, deposit.id, deposit.version)
+    assert found is not None  # inserted, or there already
+    return found
+
+
+async def get_renewal(uow: UnitOfWork, deposit_id: str, version: int) -> Renewal | None:
+    t = deposit_renewals
+    row = (
+        (
+            await uow.conn.execute(
+                sa.select(t).where(t.c.deposit_id == deposit_id, t.c.version == version)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else _renewal(row)
+
+
+async def set_renewal(
+    uow: UnitOfWork,
+    renewal: Renewal,
+    *,
+    state: RenewalState,
+    now_us: int,
+    intent_id: str | None = None,
+    retry_at_us: int | None = None,
+    expected: Collection[RenewalState] | None = None,
+) -> bool:
+    """Move an attempt to ``state`` (and record its intent once known), only from one of the
+    ``expected`` states (default: the state it was read in). False when it moved meanwhile."""
+    t = deposit_renewals
+    values: dict[str, Any] = {"state": state.value, "updated_us": now_us}
+    if intent_id is not None:
+        values["intent_id"] = intent_id
+    if retry_at_us is not None:
+        values["retry_at_us"] = retry_at_us
+    states = [s.value for s in (expected if expected is not None else (renewal.state,))]
+    result = await uow.conn.execute(
+        t.update()
+        .where(
+            t.c.deposit_id == renewal.deposit_id,
+            t.c.version == renewal.version,
+            t.c.state.in_(states),
+        )
+        .values(**values)
+    )
+    return bool(result.rowcount == 1)
+
+
+async def note_renewal_intent(
+    uow: UnitOfWork, renewal: Renewal, intent_id: str, now_us: int
+) -> None:
+    """Record the intent of an attempt whose answer is not in (its state unchanged)."""
+    t = deposit_renewals
+    await uow.conn.execute(
+        t.update()
+        .where(
+            t.c.deposit_id == renewal.deposit_id,
+            t.c.version == renewal.version,
+            t.c.intent_id.is_(None),
+        )
+        .values(intent_id=intent_id, updated_us=now_us)
+    )
+
+
+async def unsettled_renewals(
+    uow: UnitOfWork, *, after: tuple[str, int], limit: int
+) -> list[Renewal]:
+    """Attempts that may still leave an authorization held beside the deposit (``open``,
+    ``swapped``, ``undone``), in (deposit, version) order after ``after``."""
+    t = deposit_renewals
+    rows = (
+        (
+            await uow.conn.execute(
+                sa.select(t)
+                .where(
+                    t.c.state.in_(_UNSETTLED_RENEWALS),
+                    sa.tuple_(t.c.deposit_id, t.c.version) > sa.tuple_(*after),
+                )
+                .order_by(t.c.deposit_id, t.c.version)
+                .limit(limit)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return [_renewal(r) for r in rows]

@@ -636,8 +636,11 @@ class Auctions:
         for deposit in deposits:
             if deposit.status not in _OPEN_DEPOSITS or deposit.bidder_id == lot.winner_id:
                 continue
-            if deposit.payment_intent is not None:
-                intent = await self._void(ctx, deposit.payment_intent)
+            # A pending deposit whose process died after payments made its intent, before the
+            # deposit recorded it: the hold may be on the card all the same.
+            intent_id = deposit.payment_intent or await self._intent_by_key(f"deposit:{deposit.id}")
+            if intent_id is not None:
+                intent = await self._void(ctx, intent_id)
                 if intent.status not in _DEAD_INTENT:
                     # Still authorizing at the gateway (or the void did not go through): the
                     # hold may be on the card; the next pass voids it once its outcome is in.
@@ -932,7 +935,7 @@ class Auctions:
             return
         async with self.db.read() as uow:
             deposit = await storage.get_deposit(uow, attempt.deposit_id)
-        intent_id = attempt.intent_id or await self._renewal_intent(attempt)
+        intent_id = attempt.intent_id or await self._intent_by_key(attempt.payments_key)
         if deposit is not None and intent_id is not None and deposit.payment_intent == intent_id:
             return  # swapped in (this read is older than the swap): the swapper finishes it
         if deposit is not None and deposit.version == attempt.version:
@@ -1010,11 +1013,11 @@ class Auctions:
         """Voided (driven first if its outcome is unknown): whether it is dead now."""
         return (await self._void(ctx, intent_id)).status in _DEAD_INTENT
 
-    async def _renewal_intent(self, attempt: Renewal) -> str | None:
-        """The intent payments made under the attempt's key, if it made one."""
+    async def _intent_by_key(self, payments_key: str) -> str | None:
+        """The intent payments made under this service's ``payments_key``, if it made one."""
         async with self.db.read() as uow:
             found = await payments_storage.find_intent_by_request(
-                uow, _PAYMENTS_SCOPE, attempt.payments_key
+                uow, _PAYMENTS_SCOPE, payments_key
             )
         return None if found is None else found.id
 

@@ -830,6 +830,10 @@ class Auctions:
             attempt = await storage.record_renewal(
                 uow, deposit, old_intent=old.id, payments_key=key, now_us=uow.clock.now_us()
             )
+        if attempt.state is not RenewalState.OPEN:
+            # Another process's attempt at this version went through meanwhile (read before it
+            # was recorded here): the settling pass finishes it.
+            return 0
         new = await self.payments.create(
             ctx,
             NewIntent(
@@ -896,6 +900,7 @@ class Auctions:
                 intent_id=new.id,
                 retry_at_us=now_us + _RENEW_RETRY_US,
                 now_us=uow.clock.now_us(),
+                expected=(RenewalState.OPEN,),  # never over a swap another process made
             ):
                 await _audit_deposit(
                     uow,

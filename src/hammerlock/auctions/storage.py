@@ -834,13 +834,14 @@ async def set_renewal(
 async def note_renewal_intent(
     uow: UnitOfWork, renewal: Renewal, intent_id: str, now_us: int
 ) -> None:
-    """Record the intent of an attempt whose answer is not in (its state unchanged)."""
+    """Record the intent of an open attempt whose answer is not in (its state unchanged)."""
     t = deposit_renewals
     await uow.conn.execute(
         t.update()
         .where(
             t.c.deposit_id == renewal.deposit_id,
             t.c.version == renewal.version,
+            t.c.state == RenewalState.OPEN.value,
             t.c.intent_id.is_(None),
         )
         .values(intent_id=intent_id, updated_us=now_us)

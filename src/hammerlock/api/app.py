@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, cast
 
 import structlog
 import swagger_ui_bundle
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -83,17 +84,30 @@ def create_app(container: Container, *, freeze_gc: bool = False) -> FastAPI:
     _install_docs(app)
     _install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    app.include_router(health.router)
-    app.include_router(keys.router)
-    app.include_router(ledger_router.router)
-    app.include_router(audit_router.router)
-    app.include_router(webhooks_router.router)
-    app.include_router(payments_router.router)
-    app.include_router(risk_router.router)
-    app.include_router(parties_router.router)
-    app.include_router(auctions_router.router)
-    app.include_router(escrow_router.router)
-    _declare_security_scheme(app)
+    # FastAPI tries the included routers' routes one by one (a regular expression and some
+    # bookkeeping each, ~1.5 µs) until one matches: a bid went through the ~40 routes of the
+    # routers included before the auctions router first, ~75 µs of its CPU. So the auctions
+    # router (bids) is tried first. No path can match routes of two routers (each router has
+    # its own path prefixes; tests/unit/test_hot_path_equivalence.py checks), so the order
+    # changes no answer, 404, 405 or redirect; the published spec keeps the documented order.
+    documented = (
+        health.router,
+        keys.router,
+        ledger_router.router,
+        audit_router.router,
+        webhooks_router.router,
+        payments_router.router,
+        risk_router.router,
+        parties_router.router,
+        auctions_router.router,
+        escrow_router.router,
+    )
+    for router in (
+        auctions_router.router,
+        *(r for r in documented if r is not auctions_router.router),
+    ):
+        app.include_router(router)
+    _declare_security_scheme(app, documented)
     return app
 
 
@@ -113,12 +127,25 @@ def _install_docs(app: FastAPI) -> None:
         )
 
 
-def _declare_security_scheme(app: FastAPI) -> None:
+def _declare_security_scheme(app: FastAPI, documented: Sequence[APIRouter]) -> None:
     original = app.openapi
+    # The spec lists paths in the documented order, whatever order the routers are tried in.
+    paths_in_order = [
+        route.path_format
+        for router in documented
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+    order = {path: n for n, path in reversed(list(enumerate(paths_in_order)))}
 
     def openapi() -> dict[str, object]:
         if app.openapi_schema is None:
             schema = original()
+            paths = schema.get("paths")
+            if isinstance(paths, dict):
+                schema["paths"] = dict(
+                    sorted(paths.items(), key=lambda item: order.get(item[0], len(order)))
+                )
             components = schema.setdefault("components", {})
             components.setdefault("securitySchemes", {})["ApiKey"] = {
                 "type": "http",

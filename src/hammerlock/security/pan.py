@@ -59,6 +59,10 @@ _MASK_KEEP_LAST: Final = 4
 _CANDIDATE_RE: Final = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _RUN_RE: Final = re.compile(r"(?<![0-9])[0-9]+(?:[ -][0-9]+)*")
 _GROUP_RE: Final = re.compile(r"[0-9]+")
+# PAN_LEN_MIN digits in one run (groups joined by single spaces or dashes): text without this
+# has no run long enough to hold a PAN, so the scan below can stop before it starts — one
+# regular-expression search instead of a look at every digit run (most text: headers, ids).
+_LONG_RUN_RE: Final = re.compile(rf"[0-9](?:[ -]?[0-9]){{{PAN_LEN_MIN - 1}}}")
 # A canonical UUID, 8-4-4-4-12 hex digits: one whose groups happen to be all digits can hold a
 # Luhn-valid run with a brand's prefix (about one uuid4 in a thousand), yet no card is ever
 # written in that shape. Runs wholly inside one are not candidates.
@@ -192,6 +196,12 @@ def _uuid_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _iter_pan_spans(text: str) -> Iterator[tuple[int, int]]:
+    if _LONG_RUN_RE.search(text) is None:
+        return iter(())  # every run has fewer than PAN_LEN_MIN digits: no PAN, exactly
+    return _scan_pan_spans(text)
+
+
+def _scan_pan_spans(text: str) -> Iterator[tuple[int, int]]:
     uuids = _uuid_spans(text)
     for run in _RUN_RE.finditer(text):
         if uuids and any(a <= run.start() and run.end() <= b for a, b in uuids):

@@ -56,12 +56,14 @@ async def insert_key(uow: UnitOfWork, key: ApiKey, secret_hash: str) -> None:
     )
 
 
+# Built once: every request whose key is not in the verifier's cache runs it, and SQLAlchemy
+# memoizes a statement's cache key on the statement object (a new one per call would be built
+# and keyed again each time).
+_FETCH_KEY = sa.select(api_keys).where(api_keys.c.id == sa.bindparam("key_id"))
+
+
 async def fetch_key(uow: UnitOfWork, key_id: str) -> tuple[ApiKey, str] | None:
-    row = (
-        (await uow.conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)))
-        .mappings()
-        .first()
-    )
+    row = (await uow.conn.execute(_FETCH_KEY, {"key_id": key_id})).mappings().first()
     return None if row is None else (_key(row), row["secret_hash"])
 
 

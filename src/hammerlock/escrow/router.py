@@ -108,8 +108,14 @@ async def _view(request: Request, view: OrderView) -> dict[str, Any]:
     return body
 
 
-async def _order_response(request: Request, order: Order) -> Response:
-    view = await get_container(request).escrow.get(get_ctx(request), order.id)
+async def _order_response(
+    request: Request, order: Order, intent: PaymentIntent | None = None
+) -> Response:
+    """The order as the action just left it (not read again), with its escrow balance and
+    timeline (read) and its payment intent (``intent``, when the action returned it)."""
+    view = await get_container(request).escrow.get(
+        get_ctx(request), order.id, order=order, intent=intent
+    )
     return _json(await _view(request, view))
 
 
@@ -132,7 +138,7 @@ async def pay(request: Request, order_id: OrderId, body: PayIn | None = None) ->
     method = None if body is None else body.payment_method  # no body: `{}`
     escrow = get_container(request).escrow
     order, intent = await escrow.pay(get_ctx(request), order_id, payment_method=method)
-    response = await _order_response(request, order)
+    response = await _order_response(request, order, intent)
     if _pending(intent):
         response.status_code = 202
         response.headers[OUTCOME_HEADER] = "pending"

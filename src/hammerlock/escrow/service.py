@@ -238,7 +238,7 @@ async def _ensure_accounts(uow: UnitOfWork, wanted: list[AccountInput]) -> None:
     existing = await ledger.get_accounts(uow, [account.id for account in wanted])
     missing = [account for account in wanted if account.id not in existing]
     if missing:
-        results = await ledger.create_accounts(uow, None, missing, public=False)
+        results = await ledger.create_missing(uow, missing)
         bad = [r for r in results if r.result not in _LEDGER_OK]
         if bad:
             raise LedgerInvariantError(f"escrow accounts: {bad}")
@@ -348,14 +348,13 @@ async def _open(
         updated_us=now,
         version=0,
     )
-    await storage.insert_order(uow, order)
-    await _record(
-        uow,
-        ctx,
-        order,
-        "created",
-        {"total": fees.total, "premium": fees.premium, "commission": fees.commission},
-    )
+    created = {"total": fees.total, "premium": fees.premium, "commission": fees.commission}
+    if uow.is_postgres:
+        along = _record_along(uow, ctx, order, "created", created)
+        await storage.insert_order_with(uow, order, along=along)
+    else:
+        await storage.insert_order(uow, order)
+        await _record(uow, ctx, order, "created", created)
     if carried:
         details = {
             "event": Event.CHARGEBACK.value,
@@ -376,6 +375,57 @@ def _fresh_order_id(now_us: int) -> str:
         if not contains_pan(order_id):
             return order_id
     raise LedgerInvariantError("no card-number-free order id in 16 attempts")
+
+
+def _record_along(
+    uow: UnitOfWork, ctx: Context, order: Order, event: str, details: dict[str, Any]
+) -> storage.Along:
+    """What :func:`_record` writes, as statements to ride along the write of the order's row
+    (PostgreSQL: one round trip for the row, the timeline entry, the audit event and the
+    webhook instead of four)."""
+    now = uow.clock.now_us()
+    return [
+        storage.append_event_insert(
+            order.id,
+            at_us=now,
+            event=event,
+            status=order.status,
+            actor=ctx.actor.principal_id,
+            details=details,
+        ),
+        audit.outbox_insert(
+            ctx.event(
+                f"escrow.order.{event}",
+                resource_type="order",
+                resource_id=order.id,
+                ts_us=now,
+                details={"status": order.status.value, "lot_id": order.lot_id, **details},
+            )
+        ),
+        webhooks.event_insert(f"order.{event}", order_json(order), ts_us=now),
+    ]
+
+
+async def _save_recorded(
+    uow: UnitOfWork,
+    ctx: Context,
+    before: Order,
+    after: Order,
+    *,
+    event: str,
+    details: dict[str, Any],
+) -> Order:
+    """:func:`_save`, then :func:`_record` of the saved order: on PostgreSQL in one statement.
+    The caller holds the order's row lock (``_locked``), as every appender of its timeline."""
+    if not uow.is_postgres:
+        saved = await _save(uow, before, after)
+        await _record(uow, ctx, saved, event, details)
+        return saved
+    saved = replace(after, version=before.version + 1, updated_us=uow.clock.now_us())
+    along = _record_along(uow, ctx, saved, event, details)
+    if not await storage.save_order_with(uow, saved, expected_version=before.version, along=along):
+        raise LedgerInvariantError(f"order {before.id} changed under its row lock")
+    return saved
 
 
 async def _record(
@@ -535,9 +585,20 @@ class Escrow:
             if o is not None and _reader(ctx, o) is not None
         ]
 
-    async def get(self, ctx: Context, order_id: str) -> OrderView:
+    async def get(
+        self,
+        ctx: Context,
+        order_id: str,
+        *,
+        order: Order | None = None,
+        intent: PaymentIntent | None = None,
+    ) -> OrderView:
+        """The order as ``ctx`` may read it. ``order`` / ``intent``: the order and its payment
+        intent as a transaction of the caller's just committed them (an action's answer), not
+        read again; the escrow balance and the timeline are read."""
         async with self.db.read() as uow:
-            order = await storage.get_order(uow, order_id)
+            if order is None or order.id != order_id:
+                order = await storage.get_order(uow, order_id)
             reader = None if order is None else _reader(ctx, order)
             if order is None or reader is None:
                 raise OrderNotFound(f"no order {order_id!r}")
@@ -545,10 +606,10 @@ class Escrow:
                 return OrderView(order, 0, [], None, reader)
             balance = await _balance(uow, order.escrow_account)
             timeline = await storage.timeline(uow, order.id, limit=_TIMELINE_MAX)
-        intent = None
-        if order.payment_intent_id is not None:
-            intent, _ = await self.payments.get(order.payment_intent_id)
-        return OrderView(order, balance, timeline, intent, reader)
+            paid_by = order.payment_intent_id
+            if paid_by is not None and (intent is None or intent.id != paid_by):
+                intent = await self.payments.read(uow, paid_by)
+        return OrderView(order, balance, timeline, intent if paid_by is not None else None, reader)
 
     # -- the transition skeleton -------------------------------------------------------------
 
@@ -561,9 +622,11 @@ class Escrow:
         *,
         side: str | None = None,
         label: str | None = None,
+        after: Callable[[UnitOfWork, Order], Awaitable[object]] | None = None,
     ) -> Order:
         """Lock the order, check ``event`` against the transition table, apply ``change`` (which
-        may post ledger transfers in the same transaction), save, record."""
+        may post ledger transfers in the same transaction), save, record; then ``after`` (reads
+        in the same transaction, the order still locked)."""
         async with self.db.transaction() as uow:
             order = await storage.get_order(uow, order_id, for_update=True)
             if order is None or not _visible(ctx, order):
@@ -577,12 +640,15 @@ class Escrow:
                     order_status=order.status.value,
                 )
             changed, details = await change(uow, replace(order, status=target))
-            saved = await _save(uow, order, changed)
             name = label or _LABELS.get(event, event.value)
-            await _record(uow, ctx, saved, name, {"event": event.value, **details})
+            saved = await _save_recorded(
+                uow, ctx, order, changed, event=name, details={"event": event.value, **details}
+            )
             settles = _settles_the_lot(saved) and order.status is not saved.status
             if self.on_settled is not None and settles:
                 await self.on_settled(uow, ctx, saved.lot_id)  # lot closed → settled, same txn
+            if after is not None:
+                await after(uow, saved)
             return saved
 
     # -- payment -----------------------------------------------------------------------------
@@ -639,13 +705,14 @@ class Escrow:
             _ensure_ledger(results, f"deposit of {current.id}")
             # The intent captured here is the deposit, even if a renewal swapped the order to
             # another one meanwhile (the renewal then voids its own: renew_deposit).
-            saved = await _save(
+            return await _save_recorded(
                 uow,
+                ctx,
                 current,
                 replace(current, deposit_in_escrow=amount, deposit_intent_id=deposit.id),
+                event="deposit_captured",
+                details={"amount": amount},
             )
-            await _record(uow, ctx, saved, "deposit_captured", {"amount": amount})
-            return saved
 
     async def _charge_rest(
         self, ctx: Context, order: Order, payment_method: str | None
@@ -697,17 +764,13 @@ class Escrow:
                 abandoned = True  # defaulted meanwhile (the sweeper): never confirm it
             elif current.payment_intent_id is None:
                 abandoned = False
-                saved = await _save(
-                    uow,
-                    current,
-                    replace(current, payment_intent_id=created.id, gateway=created.gateway),
-                )
-                await _record(
+                await _save_recorded(
                     uow,
                     ctx,
-                    saved,
-                    "payment_started",
-                    {"payment_intent": created.id, "amount": rest},
+                    current,
+                    replace(current, payment_intent_id=created.id, gateway=created.gateway),
+                    event="payment_started",
+                    details={"payment_intent": created.id, "amount": rest},
                 )
             elif current.payment_intent_id != created.id:
                 raise LedgerInvariantError(f"order {order.id} has two payment intents")
@@ -756,15 +819,14 @@ class Escrow:
                 # A chargeback came before the rest was paid: the money is in escrow now, so
                 # release is frozen as for a chargeback on a paid order (an operator resolves).
                 paid = replace(paid, status=OrderStatus.DISPUTED, dispute_reason="chargeback")
-            paid = await _save(uow, order, paid)
-            await _record(
+            return await _save_recorded(
                 uow,
                 ctx,
+                order,
                 paid,
-                Event.PAID.value,
-                {"escrow_balance": balance, "frozen": paid.status is OrderStatus.DISPUTED},
+                event=Event.PAID.value,
+                details={"escrow_balance": balance, "frozen": paid.status is OrderStatus.DISPUTED},
             )
-            return paid
 
     # -- shipping and delivery ---------------------------------------------------------------
 
@@ -784,8 +846,22 @@ class Escrow:
         return await self._step(ctx, order_id, Event.CONFIRM_DELIVERY, _delivered, side="buyer")
 
     async def accept(self, ctx: Context, order_id: str) -> Order:
-        order = await self._step(ctx, order_id, Event.ACCEPT, _release_all, side="buyer")
-        return await self._payout(ctx, order.id)
+        ready: list[tuple[str, bool]] = []
+
+        async def payout_ready(uow: UnitOfWork, released: Order) -> None:
+            # What `_payout_status` would find in a transaction of its own right after this one
+            # when it has nothing to change: the payout pending, the seller with a destination;
+            # found here, under this transaction's lock of the order, instead.
+            if released.payout_status is PayoutStatus.PENDING and released.payout_key:
+                destination = await self._destination_in(uow, released.seller_id)
+                if destination is not None:
+                    recorded = {e.get("key") for e in await _ambiguous_events(uow, released.id)}
+                    ready.append((destination, released.payout_key in recorded))
+
+        order = await self._step(
+            ctx, order_id, Event.ACCEPT, _release_all, side="buyer", after=payout_ready
+        )
+        return await self._payout(ctx, order.id, order=order, ready=ready[0] if ready else None)
 
     async def dispute(self, ctx: Context, order_id: str, *, reason: str) -> Order:
         async def change(uow: UnitOfWork, order: Order) -> tuple[Order, dict[str, Any]]:
@@ -992,14 +1068,32 @@ class Escrow:
                 )
         return order
 
-    async def _payout(self, ctx: Context, order_id: str) -> Order:
-        order = await self._payout_once(ctx, order_id)
+    async def _payout(
+        self,
+        ctx: Context,
+        order_id: str,
+        *,
+        order: Order | None = None,
+        ready: tuple[str, bool] | None = None,
+    ) -> Order:
+        """``order``: as the caller's transaction just committed it (not read again); ``ready``:
+        that transaction found its payout pending, with (the seller's destination, whether its
+        key was answered ambiguously before), as :meth:`_payout_status` would."""
+        order = await self._payout_once(ctx, order_id, order, ready)
         if order.payout_status is PayoutStatus.PENDING and order.paid_out > 0:
             order = await self._payout_once(ctx, order_id)  # a re-resolution's next payout
         return order
 
-    async def _payout_once(self, ctx: Context, order_id: str) -> Order:
-        order = await self._load(order_id)
+    async def _payout_once(
+        self,
+        ctx: Context,
+        order_id: str,
+        known: Order | None = None,
+        ready: tuple[str, bool] | None = None,
+    ) -> Order:
+        if known is None or known.id != order_id:
+            known, ready = await self._load(order_id), None
+        order = known
         if order.payout_status not in _PAYABLE or order.payout_key is None:
             return order
         name = order.gateway or self.config.default_gateway
@@ -1007,8 +1101,12 @@ class Escrow:
         if gateway is None:
             log.error("escrow.payout_no_gateway", order=order.id, gateway=name)
             return order
-        destination = await self._destination(order.seller_id)
-        order, ambiguous = await self._payout_status(ctx, order.id, destination)
+        if ready is not None and order.payout_status is PayoutStatus.PENDING:
+            destination: str | None
+            destination, ambiguous = ready
+        else:
+            destination = await self._destination(order.seller_id)
+            order, ambiguous = await self._payout_status(ctx, order.id, destination)
         if destination is None or order.payout_status is not PayoutStatus.PENDING:
             return order
         key = order.payout_key or ""
@@ -1134,6 +1232,12 @@ class Escrow:
         async with self.db.read() as uow:
             return await self.payout_destination(uow, seller_id)
 
+    async def _destination_in(self, uow: UnitOfWork, seller_id: str) -> str | None:
+        """:meth:`_destination`, read in the caller's unit of work."""
+        if self.payout_destination is None:
+            return seller_id
+        return await self.payout_destination(uow, seller_id)
+
     async def _payout_status(
         self, ctx: Context, order_id: str, destination: str | None
     ) -> tuple[Order, bool]:
@@ -1146,9 +1250,15 @@ class Escrow:
             if order.payout_status not in _PAYABLE:
                 return order, False
             if order.payout_status is not wanted:
-                order = await _save(uow, order, replace(order, payout_status=wanted))
                 event = "payout_started" if destination else "payout_no_destination"
-                await _record(uow, ctx, order, event, {"amount": order.payout_amount})
+                order = await _save_recorded(
+                    uow,
+                    ctx,
+                    order,
+                    replace(order, payout_status=wanted),
+                    event=event,
+                    details={"amount": order.payout_amount},
+                )
             if order.payout_status is not PayoutStatus.PENDING:
                 return order, False
             recorded = {e.get("key") for e in await _ambiguous_events(uow, order.id)}
@@ -1204,26 +1314,27 @@ class Escrow:
                     # a re-resolution released more while this payout was under way: the next
                     # payout (everything released, not yet paid out) under its own key
                     after = _next_payout(after, order.version + 1)
-                failed = await _save(uow, order, after)
                 details = {
                     "code": failure,
                     "key": key,
                     "amount": order.payout_amount,
                     "follow_up": more > 0,
                 }
-                await _record(uow, ctx, failed, "payout_failed", {**details, **(note or {})})
+                failed = await _save_recorded(
+                    uow,
+                    ctx,
+                    order,
+                    after,
+                    event="payout_failed",
+                    details={**details, **(note or {})},
+                )
                 return failed, True
-            await _ensure_accounts(
-                uow,
-                [
-                    AccountInput(
-                        f"gateway:{gateway}:{order.currency}",
-                        order.currency,
-                        "gateway",
-                        AccountFlag(0),
-                        "{}",
-                    )
-                ],
+            gateway_account = AccountInput(
+                f"gateway:{gateway}:{order.currency}",
+                order.currency,
+                "gateway",
+                AccountFlag(0),
+                "{}",
             )
             transfer = _transfer(
                 order,
@@ -1232,7 +1343,10 @@ class Escrow:
                 f"gateway:{gateway}:{order.currency}",
                 order.payout_amount,
             )
-            _ensure_ledger(await ledger.post(uow, [transfer]), f"payout of {order.id}")
+            # the gateway's account created first if missing, in the post's own read
+            ensure = ledger.Ensure([gateway_account], "escrow accounts", check_existing=False)
+            results = await ledger.post(uow, [transfer], ensure=ensure)
+            _ensure_ledger(results, f"payout of {order.id}")
             paid_out = order.paid_out + order.payout_amount
             after = replace(
                 order, payout_status=PayoutStatus.PAID, payout_id=payout_id, paid_out=paid_out
@@ -1240,13 +1354,13 @@ class Escrow:
             if order.released_to_seller > paid_out:
                 # a re-resolution released more meanwhile: the next payout, under its own key
                 after = _next_payout(after, order.version + 1)
-            paid = await _save(uow, order, after)
-            await _record(
+            paid = await _save_recorded(
                 uow,
                 ctx,
-                paid,
-                "payout_paid",
-                {
+                order,
+                after,
+                event="payout_paid",
+                details={
                     "payout": payout_id,
                     "amount": order.payout_amount,
                     "gateway": gateway,

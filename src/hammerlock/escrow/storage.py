@@ -7,6 +7,7 @@ and the ledger.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -130,11 +131,16 @@ async def insert_order(uow: UnitOfWork, order: Order) -> None:
     await insert_row(uow, escrow_orders, _values(order))
 
 
+@functools.cache
+def _get_order(locked: bool) -> sa.Select[Any]:
+    """Built once (a statement built per call costs a cache key derived from its values)."""
+    query = sa.select(escrow_orders).where(escrow_orders.c.id == sa.bindparam("order_id"))
+    return query.with_for_update() if locked else query
+
+
 async def get_order(uow: UnitOfWork, order_id: str, *, for_update: bool = False) -> Order | None:
-    query = sa.select(escrow_orders).where(escrow_orders.c.id == order_id)
-    if for_update and uow.is_postgres:
-        query = query.with_for_update()
-    row = (await uow.conn.execute(query)).mappings().first()
+    query = _get_order(for_update and uow.is_postgres)
+    row = (await uow.conn.execute(query, {"order_id": order_id})).mappings().first()
     return None if row is None else _order(row)
 
 
@@ -145,28 +151,132 @@ async def save_order(uow: UnitOfWork, order: Order, *, expected_version: int) ->
     )
 
 
-def _append_event_statement() -> sa.Insert:
+# The order's row as execution parameters ``order_`` + column, for :func:`save_order_with`
+# and :func:`insert_order_with` (named apart from the parameters of the statements they carry).
+_P = "order_"
+
+
+@functools.cache
+def _update_order() -> sa.Update:
+    t = escrow_orders
+    return (
+        t.update()
+        .where(t.c.id == sa.bindparam("where_id_"), t.c.version == sa.bindparam("where_version_"))
+        .values(
+            {c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns if c.name != "id"}
+        )
+    )
+
+
+@functools.cache
+def _insert_order() -> sa.Insert:
+    t = escrow_orders
+    return t.insert().values({c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns})
+
+
+@functools.cache
+def _with(main: Any, along: tuple[sa.Insert, ...]) -> Any:
+    """``main`` carrying each of ``along`` as a data-modifying CTE (PostgreSQL runs every one to
+    completion, in the statement's one round trip), built once per combination (constant
+    statements: their compiled form is cached)."""
+    for n, statement in enumerate(along):
+        main = main.add_cte(statement.cte(f"along_{n}"))
+    return main
+
+
+Along = list[tuple[sa.Insert, dict[str, Any]]]
+
+
+def _along_params(along: Along) -> tuple[tuple[sa.Insert, ...], dict[str, Any]]:
+    params: dict[str, Any] = {}
+    for _, p in along:
+        params.update(p)
+    return tuple(statement for statement, _ in along), params
+
+
+async def save_order_with(
+    uow: UnitOfWork, order: Order, *, expected_version: int, along: Along
+) -> bool:
+    """:func:`save_order` and the INSERTs ``along`` (their parameters named apart from
+    ``order_…`` and each other) in one statement: PostgreSQL only (data-modifying CTEs). The
+    INSERTs run whether or not the version matches: on False the caller rolls back."""
+    statements, params = _along_params(along)
+    params.update({_P + name: value for name, value in _values(order).items() if name != "id"})
+    params["where_id_"] = order.id
+    params["where_version_"] = expected_version
+    result = await uow.conn.execute(_with(_update_order(), statements), params)
+    return bool(result.rowcount == 1)
+
+
+async def insert_order_with(uow: UnitOfWork, order: Order, *, along: Along) -> None:
+    """:func:`insert_order` and the INSERTs ``along`` in one statement (PostgreSQL only)."""
+    statements, params = _along_params(along)
+    params.update({_P + name: value for name, value in _values(order).items()})
+    await uow.conn.execute(_with(_insert_order(), statements), params)
+
+
+def _append_event_statement(prefix: str = "") -> sa.Insert:
     """One statement, built once: the next seq of the order's timeline is read and used by the
     INSERT itself. Callers append after writing the order's row in the same transaction
     (PostgreSQL: that UPDATE holds the row lock; SQLite: ``BEGIN IMMEDIATE`` serializes
     writers), so no two appends race; the (order_id, seq) key is the backstop."""
     t = escrow_order_events
-    order_id = sa.bindparam("order_id", type_=t.c.order_id.type)
+    order_id = sa.bindparam(f"{prefix}order_id", type_=t.c.order_id.type)
     return t.insert().from_select(
         ["order_id", "seq", "at_us", "event", "status", "actor", "details"],
         sa.select(
             order_id,
             sa.func.coalesce(sa.func.max(t.c.seq), 0) + 1,
-            sa.bindparam("at_us", type_=t.c.at_us.type),
-            sa.bindparam("event", type_=t.c.event.type),
-            sa.bindparam("status", type_=t.c.status.type),
-            sa.bindparam("actor", type_=t.c.actor.type),
-            sa.bindparam("details", type_=t.c.details.type),
+            sa.bindparam(f"{prefix}at_us", type_=t.c.at_us.type),
+            sa.bindparam(f"{prefix}event", type_=t.c.event.type),
+            sa.bindparam(f"{prefix}status", type_=t.c.status.type),
+            sa.bindparam(f"{prefix}actor", type_=t.c.actor.type),
+            sa.bindparam(f"{prefix}details", type_=t.c.details.type),
         ).where(t.c.order_id == order_id),
     )
 
 
 _APPEND_EVENT = _append_event_statement()
+# The same with its parameters named ``event_…``, to ride along another statement.
+_APPEND_EVENT_ALONG = _append_event_statement("event_")
+
+
+def _event_params(
+    order_id: str,
+    *,
+    at_us: int,
+    event: str,
+    status: OrderStatus,
+    actor: str | None,
+    details: dict[str, Any],
+    prefix: str = "",
+) -> dict[str, Any]:
+    return {
+        f"{prefix}order_id": order_id,
+        f"{prefix}at_us": at_us,
+        f"{prefix}event": event,
+        f"{prefix}status": status.value,
+        f"{prefix}actor": actor,
+        f"{prefix}details": _dumps(details),
+    }
+
+
+def append_event_insert(
+    order_id: str,
+    *,
+    at_us: int,
+    event: str,
+    status: OrderStatus,
+    actor: str | None,
+    details: dict[str, Any],
+) -> tuple[sa.Insert, dict[str, Any]]:
+    """:func:`append_event` as a statement and its parameters (named ``event_…``), to ride along
+    a write of the order's row (which holds its lock: see :func:`_append_event_statement`)."""
+    params = _event_params(
+        order_id, at_us=at_us, event=event, status=status, actor=actor, details=details,
+        prefix="event_",
+    )  # fmt: skip
+    return _APPEND_EVENT_ALONG, params
 
 
 async def append_event(
@@ -181,28 +291,23 @@ async def append_event(
 ) -> None:
     await uow.conn.execute(
         _APPEND_EVENT,
-        {
-            "order_id": order_id,
-            "at_us": at_us,
-            "event": event,
-            "status": status.value,
-            "actor": actor,
-            "details": _dumps(details),
-        },
+        _event_params(
+            order_id, at_us=at_us, event=event, status=status, actor=actor, details=details
+        ),
     )
+
+
+_TIMELINE = (
+    sa.select(escrow_order_events)
+    .where(escrow_order_events.c.order_id == sa.bindparam("order_id"))
+    .order_by(escrow_order_events.c.seq)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
 
 
 async def timeline(uow: UnitOfWork, order_id: str, *, limit: int) -> list[dict[str, Any]]:
-    t = escrow_order_events
-    rows = (
-        (
-            await uow.conn.execute(
-                sa.select(t).where(t.c.order_id == order_id).order_by(t.c.seq).limit(limit)
-            )
-        )
-        .mappings()
-        .all()
-    )
+    params = {"order_id": order_id, "limit": limit}
+    rows = (await uow.conn.execute(_TIMELINE, params)).mappings().all()
     return [
         {
             "seq": r["seq"],
@@ -216,12 +321,19 @@ async def timeline(uow: UnitOfWork, order_id: str, *, limit: int) -> list[dict[s
     ]
 
 
+_EVENTS_NAMED = (
+    sa.select(escrow_order_events.c.details)
+    .where(
+        escrow_order_events.c.order_id == sa.bindparam("order_id"),
+        escrow_order_events.c.event == sa.bindparam("event"),
+    )
+    .order_by(escrow_order_events.c.seq)
+)
+
+
 async def events_named(uow: UnitOfWork, order_id: str, event: str) -> list[dict[str, Any]]:
     """The details of the order's timeline entries named ``event`` (oldest first)."""
-    t = escrow_order_events
-    rows = await uow.conn.execute(
-        sa.select(t.c.details).where(t.c.order_id == order_id, t.c.event == event).order_by(t.c.seq)
-    )
+    rows = await uow.conn.execute(_EVENTS_NAMED, {"order_id": order_id, "event": event})
     return [orjson.loads(d) for d in rows.scalars()]
 
 

@@ -37,9 +37,11 @@ from hammerlock.ledger.model import (
 from hammerlock.ledger.storage import Lock
 
 __all__ = [
+    "Ensure",
     "LedgerRequest",
     "close_account",
     "create_accounts",
+    "create_missing",
     "flush",
     "get_account",
     "get_transfer",
@@ -107,7 +109,59 @@ class _Loaded:
     locked: set[str]  # the accounts locked for writing now; the rest are written at commit
 
 
-async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) -> _Loaded:
+@dataclass(frozen=True, slots=True)
+class Ensure:
+    """Accounts a :func:`post` creates first where missing (as :func:`create_accounts` with
+    ``public=False`` would), read with the batch's own accounts in its one share-locked read.
+    ``what`` names them in the error raised when one cannot be had; ``check_existing``: an
+    account that exists with other attributes is such an error too (else only a failed
+    creation is)."""
+
+    accounts: Sequence[AccountInput]
+    what: str
+    check_existing: bool = True
+
+
+async def _ensure(
+    uow: UnitOfWork, seen: dict[str, AccountState], ensure: Ensure, now_us: int
+) -> None:
+    """Create the accounts of ``ensure`` that the share-locked read ``seen`` did not find (and
+    add them to it), as :func:`create_accounts` would; raise when one cannot be had."""
+    results: list[AccountResult] = []
+    to_insert: list[AccountInput] = []
+    for a in ensure.accounts:
+        prior = seen.get(a.id)
+        result = account_result(prior, a, reserved=False)
+        if result == "ok":
+            to_insert.append(a)
+        if prior is None or ensure.check_existing:
+            results.append(AccountResult(a.id, result))
+    inserted = await storage.insert_accounts(uow, to_insert, now_us)
+    for a in to_insert:
+        if a.id in inserted:
+            seen[a.id] = AccountState(a.id, a.currency, a.code, a.flags, a.metadata, Balances())
+    if lost := {a.id for a in to_insert} - inserted:
+        # A concurrent request created some of them first: answer as if it had been earlier.
+        winners = await storage.lock_accounts(uow, lost, Lock.SHARE)
+        seen.update(winners)
+        by_id = {a.id: a for a in to_insert}
+        results = [
+            AccountResult(r.id, account_result(winners[r.id], by_id[r.id], reserved=False))
+            if r.id in lost
+            else r
+            for r in results
+        ]
+    bad = [r for r in results if r.result not in _ENSURED]
+    if bad:
+        raise LedgerInvariantError(f"{ensure.what}: {bad}")
+
+
+_ENSURED = frozenset({"ok", "exists"})
+
+
+async def _load_snapshot(
+    uow: UnitOfWork, transfers: Sequence[TransferInput], ensure: Ensure | None = None
+) -> _Loaded:
     """Read every account the batch can touch; lock for writing those whose balance decides.
 
     An account with a limit (or the balance-reading side of a balancing transfer) decides a
@@ -135,7 +189,14 @@ async def _load_snapshot(uow: UnitOfWork, transfers: Sequence[TransferInput]) ->
     named = {a for t in transfers for a in (t.debit_account_id, t.credit_account_id) if a}
     resolving = await storage.fetch_holds(uow, pending_ids)  # read again, locked, below
     named |= _accounts_of(resolving.values())
-    seen = await storage.lock_accounts(uow, named, Lock.SHARE)
+    if ensure is None:
+        seen = await storage.lock_accounts(uow, named, Lock.SHARE)
+    else:
+        wanted_ids = {a.id for a in ensure.accounts}
+        seen = await storage.lock_accounts(uow, named | wanted_ids, Lock.SHARE)
+        await _ensure(uow, seen, ensure, now_us)
+        for account_id in wanted_ids - named:  # read only to be ensured: not the batch's
+            seen.pop(account_id, None)
     balancing = _balancing_sides(transfers) & seen.keys()
     decided = {a for a, acc in seen.items() if _limited(acc)} | balancing
     added: set[str] = set()  # accounts share-locked inside the current savepoint
@@ -262,15 +323,18 @@ def _shifted(t: TransferRecord, shift: dict[str, _Shift]) -> TransferRecord:
     return replace(t, debit_after=_plus(t.debit_after, dr), credit_after=_plus(t.credit_after, cr))
 
 
-async def post_requests(uow: UnitOfWork, requests: Sequence[LedgerRequest]) -> list[list[str]]:
+async def post_requests(
+    uow: UnitOfWork, requests: Sequence[LedgerRequest], *, ensure: Ensure | None = None
+) -> list[list[str]]:
     """Apply each request in order against one snapshot; results per request.
 
     The results are final when this returns; the rows are written by :func:`flush` before the
-    transaction commits (or by the next ledger call in it).
+    transaction commits (or by the next ledger call in it). ``ensure``: accounts created
+    first where missing (:class:`Ensure`).
     """
     await flush(uow)
     every = [t for r in requests for t in r.transfers]
-    loaded = await _load_snapshot(uow, every)
+    loaded = await _load_snapshot(uow, every, ensure)
     snapshot = loaded.snapshot
     before: dict[str, Balances] = {a.id: a.balances for a in snapshot.accounts.values()}
     expire_due_holds(snapshot)
@@ -305,13 +369,16 @@ async def post(
     *,
     ctx: Context | None = None,
     public: bool = False,
+    ensure: Ensure | None = None,
 ) -> list[str]:
     """Apply ``transfers`` inside the caller's transaction; one result per transfer.
 
     Domain services call this with ``public=False`` (they own the reserved accounts) and record
-    their own audit event; pass ``ctx`` to have the ledger record one as well.
+    their own audit event; pass ``ctx`` to have the ledger record one as well. ``ensure``:
+    accounts to create first where missing, read in the batch's own read (one statement
+    instead of a :func:`create_accounts` before it).
     """
-    [results] = await post_requests(uow, [LedgerRequest(transfers, ctx, public)])
+    [results] = await post_requests(uow, [LedgerRequest(transfers, ctx, public)], ensure=ensure)
     return results
 
 
@@ -357,6 +424,24 @@ async def create_accounts(
                 details={"count": len(new), "created": len(inserted)},
             ),
         )
+    return results
+
+
+async def create_missing(uow: UnitOfWork, new: Sequence[AccountInput]) -> list[AccountResult]:
+    """:func:`create_accounts` (``public=False``, no audit event) of accounts a read just found
+    missing: inserted without reading them first. One created meanwhile by a concurrent
+    request is read back (share-locked) and answered as :func:`create_accounts` would."""
+    await flush(uow)
+    inserted = await storage.insert_accounts(uow, new, uow.clock.now_us())
+    results = [AccountResult(a.id, "ok") for a in new]
+    if lost := {a.id for a in new} - inserted:
+        winners = await storage.lock_accounts(uow, lost, Lock.SHARE)
+        results = [
+            AccountResult(a.id, account_result(winners[a.id], a, reserved=False))
+            if a.id in lost
+            else r
+            for a, r in zip(new, results, strict=True)
+        ]
     return results
 
 

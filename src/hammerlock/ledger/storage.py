@@ -182,30 +182,59 @@ class Lock(enum.Enum):
     CLOSE = "close"
 
 
+# The reads below are built once (a statement built per call costs a cache key derived from its
+# values on every call); their id lists are expanding parameters.
+_IDS = "ids"
+
+
+@functools.cache
+def _lock_accounts(strength: Lock | None) -> sa.Select[Any]:
+    """``strength``: the lock (PostgreSQL), None for none."""
+    query = (
+        sa.select(accounts)
+        .where(accounts.c.id.in_(sa.bindparam(_IDS, expanding=True)))
+        .order_by(accounts.c.id)
+    )
+    if strength is not None:
+        query = query.with_for_update(
+            read=strength is Lock.SHARE, key_share=strength is not Lock.CLOSE
+        )
+    return query
+
+
 async def lock_accounts(
     uow: UnitOfWork, ids: Iterable[str], strength: Lock | None = Lock.WRITE
 ) -> dict[str, AccountState]:
     """Read (and on PostgreSQL lock, in id order) the accounts that exist among ``ids``;
     ``strength=None`` reads them without a lock."""
     found: dict[str, AccountState] = {}
+    query = _lock_accounts(strength if uow.is_postgres else None)
     for chunk in _chunks(ids):
-        query = sa.select(accounts).where(accounts.c.id.in_(chunk)).order_by(accounts.c.id)
-        if uow.is_postgres and strength is not None:
-            query = query.with_for_update(
-                read=strength is Lock.SHARE, key_share=strength is not Lock.CLOSE
-            )
-        for row in (await uow.conn.execute(query)).mappings():
+        for row in (await uow.conn.execute(query, {_IDS: chunk})).mappings():
             found[row["id"]] = account_from_row(row)
     return found
+
+
+_FETCH_TRANSFERS = sa.select(transfers).where(
+    transfers.c.id.in_(sa.bindparam(_IDS, expanding=True))
+)
 
 
 async def fetch_transfers(uow: UnitOfWork, ids: Iterable[str]) -> dict[str, TransferRecord]:
     found: dict[str, TransferRecord] = {}
     for chunk in _chunks(ids):
-        rows = await uow.conn.execute(sa.select(transfers).where(transfers.c.id.in_(chunk)))
+        rows = await uow.conn.execute(_FETCH_TRANSFERS, {_IDS: chunk})
         for row in rows.mappings():
             found[row["id"]] = transfer_from_row(row)
     return found
+
+
+@functools.cache
+def _fetch_holds(locked: bool) -> sa.Select[Any]:
+    query = sa.select(holds).where(holds.c.transfer_id.in_(sa.bindparam(_IDS, expanding=True)))
+    if locked:
+        query = query.order_by(holds.c.transfer_id).with_for_update()
+    return query
 
 
 async def fetch_holds(
@@ -215,25 +244,30 @@ async def fetch_holds(
     order, so two transactions resolving one hold take turns even when no account lock
     orders them (a hold between two unconstrained accounts)."""
     found: dict[str, Hold] = {}
+    query = _fetch_holds(lock and uow.is_postgres)
     for chunk in _chunks(transfer_ids):
-        query = sa.select(holds).where(holds.c.transfer_id.in_(chunk))
-        if lock and uow.is_postgres:
-            query = query.order_by(holds.c.transfer_id).with_for_update()
-        rows = await uow.conn.execute(query)
+        rows = await uow.conn.execute(query, {_IDS: chunk})
         for row in rows.mappings():
             found[row["transfer_id"]] = _hold(row)
     return found
+
+
+_DUE_HOLDS_TOUCHING = sa.select(holds).where(
+    holds.c.state == HoldState.PENDING.value,
+    holds.c.expires_us <= sa.bindparam("now_us", type_=BIG),
+    sa.or_(
+        holds.c.debit_account_id.in_(sa.bindparam(_IDS, expanding=True)),
+        holds.c.credit_account_id.in_(sa.bindparam(_IDS, expanding=True)),
+    ),
+)
 
 
 async def due_holds_touching(
     uow: UnitOfWork, account_ids: Iterable[str], now_us: int
 ) -> dict[str, Hold]:
     found: dict[str, Hold] = {}
-    pending = holds.c.state == HoldState.PENDING.value
-    due = holds.c.expires_us <= now_us
     for chunk in _chunks(account_ids):
-        touching = sa.or_(holds.c.debit_account_id.in_(chunk), holds.c.credit_account_id.in_(chunk))
-        rows = await uow.conn.execute(sa.select(holds).where(pending, due, touching))
+        rows = await uow.conn.execute(_DUE_HOLDS_TOUCHING, {_IDS: chunk, "now_us": now_us})
         for row in rows.mappings():
             found[row["transfer_id"]] = _hold(row)
     return found
@@ -353,57 +387,117 @@ async def write_changes(
 
     ``along``: another INSERT for the same transaction (the request's audit event) and its
     parameters (none named like a transfer column). On PostgreSQL, when the batch inserts one
-    transfer (a request's usual shape), it goes inside that INSERT as a data-modifying CTE,
-    which PostgreSQL always runs to completion: one round trip for both. Returns whether it
-    ran; if not, the caller runs it.
+    transfer (a request's usual shape), that INSERT carries it, the new hold and the balance
+    UPDATEs as data-modifying CTEs, which PostgreSQL always runs to completion: one round trip
+    for all (`_write_one`). Returns whether ``along`` ran; if not, the caller runs it.
     """
-    folded = along is not None and uow.is_postgres and len(snapshot.new_transfers) == 1
+    if uow.is_postgres and len(snapshot.new_transfers) == 1 and len(snapshot.new_holds) <= 1:
+        await _write_one(uow, snapshot, before, along)
+        await _update_holds(uow, snapshot)
+        return along is not None
     if snapshot.new_transfers:
-        rows = [
-            {
-                "id": t.id,
-                "debit_account_id": t.debit_account_id,
-                "credit_account_id": t.credit_account_id,
-                "amount": t.amount,
-                "requested_amount": t.requested_amount,
-                "currency": t.currency,
-                "code": t.code,
-                "requested_code": t.requested_code,
-                "flags": int(t.flags),
-                "pending_id": t.pending_id,
-                "timeout_s": t.timeout_s,
-                "metadata": t.metadata,
-                "timestamp_us": t.timestamp_us,
-                "expires_us": t.expires_us,
-                **_balance_values("dr_", t.debit_after),
-                **_balance_values("cr_", t.credit_after),
-            }
-            for t in snapshot.new_transfers
-        ]
-        if folded and along is not None:
-            statement, params = along
-            await uow.conn.execute(
-                _insert_with(statement, tuple(rows[0])),
-                {**{f"transfer_{k}": v for k, v in rows[0].items()}, **params},
-            )
-        else:
-            await uow.conn.execute(transfers.insert(), rows)
+        rows = [_transfer_row(t) for t in snapshot.new_transfers]
+        await uow.conn.execute(transfers.insert(), rows)
     if snapshot.new_holds:
-        await uow.conn.execute(
-            holds.insert(),
-            [
-                {
-                    "transfer_id": h.transfer_id,
-                    "debit_account_id": h.debit_account_id,
-                    "credit_account_id": h.credit_account_id,
-                    "amount": h.amount,
-                    "expires_us": h.expires_us,
-                    "state": h.state.value,
-                    "resolved_us": h.resolved_us,
-                }
-                for h in snapshot.new_holds.values()
-            ],
+        await uow.conn.execute(holds.insert(), [_hold_row(h) for h in snapshot.new_holds.values()])
+    await _update_holds(uow, snapshot)
+    await _update_balances(uow, snapshot, before)
+    return False
+
+
+def _transfer_row(t: TransferRecord) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "debit_account_id": t.debit_account_id,
+        "credit_account_id": t.credit_account_id,
+        "amount": t.amount,
+        "requested_amount": t.requested_amount,
+        "currency": t.currency,
+        "code": t.code,
+        "requested_code": t.requested_code,
+        "flags": int(t.flags),
+        "pending_id": t.pending_id,
+        "timeout_s": t.timeout_s,
+        "metadata": t.metadata,
+        "timestamp_us": t.timestamp_us,
+        "expires_us": t.expires_us,
+        **_balance_values("dr_", t.debit_after),
+        **_balance_values("cr_", t.credit_after),
+    }
+
+
+def _hold_row(h: Hold) -> dict[str, Any]:
+    return {
+        "transfer_id": h.transfer_id,
+        "debit_account_id": h.debit_account_id,
+        "credit_account_id": h.credit_account_id,
+        "amount": h.amount,
+        "expires_us": h.expires_us,
+        "state": h.state.value,
+        "resolved_us": h.resolved_us,
+    }
+
+
+# A batch of one transfer (a domain's post: an authorization, a capture, a payout), on
+# PostgreSQL: its transfer INSERT carries, as data-modifying CTEs, the request's audit event,
+# its new hold and each account's balance UPDATE — one round trip instead of up to four. Every
+# account it updates is already locked by this transaction (limited ones when read, the others
+# by `flush`), so the statement takes no row lock of its own but the foreign keys' share locks.
+_HOLD_INSERT = holds.insert().values(
+    {c.name: sa.bindparam(f"hold_{c.name}", type_=c.type) for c in holds.columns}
+)
+
+
+@functools.cache
+def _balance_update(n: int) -> sa.Update:
+    """The balance UPDATE of one account, its parameters named ``b{n}_…``."""
+    c = accounts.c
+    return (
+        accounts.update()
+        .where(c.id == sa.bindparam(f"b{n}_id", type_=ID))
+        .values(
+            debits_pending=c.debits_pending + sa.bindparam(f"b{n}_dp", type_=BIG),
+            debits_posted=c.debits_posted + sa.bindparam(f"b{n}_dpo", type_=BIG),
+            credits_pending=c.credits_pending + sa.bindparam(f"b{n}_cp", type_=BIG),
+            credits_posted=c.credits_posted + sa.bindparam(f"b{n}_cpo", type_=BIG),
         )
+    )
+
+
+@functools.cache
+def _insert_one(columns: tuple[str, ...], along: tuple[Any, ...]) -> sa.Insert:
+    """One transfer's INSERT with ``along`` as data-modifying CTEs, built once per shape."""
+    values: dict[str, Any] = {name: sa.bindparam(f"transfer_{name}") for name in columns}
+    statement = transfers.insert().values(values)
+    for n, other in enumerate(along):
+        statement = statement.add_cte(other.cte(f"along_{n}"))
+    return statement
+
+
+async def _write_one(
+    uow: UnitOfWork,
+    snapshot: Snapshot,
+    before: dict[str, Balances],
+    along: tuple[sa.Insert, dict[str, Any]] | None,
+) -> None:
+    [t] = snapshot.new_transfers
+    row = _transfer_row(t)
+    params: dict[str, Any] = {f"transfer_{k}": v for k, v in row.items()}
+    ctes: list[Any] = []
+    if along is not None:
+        ctes.append(along[0])
+        params.update(along[1])
+    for h in snapshot.new_holds.values():
+        ctes.append(_HOLD_INSERT)
+        params.update({f"hold_{k}": v for k, v in _hold_row(h).items()})
+    for n, delta in enumerate(_balance_deltas(snapshot, before)):
+        ctes.append(_balance_update(n))
+        # b_id, d_dp, … → b{n}_id, b{n}_dp, …
+        params.update({f"b{n}_{k.split('_', 1)[1]}": v for k, v in delta.items()})
+    await uow.conn.execute(_insert_one(tuple(row), tuple(ctes)), params)
+
+
+async def _update_holds(uow: UnitOfWork, snapshot: Snapshot) -> None:
     if snapshot.changed_holds:
         result = await uow.conn.execute(
             holds.update()
@@ -419,22 +513,11 @@ async def write_changes(
         )
         if result.rowcount not in (-1, len(snapshot.changed_holds)):
             raise RuntimeError("a hold changed state under its account lock")
-    await _update_balances(uow, snapshot, before)
-    return folded
 
 
-@functools.lru_cache(maxsize=4)
-def _insert_with(along: sa.Insert, columns: tuple[str, ...]) -> sa.Insert:
-    """One transfer's INSERT with ``along`` as a data-modifying CTE, built once (a constant
-    statement: its compiled form is cached). Parameters are named ``transfer_`` + column, so
-    none is taken for a column of ``along``'s table."""
-    values: dict[str, Any] = {name: sa.bindparam(f"transfer_{name}") for name in columns}
-    return transfers.insert().values(values).add_cte(along.cte("audit_events"))
-
-
-async def _update_balances(
-    uow: UnitOfWork, snapshot: Snapshot, before: dict[str, Balances]
-) -> None:
+def _balance_deltas(snapshot: Snapshot, before: dict[str, Balances]) -> list[dict[str, Any]]:
+    """What each account's balances moved by (in id order; accounts that did not move left
+    out), as ``b_id``, ``d_dp``, ``d_dpo``, ``d_cp``, ``d_cpo``."""
     params = []
     for account_id in sorted(snapshot.touched_accounts):
         old, new = before[account_id], snapshot.accounts[account_id].balances
@@ -449,6 +532,13 @@ async def _update_balances(
                 "d_cpo": new.credits_posted - old.credits_posted,
             }
         )
+    return params
+
+
+async def _update_balances(
+    uow: UnitOfWork, snapshot: Snapshot, before: dict[str, Balances]
+) -> None:
+    params = _balance_deltas(snapshot, before)
     if not params:
         return
     c = accounts.c

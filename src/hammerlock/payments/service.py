@@ -32,7 +32,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from hammerlock.audit import service as audit
-from hammerlock.audit.model import Context, Outcome
+from hammerlock.audit.model import AuditEvent, Context, Outcome
 from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.ledger import service as ledger
@@ -261,6 +261,9 @@ class Payments:
         self.risk: RiskAssessor = risk or NeverReview()
         # set by the composition root once escrow exists (escrow is built on payments)
         self.on_chargeback = on_chargeback
+        # PostgreSQL: the audit and webhook INSERTs of a transition's transaction, by id() of its
+        # unit of work, held back to ride along the intent's UPDATE (one round trip; `_save`).
+        self._along: dict[int, storage.Along] = {}
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -271,6 +274,13 @@ class Payments:
                 raise IntentNotFound(f"no payment intent {intent_id!r}")
             return intent, await self._review_of(uow, intent)
 
+    async def read(self, uow: UnitOfWork, intent_id: str) -> PaymentIntent:
+        """The intent, read in the caller's unit of work (a domain's read of its own)."""
+        intent = await storage.get_intent(uow, intent_id)
+        if intent is None:
+            raise IntentNotFound(f"no payment intent {intent_id!r}")
+        return intent
+
     async def _review_of(self, uow: UnitOfWork, intent: PaymentIntent) -> Review | None:
         if intent.review_id is None:
             return None
@@ -278,6 +288,8 @@ class Payments:
         return None if found is None else found[0]
 
     async def view(self, intent: PaymentIntent) -> dict[str, Any]:
+        if intent.review_id is None:  # nothing to read
+            return intent_json(intent, None)
         async with self.db.read() as uow:
             return intent_json(intent, await self._review_of(uow, intent))
 
@@ -387,8 +399,12 @@ class Payments:
             updated_us=now,
             version=0,
         )
-        await storage.insert_intent(uow, intent)
-        await self._audit(uow, ctx, intent, "payments.intent.create")
+        if uow.is_postgres:  # the row and its audit event in one statement
+            event = self._audit_event(uow, ctx, intent, "payments.intent.create")
+            await storage.insert_intent_with(uow, intent, along=[audit.outbox_insert(event)])
+        else:
+            await storage.insert_intent(uow, intent)
+            await self._audit(uow, ctx, intent, "payments.intent.create")
         return intent
 
     async def confirm(
@@ -512,8 +528,8 @@ class Payments:
                 new = replace(new, action_key=action_key)
             return new
 
-        await self._transition(intent_id, guarded)
-        return await self.drive(ctx, intent_id, fresh=started)
+        current = await self._transition(intent_id, guarded)
+        return await self.drive(ctx, intent_id, fresh=started, intent=current)
 
     async def _cancel_now(
         self, uow: UnitOfWork, ctx: Context, intent: PaymentIntent, reason: str
@@ -551,15 +567,25 @@ class Payments:
 
     # -- driving the gateway -----------------------------------------------------------------
 
-    async def drive(self, ctx: Context, intent_id: str, *, fresh: bool = False) -> PaymentIntent:
+    async def drive(
+        self,
+        ctx: Context,
+        intent_id: str,
+        *,
+        fresh: bool = False,
+        intent: PaymentIntent | None = None,
+    ) -> PaymentIntent:
         """Carry out whatever gateway operation the intent waits for, until it rests.
 
         ``fresh``: the operation was just started by this caller, so the gateway cannot know its
         key yet. Anyone else (a retry, the janitor) first asks the gateway what happened under
         the key, and re-sends only when it has no record: a gateway that forgets idempotency keys
         after a day (Stripe) must never see an old key re-sent for a charge it already made.
+        ``intent``: the intent as the caller's own transaction on it just committed (instead of
+        reading it again); every outcome is still applied under a compare-and-set.
         """
-        intent = await self._load(intent_id)
+        if intent is None or intent.id != intent_id:
+            intent = await self._load(intent_id)
         unreached = 0
         for _ in range(_MAX_STEPS + _UNREACHED_RETRIES):
             if intent.status is not IntentStatus.PROCESSING or intent.pending_op is None:
@@ -728,7 +754,6 @@ class Payments:
         brand = held.card_brand
         days = authorization_days(brand, dict(self.config.authorization_days))
         held = replace(held, authorization_expires_us=now + days * _DAY_US)
-        await self._ensure_accounts(uow, held)
         results = await ledger.post(
             uow,
             [
@@ -742,6 +767,7 @@ class Payments:
                     flags=TransferFlag.PENDING,
                 )
             ],
+            ensure=self._accounts(held),  # one read for both
         )
         _ensure_ledger(results, f"the authorization of {held.id}")
         await self._audit(uow, ctx, held, "payments.intent.authorized")
@@ -874,6 +900,7 @@ class Payments:
         *,
         refund_id: str | None,
     ) -> tuple[PaymentIntent, Review]:
+        await self._flush_along(uow)  # what the transition wrote so far goes first
         now = uow.clock.now_us()
         expires = (intent.authorization_expires_us or now + 5 * _DAY_US) - (
             self.config.review_margin_s * 1_000_000
@@ -1475,23 +1502,58 @@ class Payments:
             intent = await storage.get_intent(uow, intent_id, for_update=True)
             if intent is None:
                 raise IntentNotFound(f"no payment intent {intent_id!r}")
-            new = await decide(uow, intent)
-            if new is None:
-                return intent
-            return await self._save(uow, intent, new)
+            if uow.is_postgres:
+                self._along[id(uow)] = []
+            try:
+                new = await decide(uow, intent)
+                if new is None:
+                    await self._flush_along(uow)
+                    return intent
+                return await self._save(uow, intent, new)
+            finally:
+                self._along.pop(id(uow), None)
 
     async def _save(
         self, uow: UnitOfWork, before: PaymentIntent, after: PaymentIntent
     ) -> PaymentIntent:
         saved = replace(after, version=before.version + 1, updated_us=uow.clock.now_us())
-        if not await storage.save_intent(uow, saved, expected_version=before.version):
+        along = self._along.get(id(uow))
+        if along:  # the transition's audit event and webhook ride along the UPDATE
+            done = await storage.save_intent_with(
+                uow, saved, expected_version=before.version, along=list(along)
+            )
+            along.clear()
+        else:
+            done = await storage.save_intent(uow, saved, expected_version=before.version)
+        if not done:
             raise LedgerInvariantError(f"payment intent {before.id} changed under its row lock")
         return saved
+
+    async def _hold_back(self, uow: UnitOfWork, write: tuple[Any, dict[str, Any]]) -> bool:
+        """Keep ``write`` (an audit or webhook INSERT) for the transition's UPDATE; False when
+        there is no transition to ride along (it is to be written now). One of each kind per
+        statement (their parameters are named per kind): a second one writes the first now."""
+        along = self._along.get(id(uow))
+        if along is None:
+            return False
+        if any(statement is write[0] for statement, _ in along):
+            await self._flush_along(uow)
+        along.append(write)
+        return True
+
+    async def _flush_along(self, uow: UnitOfWork) -> None:
+        """Write what :meth:`_hold_back` kept, in order: before anything else writes an audit
+        event or webhook in the transaction (they keep the order they were made in)."""
+        along = self._along.get(id(uow))
+        while along:
+            statement, params = along.pop(0)
+            await uow.conn.execute(statement, params)
 
     def _gateway_account(self, intent: PaymentIntent) -> str:
         return f"gateway:{intent.gateway}:{intent.currency}"
 
-    async def _ensure_accounts(self, uow: UnitOfWork, intent: PaymentIntent) -> None:
+    def _accounts(self, intent: PaymentIntent) -> ledger.Ensure:
+        """The accounts an authorization posts on, created first where missing."""
         wanted = [
             AccountInput(
                 self._gateway_account(intent), intent.currency, "gateway", AccountFlag(0), "{}"
@@ -1503,10 +1565,7 @@ class Payments:
                     intent.destination_account, intent.currency, "platform", AccountFlag(0), "{}"
                 )
             )
-        results = await ledger.create_accounts(uow, None, wanted, public=False)
-        bad = [r for r in results if r.result not in _LEDGER_OK]
-        if bad:
-            raise LedgerInvariantError(f"payments accounts: {bad}")
+        return ledger.Ensure(wanted, "payments accounts")
 
     @staticmethod
     def _card(charge: Charge) -> dict[str, Any]:
@@ -1530,31 +1589,44 @@ class Payments:
         outcome: Outcome = Outcome.SUCCESS,
         code: str | None = None,
     ) -> None:
-        await audit.record(
-            uow,
-            ctx.event(
-                action,
-                resource_type="payment_intent",
-                resource_id=intent.id,
-                ts_us=uow.clock.now_us(),
-                outcome=outcome,
-                outcome_code=code,
-                details={
-                    "status": intent.status.value,
-                    "amount": intent.amount,
-                    "currency": intent.currency,
-                    "gateway": intent.gateway,
-                    "gateway_key": intent.pending_key or intent.authorize_key,
-                    "amount_received": intent.amount_received,
-                },
-            ),
+        event = self._audit_event(uow, ctx, intent, action, outcome=outcome, code=code)
+        if not await self._hold_back(uow, audit.outbox_insert(event)):
+            await audit.record(uow, event)
+
+    @staticmethod
+    def _audit_event(
+        uow: UnitOfWork,
+        ctx: Context,
+        intent: PaymentIntent,
+        action: str,
+        *,
+        outcome: Outcome = Outcome.SUCCESS,
+        code: str | None = None,
+    ) -> AuditEvent:
+        return ctx.event(
+            action,
+            resource_type="payment_intent",
+            resource_id=intent.id,
+            ts_us=uow.clock.now_us(),
+            outcome=outcome,
+            outcome_code=code,
+            details={
+                "status": intent.status.value,
+                "amount": intent.amount,
+                "currency": intent.currency,
+                "gateway": intent.gateway,
+                "gateway_key": intent.pending_key or intent.authorize_key,
+                "amount_received": intent.amount_received,
+            },
         )
 
     async def _webhook(self, uow: UnitOfWork, event_type: str, intent: PaymentIntent) -> None:
         review = await self._review_of(uow, intent)
-        await webhooks.enqueue(
-            uow, event_type, intent_json(intent, review), ts_us=uow.clock.now_us()
-        )
+        data, now = intent_json(intent, review), uow.clock.now_us()
+        if self._along.get(id(uow)) is None:
+            await webhooks.enqueue(uow, event_type, data, ts_us=now)
+            return
+        await self._hold_back(uow, webhooks.event_insert(event_type, data, ts_us=now))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ commits the outcome; the other sees the new version and re-reads.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -188,31 +189,95 @@ async def insert_intent(uow: UnitOfWork, intent: PaymentIntent) -> None:
     await insert_row(uow, payment_intents, _intent_values(intent))
 
 
+# The intent's row as execution parameters ``intent_`` + column, for the statements below that
+# carry other INSERTs along (named apart from theirs: ``audit_…``, ``webhook_…``).
+_P = "intent_"
+Along = list[tuple[sa.Insert, dict[str, Any]]]
+
+
+@functools.cache
+def _update_intent() -> sa.Update:
+    t = payment_intents
+    return (
+        t.update()
+        .where(t.c.id == sa.bindparam("where_id_"), t.c.version == sa.bindparam("where_version_"))
+        .values(
+            {c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns if c.name != "id"}
+        )
+    )
+
+
+@functools.cache
+def _insert_intent() -> sa.Insert:
+    t = payment_intents
+    return t.insert().values({c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns})
+
+
+@functools.cache
+def _with(main: Any, along: tuple[sa.Insert, ...]) -> Any:
+    """``main`` carrying each of ``along`` as a data-modifying CTE (PostgreSQL runs every one to
+    completion, in the statement's one round trip), built once per combination (constant
+    statements: their compiled form is cached)."""
+    for n, statement in enumerate(along):
+        main = main.add_cte(statement.cte(f"along_{n}"))
+    return main
+
+
+def _along(along: Along) -> tuple[tuple[sa.Insert, ...], dict[str, Any]]:
+    params: dict[str, Any] = {}
+    for _, p in along:
+        params.update(p)
+    return tuple(statement for statement, _ in along), params
+
+
+async def insert_intent_with(uow: UnitOfWork, intent: PaymentIntent, *, along: Along) -> None:
+    """:func:`insert_intent` and the INSERTs ``along`` in one statement (PostgreSQL only)."""
+    statements, params = _along(along)
+    params.update({_P + name: value for name, value in _intent_values(intent).items()})
+    await uow.conn.execute(_with(_insert_intent(), statements), params)
+
+
+async def save_intent_with(
+    uow: UnitOfWork, intent: PaymentIntent, *, expected_version: int, along: Along
+) -> bool:
+    """:func:`save_intent` and the INSERTs ``along`` in one statement (PostgreSQL only: data-
+    modifying CTEs). They run whether or not the version matches: on False the caller rolls
+    back."""
+    statements, params = _along(along)
+    values = _intent_values(intent)
+    params.update({_P + name: value for name, value in values.items() if name != "id"})
+    params["where_id_"] = values["id"]
+    params["where_version_"] = expected_version
+    result = await uow.conn.execute(_with(_update_intent(), statements), params)
+    return bool(result.rowcount == 1)
+
+
+@functools.cache
+def _get_intent(locked: bool) -> sa.Select[Any]:
+    """Built once (a statement built per call costs a cache key derived from its values)."""
+    query = sa.select(payment_intents).where(payment_intents.c.id == sa.bindparam("intent_id"))
+    return query.with_for_update() if locked else query
+
+
 async def get_intent(
     uow: UnitOfWork, intent_id: str, *, for_update: bool = False
 ) -> PaymentIntent | None:
-    query = sa.select(payment_intents).where(payment_intents.c.id == intent_id)
-    if for_update and uow.is_postgres:
-        query = query.with_for_update()
-    row = (await uow.conn.execute(query)).mappings().first()
+    query = _get_intent(for_update and uow.is_postgres)
+    row = (await uow.conn.execute(query, {"intent_id": intent_id})).mappings().first()
     return None if row is None else _intent(row)
+
+
+_BY_REQUEST = sa.select(payment_intents).where(
+    payment_intents.c.created_by_key_id == sa.bindparam("key_id"),
+    payment_intents.c.idempotency_key == sa.bindparam("idempotency_key"),
+)
 
 
 async def find_intent_by_request(
     uow: UnitOfWork, key_id: str, idempotency_key: str
 ) -> PaymentIntent | None:
-    t = payment_intents
-    row = (
-        (
-            await uow.conn.execute(
-                sa.select(t).where(
-                    t.c.created_by_key_id == key_id, t.c.idempotency_key == idempotency_key
-                )
-            )
-        )
-        .mappings()
-        .first()
-    )
+    params = {"key_id": key_id, "idempotency_key": idempotency_key}
+    row = (await uow.conn.execute(_BY_REQUEST, params)).mappings().first()
     return None if row is None else _intent(row)
 
 

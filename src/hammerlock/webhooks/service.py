@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.webhooks import storage
@@ -22,7 +23,15 @@ from hammerlock.webhooks.errors import WebhookEventNotFound
 from hammerlock.webhooks.model import EventStatus, WebhookEvent, new_event_id
 from hammerlock.webhooks.storage import AttemptRow, EventRow
 
-__all__ = ["MAX_ATTEMPTS_SHOWN", "EventDetail", "Page", "enqueue", "get_event", "list_events"]
+__all__ = [
+    "MAX_ATTEMPTS_SHOWN",
+    "EventDetail",
+    "Page",
+    "enqueue",
+    "event_insert",
+    "get_event",
+    "list_events",
+]
 
 MAX_ATTEMPTS_SHOWN = 100  # an event is retried about 18 times over 3 days
 
@@ -43,6 +52,22 @@ async def enqueue(
         payload=event.body().decode(),
     )
     return event
+
+
+def event_insert(
+    event_type: str, data: Mapping[str, Any], *, ts_us: int
+) -> tuple[sa.Insert, dict[str, Any]]:
+    """:func:`enqueue` as a statement and its parameters, for a caller that runs it inside one
+    of its own (a PostgreSQL CTE: no round trip of its own). The statement is the same object
+    every time and its parameters are named ``webhook_…``. The caller must run it, or call
+    :func:`enqueue`, in the same transaction. Raises ``ValueError`` as :func:`enqueue` does."""
+    event = WebhookEvent(id=new_event_id(), type=event_type, created_us=ts_us, data=data)
+    return storage.EVENT_INSERT, storage.event_params(
+        event_id=event.id,
+        event_type=event.type,
+        created_us=event.created_us,
+        payload=event.body().decode(),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,14 @@ from hammerlock.db.uow import UnitOfWork
 from hammerlock.webhooks.model import EventStatus
 
 __all__ = [
+    "EVENT_INSERT",
     "AttemptRow",
     "ClaimedEvent",
     "EventRow",
     "attempts_of",
     "claim_due",
     "event_by_id",
+    "event_params",
     "expired_due",
     "finish",
     "insert_attempts",
@@ -112,19 +114,40 @@ _EVENT_COLUMNS = (
 )
 
 
+# One new event as a constant statement with named parameters (``webhook_`` + column): its
+# compiled form is cached (``.values(...)`` with the values bound in it costs a cache key on every
+# call), and a caller may run it inside a statement of its own, as a PostgreSQL CTE.
+EVENT_INSERT = webhook_events.insert().values(
+    {
+        name: sa.bindparam(f"webhook_{name}", type_=webhook_events.c[name].type)
+        for name in ("id", "type", "created_us", "payload", "status", "attempts", "next_attempt_us")
+    }
+)
+
+
+def event_params(
+    *, event_id: str, event_type: str, created_us: int, payload: str
+) -> dict[str, Any]:
+    """The parameters of :data:`EVENT_INSERT` for one new (pending) event."""
+    return {
+        "webhook_id": event_id,
+        "webhook_type": event_type,
+        "webhook_created_us": created_us,
+        "webhook_payload": payload,
+        "webhook_status": EventStatus.PENDING.value,
+        "webhook_attempts": 0,
+        "webhook_next_attempt_us": created_us,
+    }
+
+
 async def insert_event(
     uow: UnitOfWork, *, event_id: str, event_type: str, created_us: int, payload: str
 ) -> None:
     await uow.conn.execute(
-        webhook_events.insert().values(
-            id=event_id,
-            type=event_type,
-            created_us=created_us,
-            payload=payload,
-            status=EventStatus.PENDING.value,
-            attempts=0,
-            next_attempt_us=created_us,
-        )
+        EVENT_INSERT,
+        event_params(
+            event_id=event_id, event_type=event_type, created_us=created_us, payload=payload
+        ),
     )
 
 

@@ -257,10 +257,10 @@ async def open_order(uow: UnitOfWork, ctx: Context, terms: OrderTerms) -> str:
 async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_intent: str) -> bool:
     """Point the order whose deposit is authorization ``old_intent`` at its renewal
     ``new_intent``, inside the caller's transaction (the auctions service swapping the winner's
-    deposit before the authorization lapses). Only while the order awaits payment, nothing of
-    the deposit is in escrow, no pay was asked for (a pay captures the authorization it read), and
-    no chargeback was booked on ``old_intent`` (its refund plan is keyed by that intent); False
-    otherwise, and nothing changed: the caller voids the renewal.
+    deposit before the authorization lapses). Only while the order awaits payment before its
+    deadline, nothing of the deposit is in escrow, no pay was asked for (a pay captures the
+    authorization it read), and no chargeback was booked on ``old_intent`` (its refund plan is
+    keyed by that intent); False otherwise, and nothing changed: the caller voids the renewal.
     """
     order_id = await storage.order_of_intent(uow, old_intent)
     if order_id is None:
@@ -271,6 +271,9 @@ async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_inte
         or order.status is not OrderStatus.AWAITING_PAYMENT
         or order.deposit_in_escrow
         or old_intent in order.chargebacks
+        # From the payment deadline on, a default may be capturing the deposit it read: a swap
+        # then could let it capture one authorization and another default the other.
+        or uow.clock.now_us() >= order.pay_by_us
         # Once a pay was asked for, it captures the deposit it read under this lock: a swap
         # now could leave two pays capturing two authorizations. Paying takes the deposit at
         # once, so one that is asked for no longer needs renewing.

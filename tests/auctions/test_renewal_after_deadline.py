@@ -1,0 +1,44 @@
+"""Escrow refuses to follow a kept deposit's renewal from the order's payment deadline on: a
+default may be capturing the deposit it read, and a swap then could let a second default capture
+the other authorization (review of ADR 0019)."""
+
+from __future__ import annotations
+
+from hammerlock.audit.model import Context
+from hammerlock.bootstrap import Container
+from hammerlock.clock import FixedClock, format_rfc3339
+from hammerlock.escrow import service as escrow_service
+from tests.auctions.conftest import Market
+from tests.auctions.test_deposits_review import _deposit, _order_of, _wire
+from tests.payments.fake_gateway import FakeGateway
+
+SYSTEM = Context.system("tests.renewal_deadline")
+
+
+async def test_no_swap_from_the_payment_deadline_on(
+    market: Market, container: Container, clock: FixedClock, gateway: FakeGateway
+) -> None:
+    _wire(container, gateway)
+    seller = await market.party("seller")
+    a = await market.party("bidder", "A")
+    lot = await market.lot(
+        seller,
+        estimate=2_000_000,
+        reserve_price=10_000,
+        ends_at=format_rfc3339(clock.now_us() + 3_600 * 1_000_000),
+    )
+    await _deposit(market, lot["id"], a)
+    assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
+    clock.advance(3_601)
+    assert (await container.auctions.scheduler_pass(SYSTEM))["closed"] == 1
+    order = await _order_of(container, lot["id"])
+    kept = order["deposit_intent_id"]
+
+    clock.advance((order["pay_by_us"] - clock.now_us()) / 1_000_000 - 1)  # just before
+    async with container.db.transaction() as uow:
+        assert await escrow_service.renew_deposit(uow, SYSTEM, kept, "pi_renewal_before")
+        assert await escrow_service.renew_deposit(uow, SYSTEM, "pi_renewal_before", kept)
+    clock.advance(1)  # the deadline
+    async with container.db.transaction() as uow:
+        assert not await escrow_service.renew_deposit(uow, SYSTEM, kept, "pi_renewal_after")
+    assert (await _order_of(container, lot["id"]))["deposit_intent_id"] == kept

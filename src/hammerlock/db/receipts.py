@@ -80,22 +80,25 @@ class ReceiptConflict(Exception):
         self.detail = detail
 
 
+# Built once (SQLAlchemy memoizes a statement's cache key on the statement object).
+_RECEIPTS_BY_KEY = sa.select(idempotency_keys).where(
+    sa.tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(
+        sa.bindparam("pairs", expanding=True)
+    )
+)
+
+
 async def check_receipts(
     uow: UnitOfWork, receipts: Sequence[Receipt]
 ) -> tuple[list[Stored | ReceiptConflict | None], set[tuple[str, str]]]:
     """For each receipt: its stored answer, why its key cannot be used, or None (a new request);
     and the (scope, key) pairs whose old row is expired or abandoned (replaced on store).
     One round trip for the whole batch."""
-    t = idempotency_keys
     found: dict[tuple[str, str], sa.RowMapping] = {}
     pairs = sorted({(r.scope, r.key) for r in receipts})
     for i in range(0, len(pairs), _MAX_LOOKUP):
         chunk = pairs[i : i + _MAX_LOOKUP]
-        rows = (
-            (await uow.conn.execute(sa.select(t).where(sa.tuple_(t.c.scope, t.c.key).in_(chunk))))
-            .mappings()
-            .all()
-        )
+        rows = (await uow.conn.execute(_RECEIPTS_BY_KEY, {"pairs": chunk})).mappings().all()
         found.update({(row["scope"], row["key"]): row for row in rows})
     now = uow.clock.now_us()
     decisions = [_decide(found.get((r.scope, r.key)), r, now) for r in receipts]

@@ -168,8 +168,14 @@ async def bidders_with_cards(
     ids = sorted(set(party_ids))
     if not ids:
         return {}
-    has_card = sa.select(party_cards.c.id).where(party_cards.c.bidder_id == parties.c.id).exists()
-    rows = await uow.conn.execute(
-        sa.select(parties.c.id, parties.c.kind, has_card).where(parties.c.id.in_(ids))
-    )
+    rows = await uow.conn.execute(_BIDDERS_WITH_CARDS, {"ids": ids})
     return {str(r[0]): (str(r[1]), bool(r[2])) for r in rows}
+
+
+# Built once (the bid writer runs it per batch; SQLAlchemy memoizes a statement's cache key on
+# the statement object).
+_BIDDERS_WITH_CARDS = sa.select(
+    parties.c.id,
+    parties.c.kind,
+    sa.select(party_cards.c.id).where(party_cards.c.bidder_id == parties.c.id).exists(),
+).where(parties.c.id.in_(sa.bindparam("ids", expanding=True)))

@@ -71,6 +71,7 @@ bench-audit: $(STAMP)
 bench-auctions: $(STAMP)
 	$(BIN)/python bench/auction_bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/bid_service_bench.py
+	$(BIN)/python bench/settlement_statements.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

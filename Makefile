@@ -17,7 +17,7 @@ help:
 	@echo "make test-long    long property and soak runs"
 	@echo "make bench-ledger ledger throughput against pgbench in the same run"
 	@echo "make bench-audit  audit append rate, outbox cost per transfer, audit verify over 1M events"
-	@echo "make bench-auctions bids/s (hot lot, 100 lots) and lot settlements/s over HTTP"
+	@echo "make bench-auctions bids/s (hot lot, 100 lots), lot settlements/s over HTTP, statements per settlement"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -67,7 +67,8 @@ bench-audit: $(STAMP)
 		--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/hl_audit_verify_bench
 	$(BIN)/python bench/relay_bench.py
 
-# Bids and settlements through a real server beside raw asyncpg inserts; needs wrk (apt).
+# Bids and settlements through a real server beside raw asyncpg inserts (needs wrk, apt), the
+# bid group commit without HTTP, and the SQL statements of one settlement, step by step.
 bench-auctions: $(STAMP)
 	$(BIN)/python bench/auction_bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/bid_service_bench.py

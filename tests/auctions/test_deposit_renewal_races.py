@@ -16,12 +16,7 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from tests.auctions.conftest import Market
-from tests.auctions.test_deposits_review import (
-    _deposit,
-    _order_of,
-    _posted,
-    _wire,
-)
+from tests.auctions.deposit_support import make_deposit, order_of, posted, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.review_s6b")
@@ -41,7 +36,7 @@ async def _kept_deposit_due_for_renewal(
         reserve_price=10_000,
         ends_at=format_rfc3339(clock.now_us() + 4 * _DAY * 1_000_000),
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(4 * _DAY + 1)
     if not renew_at_close:
@@ -68,7 +63,7 @@ async def test_two_schedulers_renewing_one_kept_deposit_leave_the_order_a_live_o
     A's Y (``requires_capture``), B's swap fails on the version, and B voids ``new.id`` — Y, the
     authorization the deposit and the order now point at. A then voids X. Both are dead: a
     default captures no penalty (and for a live lot the bidder's deposit is dead)."""
-    _wire(container, gateway)
+    wire(container, gateway)
     auctions = container.auctions
     lot_id, first = await _kept_deposit_due_for_renewal(
         market, container, clock, renew_at_close=False
@@ -94,7 +89,7 @@ async def test_two_schedulers_renewing_one_kept_deposit_leave_the_order_a_live_o
     assert raced == [0]
     monkeypatch.undo()
 
-    order = await _order_of(container, lot_id)
+    order = await order_of(container, lot_id)
     assert order["deposit_intent_id"] != first
     live, _ = await container.payments.get(order["deposit_intent_id"])
     # What goes wrong: process B voided the renewal the deposit and the order point at.
@@ -109,7 +104,7 @@ async def test_two_schedulers_renewing_one_kept_deposit_default_still_captures_t
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same interleaving, followed to the default: the penalty is lost."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     auctions = container.auctions
     lot_id, first = await _kept_deposit_due_for_renewal(
         market, container, clock, renew_at_close=False
@@ -135,9 +130,9 @@ async def test_two_schedulers_renewing_one_kept_deposit_default_still_captures_t
 
     clock.advance(2 * _DAY)  # the payment window (48 h) passes
     await escrow.sweep(SYSTEM)
-    order = await _order_of(container, lot_id)
+    order = await order_of(container, lot_id)
     assert order["status"] == "defaulted"
-    assert await _posted(container, "platform:penalties:USD") == 200_000
+    assert await posted(container, "platform:penalties:USD") == 200_000
 
 
 # -- 2. a renewal that lost its swap once is never tried again for that authorization ----------
@@ -156,7 +151,7 @@ async def test_a_renewal_that_lost_to_the_close_is_tried_again_for_the_kept_depo
     ``deposit:{dep}:renew:{X}``: it answers the voided Y, ``_renew_one`` logs
     ``deposit_renewal_failed`` and returns — every pass, until X lapses in the payment window.
     The default then captures no penalty (the bug ADR 0018 set out to fix)."""
-    _wire(container, gateway)
+    wire(container, gateway)
     auctions = container.auctions
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -167,7 +162,7 @@ async def test_a_renewal_that_lost_to_the_close_is_tried_again_for_the_kept_depo
         ends_at=format_rfc3339(clock.now_us() + int(4.6 * _DAY) * 1_000_000),
         soft_close_cap_s=_DAY,  # the lot may outlive the first authorization: renewal is due
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(4.6 * _DAY + 1)
 
@@ -188,7 +183,7 @@ async def test_a_renewal_that_lost_to_the_close_is_tried_again_for_the_kept_depo
     for _ in range(3):
         clock.advance(61)
         await auctions.scheduler_pass(SYSTEM)
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     live, _ = await container.payments.get(order["deposit_intent_id"])
     assert order["deposit_intent_id"] != first, "the kept deposit was never renewed"
     assert live.status.value == "requires_capture"
@@ -207,7 +202,7 @@ async def test_a_deposit_lapsing_just_after_pay_by_is_still_there_for_the_defaul
     lapsing 30 s after ``pay_by`` is never renewed; whichever background task runs first
     decides whether the default captures the penalty (and a real gateway's lapse is only
     "about" the brand's days). The renewal needs a margin past ``pay_by``."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     t0 = clock.now_us()
@@ -217,12 +212,12 @@ async def test_a_deposit_lapsing_just_after_pay_by_is_still_there_for_the_defaul
         reserve_price=10_000,
         payment_window_s=5 * _DAY - 3_631,  # pay_by = the authorization's lapse - 30 s
     )
-    dep = await _deposit(market, lot["id"], a)
+    dep = await make_deposit(market, lot["id"], a)
     expires = dep["payment_intent"].get("authorization_expires_at")
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(3_601)
     assert (await container.auctions.scheduler_pass(SYSTEM))["closed"] == 1
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     first, _ = await container.payments.get(order["deposit_intent_id"])
     assert first.authorization_expires_us == t0 + 5 * _DAY * 1_000_000, expires
     assert order["pay_by_us"] == first.authorization_expires_us - 30_000_000
@@ -234,10 +229,10 @@ async def test_a_deposit_lapsing_just_after_pay_by_is_still_there_for_the_defaul
         container.auctions.renewed_us = 0
     await container.payments.janitor_pass(SYSTEM)
     await escrow.sweep(SYSTEM)
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["status"] == "defaulted"
     kept, _ = await container.payments.get(order["deposit_intent_id"])
-    assert await _posted(container, "platform:penalties:USD") == 200_000, (
+    assert await posted(container, "platform:penalties:USD") == 200_000, (
         kept.status,
         kept.canceled_reason,
     )
@@ -293,7 +288,7 @@ async def test_two_schedulers_renewing_one_held_deposit_leave_the_bidder_a_live_
     """Finding 1 on a live lot: the held deposit ends on the voided renewal and the bidder's
     next bid is refused ``deposit_required`` (and, if it leads at the close, the order is
     opened on a dead deposit)."""
-    _wire(container, gateway)
+    wire(container, gateway)
     auctions = container.auctions
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -303,8 +298,8 @@ async def test_two_schedulers_renewing_one_held_deposit_leave_the_bidder_a_live_
         estimate=2_000_000,
         ends_at=format_rfc3339(clock.now_us() + 10 * _DAY * 1_000_000),
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
-    await _deposit(market, lot["id"], b)
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
+    await make_deposit(market, lot["id"], b)
     assert (await market.bid(lot["id"], a, 5_000)).status_code == 201
     real_void, real_renew = auctions._void, auctions._renew_one
     stale: list[tuple[Any, ...]] = []
@@ -342,13 +337,13 @@ async def test_a_declined_renewal_is_tried_again_six_hours_later(
     """The same payments key would answer the same declined intent forever: six hours after a
     decline the row gets a new version, and with it the retry a new key (until the old
     authorization lapses)."""
-    _wire(container, gateway)
+    wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
         seller, estimate=2_000_000, ends_at=format_rfc3339(clock.now_us() + 6 * _DAY * 1_000_000)
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     real_create = container.payments.create
     declined: list[str] = []
 

@@ -8,71 +8,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from hammerlock.auctions import service as auctions_service
 from hammerlock.auctions import storage as auction_storage
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from hammerlock.escrow import storage as escrow_storage
-from hammerlock.escrow.service import Escrow, EscrowConfig
+from hammerlock.escrow.service import Escrow
 from hammerlock.ledger import service as ledger
-from hammerlock.ledger.errors import AccountNotFound
-from hammerlock.parties import service as parties_service
-from hammerlock.payments import storage as payments_storage
 from hammerlock.payments.gateways.base import ChargeStatus
-from hammerlock.payments.service import Payments, PaymentsConfig
 from tests.auctions.conftest import Market, idem
+from tests.auctions.deposit_support import deposit_intents, make_deposit, order_of, posted, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.review_s6")
 _DAY = 86_400
-
-
-def _wire(container: Container, gateway: FakeGateway) -> Escrow:
-    """Payments and escrow on the fake gateway, as the e2e escrow test wires them."""
-    container.gateways["sandbox"] = gateway
-    container.payments = Payments(
-        container.db, container.gateways, config=PaymentsConfig(janitor_grace_s=0)
-    )
-    container.auctions.payments = container.payments
-    container.escrow = Escrow(
-        container.db,
-        container.payments,
-        container.gateways,
-        config=EscrowConfig(sweeper_grace_s=0),
-        card_on_file=parties_service.default_card,
-        on_settled=auctions_service.mark_settled,
-        payout_destination=parties_service.payout_destination,
-    )
-    return container.escrow
-
-
-async def _order_of(container: Container, lot_id: str) -> dict[str, Any]:
-    t = escrow_storage.escrow_orders
-    async with container.db.transaction(write=False) as uow:
-        rows = (await uow.conn.execute(sa.select(t).where(t.c.lot_id == lot_id))).mappings()
-        [row] = list(rows)
-    return dict(row)
-
-
-async def _posted(container: Container, account: str) -> int:
-    async with container.db.transaction(write=False) as uow:
-        try:
-            acct = await ledger.get_account(uow, account)
-        except AccountNotFound:
-            return 0
-    return acct.balances.credits_posted - acct.balances.debits_posted
-
-
-async def _deposit(market: Market, lot_id: str, bidder: Any) -> dict[str, Any]:
-    r = await market.client.post(
-        f"/v1/lots/{lot_id}/deposits", json={}, headers={**bidder.headers, **idem()}
-    )
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 # -- 1. the winner's deposit lapses during the payment window: no penalty on default ---------------
@@ -89,7 +39,7 @@ async def test_a_defaulting_winner_forfeits_the_deposit_even_when_the_lot_ran_fo
     window, 48 h by default). A Visa deposit (5 days) authorized when a 4-day lot opened lapses a
     day into the payment window; the payments janitor voids it; the default then captures nothing.
     """
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     b = await market.party("bidder", "B")
@@ -101,7 +51,7 @@ async def test_a_defaulting_winner_forfeits_the_deposit_even_when_the_lot_ran_fo
         ends_at=format_rfc3339(now + 4 * _DAY * 1_000_000),
     )
     for bidder in (a, b):
-        dep = await _deposit(market, lot["id"], bidder)
+        dep = await make_deposit(market, lot["id"], bidder)
         assert dep["payment_intent"]["status"] == "requires_capture"
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     assert (await market.bid(lot["id"], b, 20_000)).status_code == 201
@@ -110,7 +60,7 @@ async def test_a_defaulting_winner_forfeits_the_deposit_even_when_the_lot_ran_fo
     await container.auctions.renew_deposits(SYSTEM)
     counts = await container.auctions.scheduler_pass(SYSTEM)
     assert counts["closed"] == 1
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["status"] == "awaiting_payment"
 
     # Through the payment window, the background workers run as they do in production.
@@ -123,13 +73,13 @@ async def test_a_defaulting_winner_forfeits_the_deposit_even_when_the_lot_ran_fo
     await container.payments.janitor_pass(SYSTEM)
     await escrow.sweep(SYSTEM)
 
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["status"] == "defaulted"
     kept, _ = await container.payments.get(order["deposit_intent_id"])
     # What goes wrong: the authorization lapsed in the payment window and nobody renewed it.
     assert (kept.status.value, kept.canceled_reason) != ("canceled", "authorization_expired")
     # The lot's terms: the defaulting winner's deposit is kept as the penalty.
-    assert await _posted(container, "platform:penalties:USD") == 200_000
+    assert await posted(container, "platform:penalties:USD") == 200_000
 
 
 async def _winner_renewed_after_close(
@@ -145,12 +95,12 @@ async def _winner_renewed_after_close(
         reserve_price=10_000,
         ends_at=format_rfc3339(clock.now_us() + 4 * _DAY * 1_000_000),
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(4 * _DAY + 1)
     counts = await container.auctions.scheduler_pass(SYSTEM)
     assert (counts["closed"], counts["renewed"]) == (1, 1)
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["deposit_intent_id"] != first
     return lot["id"], a.id, first, order["deposit_intent_id"]
 
@@ -160,11 +110,11 @@ async def test_a_kept_deposit_renewed_after_the_close_is_what_pay_captures(
 ) -> None:
     """The order follows the renewal in the swap's transaction (``escrow.renew_deposit``): pay
     captures the live authorization into escrow, the old one is voided, no hold is left."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     lot_id, buyer, first, renewed = await _winner_renewed_after_close(market, container, clock)
     old, _ = await container.payments.get(first)
     assert (old.status.value, old.canceled_reason) == ("canceled", "abandoned")
-    order = await _order_of(container, lot_id)
+    order = await order_of(container, lot_id)
     async with container.db.transaction(write=False) as uow:
         [event] = await escrow_storage.events_named(uow, order["id"], "deposit_renewed")
     assert (event["renews"], event["payment_intent"]) == (first, renewed)
@@ -173,7 +123,7 @@ async def test_a_kept_deposit_renewed_after_the_close_is_what_pay_captures(
     assert paid.status.value == "paid"
     assert paid.deposit_intent_id == renewed
     # The hammer price (lifted to the reserve), all of it from the deposit.
-    assert await _posted(container, f"escrow:{order['id']}") == 10_000
+    assert await posted(container, f"escrow:{order['id']}") == 10_000
     async with container.db.transaction(write=False) as uow:
         acct = await ledger.get_account(uow, f"deposit:{buyer}:{lot_id}")
     assert acct.balances.credits_pending == 0  # the rest of the authorization is released
@@ -191,7 +141,7 @@ async def test_an_old_deposit_captured_while_it_is_renewed_stays_the_orders_depo
     before the renewal voids it (and dies before booking it): the renewal points the order
     back at the captured one and voids its own — the next pay books the captured deposit and
     never captures a second one."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     auctions = container.auctions
     real_void = auctions._void
     captured: list[str] = []
@@ -199,7 +149,7 @@ async def test_an_old_deposit_captured_while_it_is_renewed_stays_the_orders_depo
     async def void(ctx: Context, intent_id: str) -> Any:
         intent, _ = await container.payments.get(intent_id)
         if not captured and intent.status.value == "requires_capture":
-            order_of_lot = await _order_of(container, intent.metadata["lot_id"])
+            order_of_lot = await order_of(container, intent.metadata["lot_id"])
             if order_of_lot["deposit_intent_id"] != intent_id:  # the old one, after the swap
                 # What pay's _take_deposit does with the intent it read before the swap.
                 await container.payments.capture(SYSTEM, intent_id, amount_to_capture=10_000)
@@ -215,7 +165,7 @@ async def test_an_old_deposit_captured_while_it_is_renewed_stays_the_orders_depo
         reserve_price=10_000,
         ends_at=format_rfc3339(clock.now_us() + 4 * _DAY * 1_000_000),
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(4 * _DAY + 1)
     counts = await auctions.scheduler_pass(SYSTEM)
@@ -223,21 +173,13 @@ async def test_an_old_deposit_captured_while_it_is_renewed_stays_the_orders_depo
     assert captured == [first]
     monkeypatch.setattr(auctions, "_void", real_void)
 
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["deposit_intent_id"] == first
-    [renewal] = [i for i in await _deposit_intents(container, lot["id"]) if i.id != first]
+    [renewal] = [i for i in await deposit_intents(container, lot["id"]) if i.id != first]
     assert renewal.status.value == "canceled"
     paid, _ = await escrow.pay(SYSTEM, order["id"], payment_method=None)
     assert paid.status.value == "paid"
-    assert await _posted(container, f"escrow:{order['id']}") == 10_000  # the reserve
-
-
-async def _deposit_intents(container: Container, lot_id: str) -> list[Any]:
-    t = payments_storage.payment_intents
-    async with container.db.transaction(write=False) as uow:
-        rows = (await uow.conn.execute(sa.select(t.c.id))).scalars().all()
-    intents = [(await container.payments.get(i))[0] for i in rows]
-    return [i for i in intents if i.metadata.get("lot_id") == lot_id]
+    assert await posted(container, f"escrow:{order['id']}") == 10_000  # the reserve
 
 
 # -- 2. a deposit whose authorization failed after the call leaves the bidder locked out -----------
@@ -258,7 +200,7 @@ async def test_a_failed_3ds_deposit_can_be_replaced(
     )
     assert r.status_code == 201
     lot = await market.lot(seller, estimate=2_000_000)
-    first = await _deposit(market, lot["id"], a)
+    first = await make_deposit(market, lot["id"], a)
     assert first["payment_intent"]["status"] == "requires_action"
     [key] = [k for k, c in gateway.charges.items() if c.status is ChargeStatus.REQUIRES_ACTION]
     gateway.complete_challenge(key, passed=False)
@@ -270,7 +212,7 @@ async def test_a_failed_3ds_deposit_can_be_replaced(
         f"/v1/bidders/{a.id}/cards", json={"payment_method": "tok_ok_a"}, headers=a.headers
     )
     assert r.status_code == 201
-    again = await _deposit(market, lot["id"], a)
+    again = await make_deposit(market, lot["id"], a)
     assert again["payment_intent"]["status"] == "requires_capture", again
     assert (await market.bid(lot["id"], a, 5_000)).status_code == 201
 
@@ -356,7 +298,7 @@ async def test_a_second_chance_offer_never_sells_below_the_reserve(
     runner-up's maximum may sit below it; on default the runner-up is offered the lot at that
     maximum — a sale below the reserve nobody agreed to. (After a buy-now the runner-up's
     maximum is *always* below the reserve: buy-now is only offered until the reserve is met.)"""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     b = await market.party("bidder", "B")
@@ -369,7 +311,7 @@ async def test_a_second_chance_offer_never_sells_below_the_reserve(
     assert (r.json()["status"], r.json()["hammer_price"]) == ("closed", 10_000)
     clock.advance(601)
     await escrow.sweep(SYSTEM)
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["status"] == "defaulted"
     if order["offer_status"] == "open":
         assert order["runner_up_amount"] >= 10_000, order["runner_up_amount"]
@@ -395,7 +337,7 @@ async def test_a_renewal_racing_the_close_leaves_the_order_a_live_deposit(
     attached to a ``kept`` deposit nobody voids."""
     if not container.db.is_postgres:
         pytest.skip("SQLite has one writer: the renewal cannot commit inside the close")
-    _wire(container, gateway)
+    wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     now = clock.now_us()
@@ -406,7 +348,7 @@ async def test_a_renewal_racing_the_close_leaves_the_order_a_live_deposit(
         ends_at=format_rfc3339(now + int(4.6 * _DAY) * 1_000_000),
         soft_close_cap_s=_DAY,  # the lot may outlive the 5-day authorization: renewal is due
     )
-    await _deposit(market, lot["id"], a)
+    await make_deposit(market, lot["id"], a)
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(4.6 * _DAY + 1)
 
@@ -424,7 +366,7 @@ async def test_a_renewal_racing_the_close_leaves_the_order_a_live_deposit(
     assert raced == [1]
     monkeypatch.setattr(auction_storage, "deposits_of", original)
 
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     kept, _ = await container.payments.get(order["deposit_intent_id"])
     assert kept.status.value == "requires_capture", (kept.status, kept.canceled_reason)
 
@@ -439,17 +381,17 @@ async def test_no_renewal_once_a_pay_was_asked_for(
     """A pay reads the deposit under the order's lock and captures it at once: a renewal
     swapping the order's deposit after that could let two pays capture two authorizations.
     Escrow refuses the swap (``renew_deposit``) and the renewal is voided."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
         seller, estimate=2_000_000, reserve_price=10_000, payment_window_s=7 * _DAY
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(3_601)
     assert (await container.auctions.scheduler_pass(SYSTEM))["closed"] == 1
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
 
     async def asked_only(ctx: Context, current: Any, *rest: Any) -> Any:
         del ctx, rest
@@ -464,11 +406,11 @@ async def test_no_renewal_once_a_pay_was_asked_for(
 
     clock.advance(4.1 * _DAY)  # within a day of the first authorization's lapse
     assert (await container.auctions.scheduler_pass(SYSTEM))["renewed"] == 0
-    after = await _order_of(container, lot["id"])
+    after = await order_of(container, lot["id"])
     assert after["deposit_intent_id"] == first
     kept, _ = await container.payments.get(first)
     assert kept.status.value == "requires_capture"
-    others = [i for i in await _deposit_intents(container, lot["id"]) if i.id != first]
+    others = [i for i in await deposit_intents(container, lot["id"]) if i.id != first]
     assert others, "a renewal was authorized"
     assert {(i.status.value, i.canceled_reason) for i in others} == {("canceled", "abandoned")}
     async with container.db.read() as uow:

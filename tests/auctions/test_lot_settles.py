@@ -7,7 +7,7 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from tests.auctions.conftest import Market, idem
-from tests.auctions.test_deposits_review import _order_of, _wire
+from tests.auctions.deposit_support import order_of, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.auctions")
@@ -30,11 +30,11 @@ async def _closed_lot(market: Market, *, bidders: int) -> str:
 async def test_a_default_with_no_runner_up_settles_the_lot(
     market: Market, container: Container, clock: FixedClock, gateway: FakeGateway
 ) -> None:
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     lot_id = await _closed_lot(market, bidders=1)
     clock.advance(_WINDOW_S + 1)
     await escrow.sweep(SYSTEM)
-    order = await _order_of(container, lot_id)
+    order = await order_of(container, lot_id)
     assert (order["status"], order["offer_status"]) == ("defaulted", "none")
     assert (await market.get(lot_id))["status"] == "settled"
 
@@ -42,14 +42,14 @@ async def test_a_default_with_no_runner_up_settles_the_lot(
 async def test_a_lot_whose_second_chance_offer_expires_is_settled_then(
     market: Market, container: Container, clock: FixedClock, gateway: FakeGateway
 ) -> None:
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     lot_id = await _closed_lot(market, bidders=2)
     clock.advance(_WINDOW_S + 1)
     await escrow.sweep(SYSTEM)
-    order = await _order_of(container, lot_id)
+    order = await order_of(container, lot_id)
     assert (order["status"], order["offer_status"]) == ("defaulted", "open")
     assert (await market.get(lot_id))["status"] == "closed"  # the runner-up may still buy it
     clock.advance(_WINDOW_S + 1)
     await escrow.sweep(SYSTEM)
-    assert (await _order_of(container, lot_id))["offer_status"] == "expired"
+    assert (await order_of(container, lot_id))["offer_status"] == "expired"
     assert (await market.get(lot_id))["status"] == "settled"

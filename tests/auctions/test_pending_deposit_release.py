@@ -12,7 +12,7 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from tests.auctions.conftest import Market
-from tests.auctions.test_deposits_review import _deposit_intents, _wire
+from tests.auctions.deposit_support import deposit_intents, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.pending_deposit")
@@ -25,7 +25,7 @@ async def test_a_pending_deposits_authorization_is_voided_at_release(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _wire(container, gateway)
+    wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
@@ -46,13 +46,13 @@ async def test_a_pending_deposits_authorization_is_voided_at_release(
     async with container.db.read() as uow:
         [deposit] = await auction_storage.deposits_of(uow, lot["id"], a.id)
     assert (deposit.status.value, deposit.payment_intent) == ("pending", None)
-    [intent] = await _deposit_intents(container, lot["id"])
+    [intent] = await deposit_intents(container, lot["id"])
     assert intent.status.value == "requires_capture"  # held on the card
 
     clock.advance(3_601)
     assert (await container.auctions.scheduler_pass(SYSTEM))["closed"] == 1  # unsold
     await container.auctions.scheduler_pass(SYSTEM)
-    [intent] = await _deposit_intents(container, lot["id"])
+    [intent] = await deposit_intents(container, lot["id"])
     assert intent.status.value == "canceled"
     async with container.db.read() as uow:
         [deposit] = await auction_storage.deposits_of(uow, lot["id"], a.id)

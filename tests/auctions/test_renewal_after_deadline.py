@@ -9,7 +9,7 @@ from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from hammerlock.escrow import service as escrow_service
 from tests.auctions.conftest import Market
-from tests.auctions.test_deposits_review import _deposit, _order_of, _wire
+from tests.auctions.deposit_support import make_deposit, order_of, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.renewal_deadline")
@@ -18,7 +18,7 @@ SYSTEM = Context.system("tests.renewal_deadline")
 async def test_no_swap_from_the_payment_deadline_on(
     market: Market, container: Container, clock: FixedClock, gateway: FakeGateway
 ) -> None:
-    _wire(container, gateway)
+    wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
@@ -27,11 +27,11 @@ async def test_no_swap_from_the_payment_deadline_on(
         reserve_price=10_000,
         ends_at=format_rfc3339(clock.now_us() + 3_600 * 1_000_000),
     )
-    await _deposit(market, lot["id"], a)
+    await make_deposit(market, lot["id"], a)
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(3_601)
     assert (await container.auctions.scheduler_pass(SYSTEM))["closed"] == 1
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     kept = order["deposit_intent_id"]
 
     clock.advance((order["pay_by_us"] - clock.now_us()) / 1_000_000 - 1)  # just before
@@ -41,4 +41,4 @@ async def test_no_swap_from_the_payment_deadline_on(
     clock.advance(1)  # the deadline
     async with container.db.transaction() as uow:
         assert not await escrow_service.renew_deposit(uow, SYSTEM, kept, "pi_renewal_after")
-    assert (await _order_of(container, lot["id"]))["deposit_intent_id"] == kept
+    assert (await order_of(container, lot["id"]))["deposit_intent_id"] == kept

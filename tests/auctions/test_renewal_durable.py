@@ -15,52 +15,23 @@ import pytest
 
 from hammerlock.auctions import storage as auction_storage
 from hammerlock.auctions.model import RenewalState
-from hammerlock.auctions.service import Auctions
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
-from hammerlock.clock import FixedClock, format_rfc3339
+from hammerlock.clock import FixedClock
 from tests.auctions.conftest import Market
-from tests.auctions.test_deposits_review import _deposit, _deposit_intents, _order_of, _wire
+from tests.auctions.deposit_support import (
+    deposit_intents,
+    held_intents,
+    lot_with_deposit,
+    order_of,
+    renewal_attempts,
+    restarted,
+    wire,
+)
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.renewal_durable")
 _DAY = 86_400
-
-
-def _restarted(auctions: Auctions) -> Auctions:
-    init = [f.name for f in dataclasses.fields(auctions) if f.init]
-    return type(auctions)(**{name: getattr(auctions, name) for name in init})
-
-
-async def _held(container: Container, lot_id: str) -> list[str]:
-    return [
-        i.id
-        for i in await _deposit_intents(container, lot_id)
-        if i.status.value == "requires_capture"
-    ]
-
-
-async def _attempts(container: Container) -> list[auction_storage.Renewal]:
-    t = auction_storage.deposit_renewals
-    async with container.db.read() as uow:
-        rows = (await uow.conn.execute(t.select().order_by(t.c.version))).mappings().all()
-    return [auction_storage._renewal(r) for r in rows]
-
-
-async def _lot_with_deposit(
-    market: Market, clock: FixedClock, *, days: float, reserve: int | None = None
-) -> tuple[dict[str, Any], Any, str]:
-    seller = await market.party("seller")
-    a = await market.party("bidder", "A")
-    extra = {} if reserve is None else {"reserve_price": reserve}
-    lot = await market.lot(
-        seller,
-        estimate=2_000_000,
-        ends_at=format_rfc3339(clock.now_us() + int(days * _DAY) * 1_000_000),
-        **extra,
-    )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
-    return lot, a, first
 
 
 async def test_a_processing_renewal_is_voided_by_a_restarted_process(
@@ -68,16 +39,16 @@ async def test_a_processing_renewal_is_voided_by_a_restarted_process(
 ) -> None:
     """The renewal's answer is lost (``processing``), the process restarts, the lot closes
     unsold (the deposit row moves on): the restarted process voids the renewal."""
-    _wire(container, gateway)
-    lot, _, _ = await _lot_with_deposit(market, clock, days=4.5)
+    wire(container, gateway)
+    lot, _, _ = await lot_with_deposit(market, clock, days=4.5)
     clock.advance(4.1 * _DAY)
     gateway.faults.add("timeout_after_charge")
     assert await container.auctions.renew_deposits(SYSTEM) == 0
-    [attempt] = await _attempts(container)
+    [attempt] = await renewal_attempts(container)
     assert attempt.state is RenewalState.OPEN
     assert attempt.intent_id is not None
 
-    fresh = _restarted(container.auctions)
+    fresh = restarted(container.auctions)
     clock.advance(0.4 * _DAY + 1)
     fresh.renewed_us = clock.now_us()  # the close's pass does not scan renewals
     assert (await fresh.scheduler_pass(SYSTEM))["closed"] == 1
@@ -85,8 +56,8 @@ async def test_a_processing_renewal_is_voided_by_a_restarted_process(
         await container.payments.janitor_pass(SYSTEM)  # the gateway did authorize it
         clock.advance(120)
         await fresh.scheduler_pass(SYSTEM)
-    assert await _held(container, lot["id"]) == []
-    [attempt] = await _attempts(container)
+    assert await held_intents(container, lot["id"]) == []
+    [attempt] = await renewal_attempts(container)
     assert attempt.state is RenewalState.DONE
 
 
@@ -97,8 +68,8 @@ async def test_a_declined_renewal_is_tried_again_after_a_restart_and_not_before_
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _wire(container, gateway)
-    lot, a, first = await _lot_with_deposit(market, clock, days=6)
+    wire(container, gateway)
+    lot, a, first = await lot_with_deposit(market, clock, days=6)
     clock.advance(4.1 * _DAY)
     real_create = container.payments.create
 
@@ -108,22 +79,22 @@ async def test_a_declined_renewal_is_tried_again_after_a_restart_and_not_before_
     monkeypatch.setattr(container.payments, "create", declined)
     assert await container.auctions.renew_deposits(SYSTEM) == 0
     monkeypatch.setattr(container.payments, "create", real_create)  # the card is fine again
-    [attempt] = await _attempts(container)
+    [attempt] = await renewal_attempts(container)
     assert attempt.state is RenewalState.DECLINED
     assert attempt.retry_at_us == clock.now_us() + 6 * 3_600 * 1_000_000
 
-    fresh = _restarted(container.auctions)
+    fresh = restarted(container.auctions)
     clock.advance(3_600)
-    intents = len(await _deposit_intents(container, lot["id"]))
+    intents = len(await deposit_intents(container, lot["id"]))
     assert await fresh.renew_deposits(SYSTEM) == 0  # not yet: no new authorization asked for
-    assert len(await _deposit_intents(container, lot["id"])) == intents
+    assert len(await deposit_intents(container, lot["id"])) == intents
     clock.advance(5 * 3_600 + 1)
     assert await fresh.renew_deposits(SYSTEM) == 1
     async with container.db.read() as uow:
         [deposit] = await auction_storage.deposits_of(uow, lot["id"], a.id)
-    assert await _held(container, lot["id"]) == [deposit.payment_intent]
+    assert await held_intents(container, lot["id"]) == [deposit.payment_intent]
     assert deposit.payment_intent != first
-    assert [x.state for x in await _attempts(container)] == [
+    assert [x.state for x in await renewal_attempts(container)] == [
         RenewalState.DECLINED,
         RenewalState.DONE,
     ]
@@ -138,8 +109,8 @@ async def test_a_crash_between_the_swap_and_the_void_is_finished_after_a_restart
 ) -> None:
     """The swap committed, then the process died before voiding the old authorization: both
     were held on the card. A restarted process voids the old one."""
-    _wire(container, gateway)
-    lot, a, first = await _lot_with_deposit(market, clock, days=6)
+    wire(container, gateway)
+    lot, a, first = await lot_with_deposit(market, clock, days=6)
     clock.advance(4.1 * _DAY)
     crashing = container.auctions
 
@@ -148,18 +119,18 @@ async def test_a_crash_between_the_swap_and_the_void_is_finished_after_a_restart
 
     monkeypatch.setattr(crashing, "_finish_swap", crash)
     assert await crashing.renew_deposits(SYSTEM) == 0  # the error is logged, the pass goes on
-    assert len(await _held(container, lot["id"])) == 2
-    [attempt] = await _attempts(container)
+    assert len(await held_intents(container, lot["id"])) == 2
+    [attempt] = await renewal_attempts(container)
     assert attempt.state is RenewalState.SWAPPED
 
-    fresh = _restarted(container.auctions)
+    fresh = restarted(container.auctions)
     clock.advance(120)
     await fresh.renew_deposits(SYSTEM)
     async with container.db.read() as uow:
         [deposit] = await auction_storage.deposits_of(uow, lot["id"], a.id)
     assert deposit.payment_intent != first
-    assert await _held(container, lot["id"]) == [deposit.payment_intent]
-    [attempt] = await _attempts(container)
+    assert await held_intents(container, lot["id"]) == [deposit.payment_intent]
+    [attempt] = await renewal_attempts(container)
     assert attempt.state is RenewalState.DONE
 
 
@@ -173,7 +144,7 @@ async def test_a_crash_inside_the_undo_is_finished_after_a_restart(
     """A pay captured the old authorization between the renewal's swap and its void; the
     renewal's undo points the deposit and the order back at it, then the process dies before
     voiding the renewal. A restarted process voids it: the buyer's card is not held twice."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     auctions = container.auctions
     real_void = auctions._void
     captured: list[str] = []
@@ -181,7 +152,7 @@ async def test_a_crash_inside_the_undo_is_finished_after_a_restart(
     async def void(ctx: Context, intent_id: str) -> Any:
         intent, _ = await container.payments.get(intent_id)
         if not captured and intent.status.value == "requires_capture":
-            order_of_lot = await _order_of(container, intent.metadata["lot_id"])
+            order_of_lot = await order_of(container, intent.metadata["lot_id"])
             if order_of_lot["deposit_intent_id"] != intent_id:  # the old one, after the swap
                 await container.payments.capture(SYSTEM, intent_id, amount_to_capture=10_000)
                 captured.append(intent_id)
@@ -190,22 +161,22 @@ async def test_a_crash_inside_the_undo_is_finished_after_a_restart(
         return await real_void(ctx, intent_id)
 
     monkeypatch.setattr(auctions, "_void", void)
-    lot, bidder, _ = await _lot_with_deposit(market, clock, days=4, reserve=10_000)
+    lot, bidder, _ = await lot_with_deposit(market, clock, days=4, reserve=10_000)
     assert (await market.bid(lot["id"], bidder, 50_000)).status_code == 201
     clock.advance(4 * _DAY + 1)
     counts = await auctions.scheduler_pass(SYSTEM)
     assert counts["closed"] == 1
-    order = await _order_of(container, lot["id"])
-    [attempt] = [x for x in await _attempts(container) if x.state is RenewalState.UNDONE]
+    order = await order_of(container, lot["id"])
+    [attempt] = [x for x in await renewal_attempts(container) if x.state is RenewalState.UNDONE]
     assert order["deposit_intent_id"] == attempt.old_intent == captured[0]
-    assert attempt.intent_id in await _held(container, lot["id"])
+    assert attempt.intent_id in await held_intents(container, lot["id"])
 
-    fresh = _restarted(auctions)
+    fresh = restarted(auctions)
     fresh.payments = container.payments
     clock.advance(120)
     await fresh.renew_deposits(SYSTEM)
-    assert attempt.intent_id not in await _held(container, lot["id"])
-    [done] = [x for x in await _attempts(container) if x.intent_id == attempt.intent_id]
+    assert attempt.intent_id not in await held_intents(container, lot["id"])
+    [done] = [x for x in await renewal_attempts(container) if x.intent_id == attempt.intent_id]
     assert done.state is RenewalState.DONE
     paid, _ = await escrow.pay(SYSTEM, order["id"], payment_method=None)
     assert paid.status.value == "paid"
@@ -221,8 +192,8 @@ async def test_an_attempt_whose_gateway_call_never_happened_is_closed_once_the_r
 ) -> None:
     """Recorded, then the process died before payments recorded anything: no authorization
     exists. Once the deposit row moved on and the attempt is ten minutes old it is closed."""
-    _wire(container, gateway)
-    lot, _, _ = await _lot_with_deposit(market, clock, days=4.5)
+    wire(container, gateway)
+    lot, _, _ = await lot_with_deposit(market, clock, days=4.5)
     clock.advance(4.1 * _DAY)
 
     async def dies(*_: Any, **__: Any) -> Any:
@@ -231,15 +202,15 @@ async def test_an_attempt_whose_gateway_call_never_happened_is_closed_once_the_r
     monkeypatch.setattr(container.payments, "create", dies)
     assert await container.auctions.renew_deposits(SYSTEM) == 0
     monkeypatch.undo()
-    [attempt] = await _attempts(container)
+    [attempt] = await renewal_attempts(container)
     assert (attempt.state, attempt.intent_id) == (RenewalState.OPEN, None)
 
-    fresh = _restarted(container.auctions)
+    fresh = restarted(container.auctions)
     clock.advance(0.4 * _DAY + 1)
     fresh.renewed_us = clock.now_us()
     assert (await fresh.scheduler_pass(SYSTEM))["closed"] == 1  # unsold: the row moves on
     fresh.renewed_us = 0
     await fresh.scheduler_pass(SYSTEM)
-    [attempt] = await _attempts(container)
+    [attempt] = await renewal_attempts(container)
     assert attempt.state is RenewalState.DONE  # the close was ~9.6 h after the attempt
-    assert await _held(container, lot["id"]) == []
+    assert await held_intents(container, lot["id"]) == []

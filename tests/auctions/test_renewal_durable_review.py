@@ -17,8 +17,13 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
 from tests.auctions.conftest import Market
-from tests.auctions.test_deposits_review import _wire
-from tests.auctions.test_renewal_durable import _attempts, _held, _lot_with_deposit, _restarted
+from tests.auctions.deposit_support import (
+    held_intents,
+    lot_with_deposit,
+    renewal_attempts,
+    restarted,
+    wire,
+)
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.renewal_durable_review")
@@ -48,10 +53,10 @@ async def test_a_stale_decline_never_overwrites_a_swapped_attempt(
     X, ``canceled``; B "declines" it and writes ``declined`` over ``swapped``. No settling
     pass looks at a ``declined`` attempt: W stays held on the bidder's card, beside a released
     deposit, until it lapses (invariant 2)."""
-    _wire(container, gateway)
-    lot, _, first = await _lot_with_deposit(market, clock, days=4.5)  # no bid: unsold
+    wire(container, gateway)
+    lot, _, first = await lot_with_deposit(market, clock, days=4.5)  # no bid: unsold
     proc_a = container.auctions
-    proc_b = _restarted(proc_a)
+    proc_b = restarted(proc_a)
     clock.advance(4.1 * _DAY)
 
     async def a_dies(*_: Any, **__: Any) -> bool:
@@ -77,11 +82,11 @@ async def test_a_stale_decline_never_overwrites_a_swapped_attempt(
 
     for _ in range(3):  # every process's settling passes, as in production
         clock.advance(120)
-        for p in (proc_a, proc_b, _restarted(proc_a)):
+        for p in (proc_a, proc_b, restarted(proc_a)):
             await p.renew_deposits(SYSTEM)
-    [attempt] = await _attempts(container)
+    [attempt] = await renewal_attempts(container)
     assert attempt.old_intent == first
     # What goes wrong: W (the first authorization) is held on the card beside a released
     # deposit, and its attempt reads "declined", which no settling pass looks at.
-    assert await _held(container, lot["id"]) == [], attempt
+    assert await held_intents(container, lot["id"]) == [], attempt
     assert attempt.state is RenewalState.DONE, attempt

@@ -17,8 +17,8 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from tests.auctions.conftest import Market
+from tests.auctions.deposit_support import make_deposit, order_of, posted, wire
 from tests.auctions.test_deposit_renewal_races import _kept_deposit_due_for_renewal
-from tests.auctions.test_deposits_review import _deposit, _order_of, _posted, _wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.review_s6c")
@@ -72,7 +72,7 @@ async def test_a_renewal_answered_processing_is_not_voided_once_another_process_
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _wire(container, gateway)
+    wire(container, gateway)
     lot_id, first = await _kept_deposit_due_for_renewal(
         market, container, clock, renew_at_close=False
     )
@@ -80,7 +80,7 @@ async def test_a_renewal_answered_processing_is_not_voided_once_another_process_
     raced = await _shared_renewal_voided_by_its_first_caller(container, gateway, monkeypatch)
     assert raced == [1]  # B renewed: swapped in and voided the first authorization
 
-    order = await _order_of(container, lot_id)
+    order = await order_of(container, lot_id)
     assert order["deposit_intent_id"] != first
     live, _ = await container.payments.get(order["deposit_intent_id"])
     # What goes wrong: A voided the renewal B swapped in; the first one is voided by B.
@@ -95,15 +95,15 @@ async def test_a_renewal_answered_processing_then_default_still_captures_the_pen
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same interleaving, followed to the default: the penalty (200,000) is lost."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     lot_id, _ = await _kept_deposit_due_for_renewal(market, container, clock, renew_at_close=False)
     clock.advance(_DAY // 2)
     await _shared_renewal_voided_by_its_first_caller(container, gateway, monkeypatch)
     clock.advance(2 * _DAY)  # the payment window (48 h) passes
     await escrow.sweep(SYSTEM)
-    order = await _order_of(container, lot_id)
+    order = await order_of(container, lot_id)
     assert order["status"] == "defaulted"
-    assert await _posted(container, "platform:penalties:USD") == 200_000
+    assert await posted(container, "platform:penalties:USD") == 200_000
 
 
 # -- 2. a renewal left behind in one six-hour slot is never found again: held until it lapses ----
@@ -122,14 +122,14 @@ async def test_a_renewal_interrupted_before_its_swap_is_not_left_held_after_the_
     slot in the key, an attempt in the next six-hour slot (the same deposit row, version
     unchanged) makes a new authorization Y and swaps it in; X is never looked at again and
     stays held on the bidder's card, beside Y, until it lapses days later."""
-    _wire(container, gateway)
+    wire(container, gateway)
     auctions = container.auctions
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
         seller, estimate=2_000_000, ends_at=format_rfc3339(clock.now_us() + 6 * _DAY * 1_000_000)
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     real_create, real_swap = container.payments.create, auctions._swap
     made: list[str] = []
 

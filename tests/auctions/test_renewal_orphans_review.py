@@ -15,7 +15,7 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from tests.auctions.conftest import Market
-from tests.auctions.test_deposits_review import _deposit, _deposit_intents, _order_of, _wire
+from tests.auctions.deposit_support import deposit_intents, make_deposit, order_of, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.review_s6d")
@@ -23,7 +23,7 @@ _DAY = 86_400
 
 
 async def _held(container: Container, lot_id: str) -> list[str]:
-    intents = await _deposit_intents(container, lot_id)
+    intents = await deposit_intents(container, lot_id)
     return [i.id for i in intents if i.status.value == "requires_capture"]
 
 
@@ -41,7 +41,7 @@ async def test_a_processing_renewal_is_not_left_held_once_the_close_moved_the_ro
     version v+1, so its key is ``…:v{v+1}``: a third authorization, swapped in; the one made
     under ``…:v{v}`` is never looked at again. The winner's card holds the deposit twice; the
     orphan stays until the janitor expires it days later."""
-    _wire(container, gateway)
+    wire(container, gateway)
     auctions = container.auctions
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -51,7 +51,7 @@ async def test_a_processing_renewal_is_not_left_held_once_the_close_moved_the_ro
         reserve_price=10_000,
         ends_at=format_rfc3339(clock.now_us() + int(4.5 * _DAY) * 1_000_000),
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
 
     clock.advance(4.1 * _DAY)  # within a day of the first authorization's lapse, lot still open
@@ -65,7 +65,7 @@ async def test_a_processing_renewal_is_not_left_held_once_the_close_moved_the_ro
     clock.advance(120)
     assert await auctions.renew_deposits(SYSTEM) == 1  # key …:v{v+1}: a new authorization
 
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["deposit_intent_id"] != first
     # What goes wrong: the renewal made under version v is still held, pointed at by nothing.
     assert await _held(container, lot["id"]) == [order["deposit_intent_id"]]
@@ -77,7 +77,7 @@ async def test_a_processing_renewal_is_not_left_held_once_the_lot_closed_unsold(
     """The same for a loser's (here: unsold lot's) deposit: ``release_deposits`` voids the
     authorization the row points at and marks it released; the renewal left ``processing`` at
     version v is resolved by the janitor to ``requires_capture`` and nothing ever voids it."""
-    _wire(container, gateway)
+    wire(container, gateway)
     auctions = container.auctions
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -86,7 +86,7 @@ async def test_a_processing_renewal_is_not_left_held_once_the_lot_closed_unsold(
         estimate=2_000_000,
         ends_at=format_rfc3339(clock.now_us() + int(4.5 * _DAY) * 1_000_000),
     )
-    await _deposit(market, lot["id"], a)
+    await make_deposit(market, lot["id"], a)
     clock.advance(4.1 * _DAY)
     gateway.faults.add("timeout_after_charge")
     assert await auctions.renew_deposits(SYSTEM) == 0
@@ -118,7 +118,7 @@ async def test_a_retry_bump_does_not_orphan_another_processs_processing_renewal(
     due: A reads the row at v+1, bumps it to v+2 (nothing tells it C's attempt is in flight)
     and authorizes and swaps under ``…:v{v+2}``. Nobody ever asks for ``…:v{v+1}`` again: the
     janitor resolves it to ``requires_capture`` and it stays held beside the deposit's."""
-    _wire(container, gateway)
+    wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
@@ -126,7 +126,7 @@ async def test_a_retry_bump_does_not_orphan_another_processs_processing_renewal(
         estimate=2_000_000,
         ends_at=format_rfc3339(clock.now_us() + 6 * _DAY * 1_000_000),
     )
-    await _deposit(market, lot["id"], a)
+    await make_deposit(market, lot["id"], a)
     proc_a = container.auctions
     proc_c = type(proc_a)(**{f: getattr(proc_a, f) for f in _init_fields(proc_a)})
     clock.advance(4.1 * _DAY)
@@ -182,7 +182,7 @@ async def test_a_declined_renewal_is_tried_again_when_the_retry_memory_is_full(
     answers the same declined intent: no new attempt is ever made, however long the card has
     been fine again, until the memory empties (entries live up to 30 h; the renewal window is
     24 h) — the deposit lapses."""
-    _wire(container, gateway)
+    wire(container, gateway)
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
@@ -190,7 +190,7 @@ async def test_a_declined_renewal_is_tried_again_when_the_retry_memory_is_full(
         estimate=2_000_000,
         ends_at=format_rfc3339(clock.now_us() + 6 * _DAY * 1_000_000),
     )
-    await _deposit(market, lot["id"], a)
+    await make_deposit(market, lot["id"], a)
     auctions = container.auctions
     clock.advance(4.1 * _DAY)
     real_create = container.payments.create

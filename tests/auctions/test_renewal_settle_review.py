@@ -16,7 +16,7 @@ from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from tests.auctions.conftest import Market
-from tests.auctions.test_deposits_review import _deposit, _deposit_intents, _order_of, _wire
+from tests.auctions.deposit_support import deposit_intents, make_deposit, order_of, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.review_s6e")
@@ -41,18 +41,18 @@ async def test_a_processing_renewal_is_voided_once_pay_captured_the_old_authoriz
     ever does: ``_renew_one`` stops at once because W is no longer ``requires_capture``. The
     janitor resolves X to ``requires_capture`` and it stays held on the buyer's card, beside
     the captured deposit, until it lapses days later."""
-    escrow = _wire(container, gateway)
+    escrow = wire(container, gateway)
     auctions = container.auctions
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
     lot = await market.lot(
         seller, estimate=2_000_000, reserve_price=10_000, payment_window_s=7 * _DAY
     )
-    first = (await _deposit(market, lot["id"], a))["payment_intent"]["id"]
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
     assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
     clock.advance(3_601)
     assert (await auctions.scheduler_pass(SYSTEM))["closed"] == 1
-    order = await _order_of(container, lot["id"])
+    order = await order_of(container, lot["id"])
     assert order["deposit_intent_id"] == first
 
     clock.advance(4.1 * _DAY)  # within a day of the first authorization's lapse
@@ -71,7 +71,7 @@ async def test_a_processing_renewal_is_voided_once_pay_captured_the_old_authoriz
     intent, _ = await container.payments.get(renewal)
     held = [
         i.id
-        for i in await _deposit_intents(container, lot["id"])
+        for i in await deposit_intents(container, lot["id"])
         if i.status.value == "requires_capture"
     ]
     # What goes wrong: the renewal is held on the card of a buyer who has paid.
@@ -91,7 +91,7 @@ async def test_one_unsettled_renewal_failing_to_settle_does_not_stop_every_renew
     bug-like error from the cancel) raises out of ``renew_deposits`` before the scan — and,
     the entry being kept, on every pass after: this process never renews any deposit again,
     and the lots whose deposits it alone would renew lapse."""
-    _wire(container, gateway)
+    wire(container, gateway)
     auctions = container.auctions
     seller = await market.party("seller")
     a = await market.party("bidder", "A")
@@ -106,9 +106,9 @@ async def test_one_unsettled_renewal_failing_to_settle_does_not_stop_every_renew
         estimate=2_000_000,
         ends_at=format_rfc3339(clock.now_us() + 8 * _DAY * 1_000_000),
     )
-    await _deposit(market, lot1["id"], a)
+    await make_deposit(market, lot1["id"], a)
     clock.advance(0.5 * _DAY)
-    second = (await _deposit(market, lot2["id"], b))["payment_intent"]["id"]
+    second = (await make_deposit(market, lot2["id"], b))["payment_intent"]["id"]
 
     clock.advance(3.6 * _DAY)  # lot 1's deposit is due, lot 2's not yet
     gateway.faults.add("timeout_after_charge")

@@ -57,6 +57,7 @@ import structlog
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import Context
 from hammerlock.db.engine import Database
+from hammerlock.db.rows import Along
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.escrow import storage
 from hammerlock.escrow.errors import (
@@ -382,7 +383,7 @@ def _fresh_order_id(now_us: int) -> str:
 
 def _record_along(
     uow: UnitOfWork, ctx: Context, order: Order, event: str, details: dict[str, Any]
-) -> storage.Along:
+) -> Along:
     """What :func:`_record` writes, as statements to ride along the write of the order's row
     (PostgreSQL: one round trip for the row, the timeline entry, the audit event and the
     webhook instead of four)."""

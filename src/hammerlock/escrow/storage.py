@@ -16,7 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
-from hammerlock.db.rows import insert_row, update_versioned
+from hammerlock.db.rows import (
+    Along,
+    insert_row,
+    insert_row_with,
+    update_versioned,
+    update_versioned_with,
+)
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.escrow.model import OfferStatus, Order, OrderStatus, PayoutStatus
 
@@ -151,68 +157,21 @@ async def save_order(uow: UnitOfWork, order: Order, *, expected_version: int) ->
     )
 
 
-# The order's row as execution parameters ``order_`` + column, for :func:`save_order_with`
-# and :func:`insert_order_with` (named apart from the parameters of the statements they carry).
-_P = "order_"
-
-
-@functools.cache
-def _update_order() -> sa.Update:
-    t = escrow_orders
-    return (
-        t.update()
-        .where(t.c.id == sa.bindparam("where_id_"), t.c.version == sa.bindparam("where_version_"))
-        .values(
-            {c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns if c.name != "id"}
-        )
-    )
-
-
-@functools.cache
-def _insert_order() -> sa.Insert:
-    t = escrow_orders
-    return t.insert().values({c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns})
-
-
-@functools.cache
-def _with(main: Any, along: tuple[sa.Insert, ...]) -> Any:
-    """``main`` carrying each of ``along`` as a data-modifying CTE (PostgreSQL runs every one to
-    completion, in the statement's one round trip), built once per combination (constant
-    statements: their compiled form is cached)."""
-    for n, statement in enumerate(along):
-        main = main.add_cte(statement.cte(f"along_{n}"))
-    return main
-
-
-Along = list[tuple[sa.Insert, dict[str, Any]]]
-
-
-def _along_params(along: Along) -> tuple[tuple[sa.Insert, ...], dict[str, Any]]:
-    params: dict[str, Any] = {}
-    for _, p in along:
-        params.update(p)
-    return tuple(statement for statement, _ in along), params
-
-
 async def save_order_with(
     uow: UnitOfWork, order: Order, *, expected_version: int, along: Along
 ) -> bool:
     """:func:`save_order` and the INSERTs ``along`` (their parameters named apart from
     ``order_…`` and each other) in one statement: PostgreSQL only (data-modifying CTEs). The
     INSERTs run whether or not the version matches: on False the caller rolls back."""
-    statements, params = _along_params(along)
-    params.update({_P + name: value for name, value in _values(order).items() if name != "id"})
-    params["where_id_"] = order.id
-    params["where_version_"] = expected_version
-    result = await uow.conn.execute(_with(_update_order(), statements), params)
-    return bool(result.rowcount == 1)
+    return await update_versioned_with(
+        uow, escrow_orders, _values(order), expected_version=expected_version, prefix="order_",
+        along=along,
+    )  # fmt: skip
 
 
 async def insert_order_with(uow: UnitOfWork, order: Order, *, along: Along) -> None:
     """:func:`insert_order` and the INSERTs ``along`` in one statement (PostgreSQL only)."""
-    statements, params = _along_params(along)
-    params.update({_P + name: value for name, value in _values(order).items()})
-    await uow.conn.execute(_with(_insert_order(), statements), params)
+    await insert_row_with(uow, escrow_orders, _values(order), prefix="order_", along=along)
 
 
 def _append_event_statement(prefix: str = "") -> sa.Insert:

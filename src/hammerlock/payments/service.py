@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import AuditEvent, Context, Outcome
 from hammerlock.db.engine import Database
+from hammerlock.db.rows import Along
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.ledger import service as ledger
 from hammerlock.ledger.model import (
@@ -263,7 +264,7 @@ class Payments:
         self.on_chargeback = on_chargeback
         # PostgreSQL: the audit and webhook INSERTs of a transition's transaction, by id() of its
         # unit of work, held back to ride along the intent's UPDATE (one round trip; `_save`).
-        self._along: dict[int, storage.Along] = {}
+        self._along: dict[int, Along] = {}
 
     # -- reads -----------------------------------------------------------------------------
 

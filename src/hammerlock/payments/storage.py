@@ -15,7 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
-from hammerlock.db.rows import insert_row, update_versioned
+from hammerlock.db.rows import (
+    Along,
+    insert_row,
+    insert_row_with,
+    update_versioned,
+    update_versioned_with,
+)
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.payments.model import (
     CaptureMethod,
@@ -189,52 +195,13 @@ async def insert_intent(uow: UnitOfWork, intent: PaymentIntent) -> None:
     await insert_row(uow, payment_intents, _intent_values(intent))
 
 
-# The intent's row as execution parameters ``intent_`` + column, for the statements below that
-# carry other INSERTs along (named apart from theirs: ``audit_…``, ``webhook_…``).
-_P = "intent_"
-Along = list[tuple[sa.Insert, dict[str, Any]]]
-
-
-@functools.cache
-def _update_intent() -> sa.Update:
-    t = payment_intents
-    return (
-        t.update()
-        .where(t.c.id == sa.bindparam("where_id_"), t.c.version == sa.bindparam("where_version_"))
-        .values(
-            {c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns if c.name != "id"}
-        )
-    )
-
-
-@functools.cache
-def _insert_intent() -> sa.Insert:
-    t = payment_intents
-    return t.insert().values({c.name: sa.bindparam(_P + c.name, type_=c.type) for c in t.columns})
-
-
-@functools.cache
-def _with(main: Any, along: tuple[sa.Insert, ...]) -> Any:
-    """``main`` carrying each of ``along`` as a data-modifying CTE (PostgreSQL runs every one to
-    completion, in the statement's one round trip), built once per combination (constant
-    statements: their compiled form is cached)."""
-    for n, statement in enumerate(along):
-        main = main.add_cte(statement.cte(f"along_{n}"))
-    return main
-
-
-def _along(along: Along) -> tuple[tuple[sa.Insert, ...], dict[str, Any]]:
-    params: dict[str, Any] = {}
-    for _, p in along:
-        params.update(p)
-    return tuple(statement for statement, _ in along), params
-
-
 async def insert_intent_with(uow: UnitOfWork, intent: PaymentIntent, *, along: Along) -> None:
-    """:func:`insert_intent` and the INSERTs ``along`` in one statement (PostgreSQL only)."""
-    statements, params = _along(along)
-    params.update({_P + name: value for name, value in _intent_values(intent).items()})
-    await uow.conn.execute(_with(_insert_intent(), statements), params)
+    """:func:`insert_intent` and the INSERTs ``along`` (their parameters named apart from
+    ``intent_…`` and each other: ``audit_…``, ``webhook_…``) in one statement (PostgreSQL
+    only)."""
+    await insert_row_with(
+        uow, payment_intents, _intent_values(intent), prefix="intent_", along=along
+    )
 
 
 async def save_intent_with(
@@ -243,13 +210,10 @@ async def save_intent_with(
     """:func:`save_intent` and the INSERTs ``along`` in one statement (PostgreSQL only: data-
     modifying CTEs). They run whether or not the version matches: on False the caller rolls
     back."""
-    statements, params = _along(along)
-    values = _intent_values(intent)
-    params.update({_P + name: value for name, value in values.items() if name != "id"})
-    params["where_id_"] = values["id"]
-    params["where_version_"] = expected_version
-    result = await uow.conn.execute(_with(_update_intent(), statements), params)
-    return bool(result.rowcount == 1)
+    return await update_versioned_with(
+        uow, payment_intents, _intent_values(intent), expected_version=expected_version,
+        prefix="intent_", along=along,
+    )  # fmt: skip
 
 
 @functools.cache

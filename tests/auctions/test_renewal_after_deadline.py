@@ -1,6 +1,6 @@
-"""Escrow refuses to follow a kept deposit's renewal from the order's payment deadline on: a
-default may be capturing the deposit it read, and a swap then could let a second default capture
-the other authorization (review of ADR 0019)."""
+"""Escrow refuses to follow a kept deposit's renewal from an hour before the order's payment
+deadline on: a default may be capturing the deposit it read, and a swap committing then could
+let a second default capture the other authorization (reviews of ADR 0019)."""
 
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ async def test_no_swap_from_the_payment_deadline_on(
     order = await order_of(container, lot["id"])
     kept = order["deposit_intent_id"]
 
-    clock.advance((order["pay_by_us"] - clock.now_us()) / 1_000_000 - 1)  # just before
+    cutoff_s = (order["pay_by_us"] - clock.now_us()) / 1_000_000 - 3_600  # an hour before
+    clock.advance(cutoff_s - 1)
     async with container.db.transaction() as uow:
         assert await escrow_service.renew_deposit(uow, SYSTEM, kept, "pi_renewal_before")
         assert await escrow_service.renew_deposit(uow, SYSTEM, "pi_renewal_before", kept)
-    clock.advance(1)  # the deadline
+    clock.advance(1)  # an hour before the deadline: no swap may commit near it
     async with container.db.transaction() as uow:
         assert not await escrow_service.renew_deposit(uow, SYSTEM, kept, "pi_renewal_after")
     assert (await order_of(container, lot["id"]))["deposit_intent_id"] == kept

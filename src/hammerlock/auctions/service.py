@@ -665,7 +665,7 @@ class Auctions:
                     {
                         "lot_id": lot_id,
                         "bidder_id": deposit.bidder_id,
-                        "payment_intent": deposit.payment_intent,
+                        "payment_intent": intent_id,
                         "amount": deposit.amount,
                     },
                 )
@@ -856,10 +856,12 @@ class Auctions:
             # while the row stays at this version; once it moves on, nobody can swap it in and
             # the settling pass voids it.
             async with self.db.transaction() as uow:
-                await storage.note_renewal_intent(uow, attempt, new.id, uow.clock.now_us())
+                noted = await storage.note_renewal_intent(uow, attempt, new.id, uow.clock.now_us())
+            if not noted:
+                await self._unrecorded(ctx, deposit.id, new.id)
             return 0
         if new.status is not IntentStatus.REQUIRES_CAPTURE:
-            await self._declined(ctx, deposit, attempt, new.id, now_us)
+            await self._declined(ctx, deposit, attempt, new.id, now_us, reason="declined")
             return 0
         try:
             async with self.db.transaction() as uow:
@@ -872,25 +874,48 @@ class Auctions:
             async with self.db.read() as uow:
                 now = await storage.get_deposit(uow, deposit.id)
             if now is None or now.payment_intent != new.id:
-                await self._declined(ctx, deposit, attempt, new.id, now_us)
+                await self._declined(ctx, deposit, attempt, new.id, now_us, reason="not_swapped")
             return 0
         stands = await self._finish_swap(
             ctx, replace(attempt, intent_id=new.id, state=RenewalState.SWAPPED)
         )
         return 1 if stands else 0
 
+    async def _unrecorded(self, ctx: Context, deposit_id: str, intent_id: str) -> None:
+        """A renewal answered ``processing`` whose attempt was closed meanwhile (the settling
+        pass found no intent under its key while this call was in flight): nothing will settle
+        it but this — voided unless the deposit points at it."""
+        async with self.db.read() as uow:
+            now = await storage.get_deposit(uow, deposit_id)
+        if now is None or now.payment_intent != intent_id:
+            log.warning("auctions.deposit_renewal_unrecorded", deposit=deposit_id, intent=intent_id)
+            await self._void(ctx, intent_id)
+
     async def _declined(
-        self, ctx: Context, deposit: Deposit, attempt: Renewal, intent_id: str, now_us: int
+        self,
+        ctx: Context,
+        deposit: Deposit,
+        attempt: Renewal,
+        intent_id: str,
+        now_us: int,
+        *,
+        reason: str,
     ) -> None:
-        """The renewal cannot be the deposit's: declined, waiting for a 3-D Secure challenge
-        nobody will take, or the row (or the order) moved on before the swap. It is voided;
-        the old authorization still holds, and a new attempt is made later."""
+        """The renewal cannot be the deposit's: ``declined`` (refused, or waiting for a 3-D
+        Secure challenge nobody will take) or ``not_swapped`` (the row, or the order, moved on
+        before the swap; escrow refuses once a pay was asked for or near the deadline). It is
+        voided; the old authorization still holds, and a new attempt is made later."""
         log.warning("auctions.deposit_renewal_failed", deposit=deposit.id, intent=intent_id)
         new = await self._void(ctx, intent_id)
         if new.status not in _DEAD_INTENT:
             # The void is not through: the attempt stays open and the settling pass voids it.
             async with self.db.transaction() as uow:
-                await storage.note_renewal_intent(uow, attempt, intent_id, uow.clock.now_us())
+                if not await storage.note_renewal_intent(
+                    uow, attempt, intent_id, uow.clock.now_us()
+                ):
+                    log.warning(
+                        "auctions.deposit_renewal_unrecorded", deposit=deposit.id, intent=intent_id
+                    )
             return
         async with self.db.transaction() as uow:
             if await storage.set_renewal(
@@ -907,7 +932,12 @@ class Auctions:
                     ctx,
                     deposit.id,
                     "auctions.deposit.renewal_declined",
-                    {"lot_id": deposit.lot_id, "intent": new.id, "status": new.status.value},
+                    {
+                        "lot_id": deposit.lot_id,
+                        "intent": new.id,
+                        "status": new.status.value,
+                        "reason": reason,
+                    },
                 )
 
     async def _settle_renewals(self, ctx: Context) -> None:
@@ -964,10 +994,12 @@ class Auctions:
             await self._renewal_done(replace(attempt, intent_id=intent_id))
 
     async def _finish_swap(self, ctx: Context, attempt: Renewal) -> bool:
-        """The deposit points at the renewal: void the old authorization. A pay or a default
-        that captured the old one between the swap and its void makes it the deposit again:
-        the deposit (and the order, unless escrow already did) points back at it and the
-        renewal is voided, so the order never captures both. Whether the renewal stands."""
+        """The deposit points at the renewal: void the old authorization. Should the old one
+        have been captured between the swap and its void (escrow's rules leave no known way:
+        a pay asked for, or the payment deadline near, refuses the swap), it is the deposit
+        again: the deposit row (and the order, unless escrow recorded the capture itself)
+        points back at it and the renewal is voided, so nothing captures both. Whether the
+        renewal stands."""
         voided = await self._void(ctx, attempt.old_intent)
         if voided.status in _DEAD_INTENT:
             await self._renewal_done(attempt)
@@ -987,13 +1019,20 @@ class Auctions:
                 now_us=uow.clock.now_us(),
                 expected=(DepositStatus.KEPT, attempt.intent_id),
             )
+            # Escrow records what it captures itself; a capture made elsewhere (an operator
+            # through the payments API) needs the order pointed back too (refused otherwise).
             await self.renew_order_deposit(uow, ctx, attempt.intent_id, attempt.old_intent)
+            deposit = await storage.get_deposit(uow, attempt.deposit_id)
             await _audit_deposit(
                 uow,
                 ctx,
                 attempt.deposit_id,
                 "auctions.deposit.renew_undone",
-                {"captured": attempt.old_intent, "voided": attempt.intent_id},
+                {
+                    "lot_id": None if deposit is None else deposit.lot_id,
+                    "captured": attempt.old_intent,
+                    "voided": attempt.intent_id,
+                },
             )
         await self._void_undone(ctx, replace(attempt, state=RenewalState.UNDONE))
         return False

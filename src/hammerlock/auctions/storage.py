@@ -786,8 +786,14 @@ async def record_renewal(
         "updated_us": now_us,
     }
     insert = pg_insert(t) if uow.is_postgres else sqlite_insert(t)
+    # An open attempt taken up again is touched: the settling pass closes an open attempt with
+    # no intent only once nobody has been at it for a while.
     await uow.conn.execute(
-        insert.values(**values).on_conflict_do_nothing(index_elements=[t.c.deposit_id, t.c.version])
+        insert.values(**values).on_conflict_do_update(
+            index_elements=[t.c.deposit_id, t.c.version],
+            set_={"updated_us": now_us},
+            where=t.c.state == RenewalState.OPEN.value,
+        )
     )
     found = await get_renewal(uow, deposit.id, deposit.version)
     assert found is not None  # inserted, or there already
@@ -841,19 +847,21 @@ async def set_renewal(
 
 async def note_renewal_intent(
     uow: UnitOfWork, renewal: Renewal, intent_id: str, now_us: int
-) -> None:
-    """Record the intent of an open attempt whose answer is not in (its state unchanged)."""
+) -> bool:
+    """Record the intent of an open attempt whose answer is not in (its state unchanged);
+    False when the attempt is no longer open (closed by the settling pass meanwhile)."""
     t = deposit_renewals
-    await uow.conn.execute(
+    result = await uow.conn.execute(
         t.update()
         .where(
             t.c.deposit_id == renewal.deposit_id,
             t.c.version == renewal.version,
             t.c.state == RenewalState.OPEN.value,
-            t.c.intent_id.is_(None),
+            sa.or_(t.c.intent_id.is_(None), t.c.intent_id == intent_id),
         )
         .values(intent_id=intent_id, updated_us=now_us)
     )
+    return bool(result.rowcount == 1)
 
 
 async def unsettled_renewals(

@@ -255,13 +255,17 @@ async def open_order(uow: UnitOfWork, ctx: Context, terms: OrderTerms) -> str:
     return order.id
 
 
+_RENEW_CUTOFF_US = 3_600 * 1_000_000  # no deposit swap in the last hour before pay_by
+
+
 async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_intent: str) -> bool:
     """Point the order whose deposit is authorization ``old_intent`` at its renewal
     ``new_intent``, inside the caller's transaction (the auctions service swapping the winner's
-    deposit before the authorization lapses). Only while the order awaits payment before its
-    deadline, nothing of the deposit is in escrow, no pay was asked for (a pay captures the
-    authorization it read), and no chargeback was booked on ``old_intent`` (its refund plan is
-    keyed by that intent); False otherwise, and nothing changed: the caller voids the renewal.
+    deposit before the authorization lapses). Only while the order awaits payment, more than an
+    hour before its deadline, nothing of the deposit is in escrow, no pay was asked for (a pay
+    captures the authorization it read), and no chargeback was booked on ``old_intent`` (its
+    refund plan is keyed by that intent); False otherwise, and nothing changed: the caller
+    voids the renewal.
     """
     order_id = await storage.order_of_intent(uow, old_intent)
     if order_id is None:
@@ -273,8 +277,10 @@ async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_inte
         or order.deposit_in_escrow
         or old_intent in order.chargebacks
         # From the payment deadline on, a default may be capturing the deposit it read: a swap
-        # then could let it capture one authorization and another default the other.
-        or uow.clock.now_us() >= order.pay_by_us
+        # committing then could let it capture one authorization and another default the
+        # other. Refused an hour ahead (renewals run a day before a lapse), so a swap checked
+        # just before the deadline cannot commit after it, nor on a clock slightly behind.
+        or uow.clock.now_us() >= order.pay_by_us - _RENEW_CUTOFF_US
         # Once a pay was asked for, it captures the deposit it read under this lock: a swap
         # now could leave two pays capturing two authorizations. Paying takes the deposit at
         # once, so one that is asked for no longer needs renewing.

@@ -2,7 +2,8 @@
 
 One row per attempt (per deposit row version), written before the new authorization is asked
 for and moved along as the attempt goes (``open`` → ``declined`` | ``swapped`` → ``done``, or
-``swapped`` → ``undone`` → ``done``). The scheduler settles every ``open``, ``swapped`` or
+``swapped`` → ``undone`` → ``done``, or ``open`` → ``done`` when the settling pass voids it).
+The scheduler settles every ``open``, ``swapped`` or
 ``undone`` row, whichever process made it and whatever restarted since (ADR 0019).
 
 Revision ID: 0010

@@ -13,6 +13,7 @@ from hammerlock.auctions import storage as auction_storage
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
+from hammerlock.escrow import service as escrow_service
 from hammerlock.escrow import storage as escrow_storage
 from hammerlock.escrow.service import Escrow
 from hammerlock.ledger import service as ledger
@@ -405,6 +406,11 @@ async def test_no_renewal_once_a_pay_was_asked_for(
     assert pending.status.value == "awaiting_payment"
 
     clock.advance(4.1 * _DAY)  # within a day of the first authorization's lapse
+    # (Session 7: the auctions service asks escrow first, so no renewal is authorized at all;
+    # the pass below pretends the pay was asked for between that check and the swap.)
+    async with container.db.read() as uow:
+        assert not await escrow_service.deposit_renewable(uow, first)
+    monkeypatch.setattr(container.auctions, "order_takes_renewal", _yes)
     assert (await container.auctions.scheduler_pass(SYSTEM))["renewed"] == 0
     after = await order_of(container, lot["id"])
     assert after["deposit_intent_id"] == first
@@ -415,3 +421,7 @@ async def test_no_renewal_once_a_pay_was_asked_for(
     assert {(i.status.value, i.canceled_reason) for i in others} == {("canceled", "abandoned")}
     async with container.db.read() as uow:
         assert await escrow_storage.events_named(uow, order["id"], "deposit_renewed") == []
+
+
+async def _yes(*_: Any) -> bool:
+    return True

@@ -9,7 +9,7 @@ from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock, format_rfc3339
 from hammerlock.escrow import service as escrow_service
 from tests.auctions.conftest import Market
-from tests.auctions.deposit_support import make_deposit, order_of, wire
+from tests.auctions.deposit_support import deposit_intents, make_deposit, order_of, wire
 from tests.payments.fake_gateway import FakeGateway
 
 SYSTEM = Context.system("tests.renewal_deadline")
@@ -43,3 +43,33 @@ async def test_no_swap_from_the_payment_deadline_on(
     async with container.db.transaction() as uow:
         assert not await escrow_service.renew_deposit(uow, SYSTEM, kept, "pi_renewal_after")
     assert (await order_of(container, lot["id"]))["deposit_intent_id"] == kept
+
+
+async def test_a_refused_renewal_puts_no_new_hold_on_the_card(
+    market: Market, container: Container, clock: FixedClock, gateway: FakeGateway
+) -> None:
+    """The auctions service asks escrow before it authorizes a kept deposit's renewal: within
+    the last hour before the deadline the answer is no, and no authorization is made only to be
+    voided (here the deadline is half an hour after the deposit's lapse, five days on)."""
+    wire(container, gateway)
+    seller = await market.party("seller")
+    a = await market.party("bidder", "A")
+    lot = await market.lot(
+        seller,
+        estimate=2_000_000,
+        reserve_price=10_000,
+        payment_window_s=86_400 + 1_800,
+        ends_at=format_rfc3339(clock.now_us() + 4 * 86_400 * 1_000_000),
+    )
+    first = (await make_deposit(market, lot["id"], a))["payment_intent"]["id"]
+    assert (await market.bid(lot["id"], a, 50_000)).status_code == 201
+    clock.advance(4 * 86_400 + 1)
+    container.auctions.renewed_us = clock.now_us()  # the close's pass does not renew
+    assert (await container.auctions.scheduler_pass(SYSTEM))["closed"] == 1
+    order = await order_of(container, lot["id"])
+    clock.advance((order["pay_by_us"] - clock.now_us()) / 1_000_000 - 2_700)  # 45 min left
+    kept, _ = await container.payments.get(first)
+    assert kept.authorization_expires_us is not None
+    assert clock.now_us() < kept.authorization_expires_us < order["pay_by_us"]  # renewal due
+    assert await container.auctions.renew_deposits(SYSTEM) == 0
+    assert [i.id for i in await deposit_intents(container, lot["id"])] == [first]

@@ -96,7 +96,14 @@ from hammerlock.payments.model import (
 from hammerlock.payments.service import NewIntent, Payments
 from hammerlock.webhooks import service as webhooks
 
-__all__ = ["Auctions", "NewLot", "OrderDepositRenewer", "OrderOpener", "mark_settled"]
+__all__ = [
+    "Auctions",
+    "NewLot",
+    "OrderDepositRenewer",
+    "OrderOpener",
+    "OrderRenewalCheck",
+    "mark_settled",
+]
 
 log = structlog.get_logger("hammerlock.auctions")
 # Deposit intents are identified by the deposit, not by the API key of the caller: a renewal by
@@ -106,6 +113,7 @@ _PAYMENTS_SCOPE = "domain:auctions"
 OrderOpener = Callable[[UnitOfWork, Context, OrderTerms], Awaitable[str]]
 # Points the order holding deposit intent ``old`` at its renewal ``new`` (caller's transaction).
 OrderDepositRenewer = Callable[[UnitOfWork, Context, str, str], Awaitable[bool]]
+OrderRenewalCheck = Callable[[UnitOfWork, str], Awaitable[bool]]
 
 _US: Final = 1_000_000
 _MAX_DURATION_S: Final = 366 * 86_400
@@ -217,6 +225,7 @@ class Auctions:
     payments: Payments
     open_order: OrderOpener = escrow.open_order
     renew_order_deposit: OrderDepositRenewer = escrow.renew_deposit
+    order_takes_renewal: OrderRenewalCheck = escrow.deposit_renewable
     close_batch: int = 100
     renewed_us: int = 0  # when this process last looked for deposits to renew
     # lots whose open or close failed here → until when this process leaves them out
@@ -812,6 +821,13 @@ class Auctions:
             return 0
         async with self.db.read() as uow:
             last = await storage.get_renewal(uow, deposit.id, deposit.version)
+            # A kept deposit is renewed only if its order would follow: asked first, so a
+            # refusal (a pay asked for, the deadline near, the order over) puts no new hold on
+            # the card only to void it.
+            if deposit.status is DepositStatus.KEPT and not await self.order_takes_renewal(
+                uow, old.id
+            ):
+                return 0
         if last is not None and last.state is RenewalState.DECLINED:
             if last.retry_at_us is not None and now_us < last.retry_at_us:
                 return 0

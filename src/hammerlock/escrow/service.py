@@ -271,7 +271,25 @@ async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_inte
     if order_id is None:
         return False
     order = await _locked(uow, order_id)
-    if (
+    if not await _takes_renewal(uow, order, old_intent):
+        return False
+    saved = await _save(uow, order, replace(order, deposit_intent_id=new_intent))
+    details = {"payment_intent": new_intent, "renews": old_intent}
+    await _record(uow, ctx, saved, "deposit_renewed", details)
+    return True
+
+
+async def deposit_renewable(uow: UnitOfWork, old_intent: str) -> bool:
+    """Whether :func:`renew_deposit` would take a renewal of ``old_intent`` now (read without
+    the order's lock: the auctions service asks before it authorizes a renewal on the card, so
+    a refused one costs the bidder no new hold; the swap checks again under the lock)."""
+    order_id = await storage.order_of_intent(uow, old_intent)
+    order = None if order_id is None else await storage.get_order(uow, order_id)
+    return order is not None and await _takes_renewal(uow, order, old_intent)
+
+
+async def _takes_renewal(uow: UnitOfWork, order: Order, old_intent: str) -> bool:
+    return not (
         order.deposit_intent_id != old_intent
         or order.status is not OrderStatus.AWAITING_PAYMENT
         or order.deposit_in_escrow
@@ -285,12 +303,7 @@ async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_inte
         # now could leave two pays capturing two authorizations. Paying takes the deposit at
         # once, so one that is asked for no longer needs renewing.
         or await storage.events_named(uow, order.id, _LABELS[Event.PAY])
-    ):
-        return False
-    saved = await _save(uow, order, replace(order, deposit_intent_id=new_intent))
-    details = {"payment_intent": new_intent, "renews": old_intent}
-    await _record(uow, ctx, saved, "deposit_renewed", details)
-    return True
+    )
 
 
 async def _open(

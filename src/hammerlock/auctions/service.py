@@ -1006,7 +1006,7 @@ class Auctions:
             if self.db.clock.now_us() - attempt.updated_us > _RENEW_UNANSWERED_US:
                 await self._renewal_done(attempt)
             return
-        if await self._dead(ctx, intent_id):
+        if (await self._void(ctx, intent_id)).status in _DEAD_INTENT:
             await self._renewal_done(replace(attempt, intent_id=intent_id))
 
     async def _finish_swap(self, ctx: Context, attempt: Renewal) -> bool:
@@ -1068,10 +1068,6 @@ class Auctions:
             )
         if renewal.status in _DEAD_INTENT or _captured(renewal):
             await self._renewal_done(attempt)
-
-    async def _dead(self, ctx: Context, intent_id: str) -> bool:
-        """Voided (driven first if its outcome is unknown): whether it is dead now."""
-        return (await self._void(ctx, intent_id)).status in _DEAD_INTENT
 
     async def _intent_by_key(self, payments_key: str) -> str | None:
         """The intent payments made under this service's ``payments_key``, if it made one."""

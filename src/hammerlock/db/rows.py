@@ -17,7 +17,14 @@ import sqlalchemy as sa
 
 from hammerlock.db.uow import UnitOfWork
 
-__all__ = ["Along", "insert_row", "insert_row_with", "update_versioned", "update_versioned_with"]
+__all__ = [
+    "Along",
+    "carrying",
+    "insert_row",
+    "insert_row_with",
+    "update_versioned",
+    "update_versioned_with",
+]
 
 _WHERE_ID = "where_id_"
 _WHERE_VERSION = "where_version_"
@@ -92,7 +99,7 @@ def _update_prefixed(table: sa.Table, prefix: str) -> sa.Update:
 
 
 @functools.cache
-def _carrying(main: Any, along: tuple[sa.Insert, ...]) -> Any:
+def carrying(main: Any, along: tuple[Any, ...]) -> Any:
     """``main`` carrying each of ``along`` as a data-modifying CTE (PostgreSQL runs every one to
     completion, in the statement's one round trip), built once per combination (constant
     statements: their compiled form is cached)."""
@@ -115,7 +122,7 @@ async def insert_row_with(
     _checked(table, row)
     statements, params = _split(along)
     params.update({prefix + name: value for name, value in row.items()})
-    await uow.conn.execute(_carrying(_insert_prefixed(table, prefix), statements), params)
+    await uow.conn.execute(carrying(_insert_prefixed(table, prefix), statements), params)
 
 
 async def update_versioned_with(
@@ -134,5 +141,5 @@ async def update_versioned_with(
     params.update({prefix + name: value for name, value in row.items() if name != "id"})
     params[_WHERE_ID] = row["id"]
     params[_WHERE_VERSION] = expected_version
-    result = await uow.conn.execute(_carrying(_update_prefixed(table, prefix), statements), params)
+    result = await uow.conn.execute(carrying(_update_prefixed(table, prefix), statements), params)
     return bool(result.rowcount == 1)

@@ -273,9 +273,11 @@ async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_inte
     order = await _locked(uow, order_id)
     if not await _takes_renewal(uow, order, old_intent):
         return False
-    saved = await _save(uow, order, replace(order, deposit_intent_id=new_intent))
     details = {"payment_intent": new_intent, "renews": old_intent}
-    await _record(uow, ctx, saved, "deposit_renewed", details)
+    await _save_recorded(
+        uow, ctx, order, replace(order, deposit_intent_id=new_intent),
+        event="deposit_renewed", details=details,
+    )  # fmt: skip
     return True
 
 
@@ -1068,21 +1070,17 @@ class Escrow:
                     order = current
                     continue
                 ids = {**current.refund_ids, key: refund.id}
-                order = await _save(
+                order = await _save_recorded(
                     uow,
+                    ctx,
                     current,
                     replace(
                         current,
                         refund_ids=ids,
                         refunds_outstanding=len(current.refund_plan) - len(ids),
                     ),
-                )
-                await _record(
-                    uow,
-                    ctx,
-                    order,
-                    "refund_started",
-                    {
+                    event="refund_started",
+                    details={
                         "payment_intent": intent_id,
                         "refund": refund.id,
                         "amount": amount,
@@ -1203,13 +1201,18 @@ class Escrow:
                         f"(payout {order.payout_status.value}, {unpaid} unpaid)",
                         order_status=order.status.value,
                     )
-                retried = await _save(uow, order, _next_payout(order, order.version + 1))
-                await _record(
+                after = _next_payout(order, order.version + 1)
+                await _save_recorded(
                     uow,
                     ctx,
-                    retried,
-                    "payout_retried",
-                    {"reason": reason, "amount": retried.payout_amount, "failed": order.payout_key},
+                    order,
+                    after,
+                    event="payout_retried",
+                    details={
+                        "reason": reason,
+                        "amount": after.payout_amount,
+                        "failed": order.payout_key,
+                    },
                 )
             return await self._payout(ctx, order_id)
         if (action is PayoutAction.MARK_PAID) != bool(payout_id):

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
+from hammerlock.db.rows import carrying
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.ledger.model import (
     AccountFlag,
@@ -468,9 +469,7 @@ def _balance_update(n: int) -> sa.Update:
 def _insert_one(columns: tuple[str, ...], along: tuple[Any, ...]) -> sa.Insert:
     """One transfer's INSERT with ``along`` as data-modifying CTEs, built once per shape."""
     values: dict[str, Any] = {name: sa.bindparam(f"transfer_{name}") for name in columns}
-    statement = transfers.insert().values(values)
-    for n, other in enumerate(along):
-        statement = statement.add_cte(other.cte(f"along_{n}"))
+    statement: sa.Insert = carrying(transfers.insert().values(values), along)
     return statement
 
 

@@ -1496,10 +1496,13 @@ class Escrow:
     # -- the sweeper ---------------------------------------------------------------------------
 
     async def sweep(self, ctx: Context) -> dict[str, int]:
-        """One pass over the timers: payments finished later, payment windows, auto-delivery,
-        inspection ends, payouts and refunds to resume, second-chance offers to expire."""
+        """One pass over the timers: pays that stopped half-way, payments finished later,
+        payment windows, ship windows, auto-delivery, inspection ends, payouts and refunds to
+        resume, second-chance offers to expire. Each order's step runs on its own: one that
+        raises is logged and counted as ``failed`` and the pass goes on."""
         counts = dict.fromkeys(
             (
+                "resumed",
                 "paid",
                 "defaulted",
                 "canceled",
@@ -1515,6 +1518,9 @@ class Escrow:
         grace_us = int(self.config.sweeper_grace_s * 1_000_000)
         batch = self.config.sweep_batch
         async with self.db.read() as uow:
+            interrupted = await storage.ids_where(
+                uow, storage.pay_interrupted(now - grace_us, _LABELS[Event.PAY]), limit=batch
+            )
             waiting = await storage.ids_where(uow, storage.awaiting_with_intent(), limit=batch)
             due = await storage.ids_where(uow, storage.due_for_default(now), limit=batch)
             unshipped_since = now - self.config.ship_window_s * 1_000_000
@@ -1532,26 +1538,64 @@ class Escrow:
                 uow, storage.refunds_unstarted(now - grace_us), limit=batch
             )
             offers = await storage.ids_where(uow, storage.offers_expiring(now), limit=batch)
-        for order_id in waiting:
-            counts["paid"] += await self._poll_payment(ctx, order_id)
-        for order_id in due:
-            after = await self.default(ctx, order_id)
-            counts["defaulted"] += after.status is OrderStatus.DEFAULTED
-        for order_id in unshipped:
-            counts["canceled"] += await self._ship_timeout(ctx, order_id)
-        for order_id in shipped:
-            counts["delivered"] += await self._timer(ctx, order_id, Event.AUTO_DELIVER)
-        for order_id in inspected:
-            counts["released"] += await self._timer(ctx, order_id, Event.INSPECTION_END)
-        for order_id in payouts:
-            after = await self._payout(ctx, order_id)
-            counts["payouts"] += after.payout_status not in _PAYABLE
-        for order_id in refunds:
-            after = await self.drive_refunds(ctx, order_id)
-            counts["refunds"] += after.refunds_outstanding == 0
-        for order_id in offers:
-            counts["offers"] += await self._expire_offer(ctx, order_id)
+
+        async def defaulted(order_id: str) -> int:
+            return (await self.default(ctx, order_id)).status is OrderStatus.DEFAULTED
+
+        async def delivered(order_id: str) -> int:
+            return await self._timer(ctx, order_id, Event.AUTO_DELIVER)
+
+        async def released(order_id: str) -> int:
+            return await self._timer(ctx, order_id, Event.INSPECTION_END)
+
+        async def paid_out(order_id: str) -> int:
+            return (await self._payout(ctx, order_id)).payout_status not in _PAYABLE
+
+        async def refunded(order_id: str) -> int:
+            return (await self.drive_refunds(ctx, order_id)).refunds_outstanding == 0
+
+        queues: list[tuple[str, list[str], Callable[[str], Awaitable[int]]]] = [
+            ("resumed", interrupted, lambda order_id: self._resume_pay(ctx, order_id)),
+            ("paid", waiting, lambda order_id: self._poll_payment(ctx, order_id)),
+            ("defaulted", due, defaulted),
+            ("canceled", unshipped, lambda order_id: self._ship_timeout(ctx, order_id)),
+            ("delivered", shipped, delivered),
+            ("released", inspected, released),
+            ("payouts", payouts, paid_out),
+            ("refunds", refunds, refunded),
+            ("offers", offers, lambda order_id: self._expire_offer(ctx, order_id)),
+        ]
+        failed = 0
+        for name, order_ids, step in queues:
+            for order_id in order_ids:
+                # One order's failure (a gateway error, a broken row) is logged and skipped:
+                # it must not hold up every order behind it in this pass and every later one.
+                try:
+                    counts[name] += await step(order_id)
+                except Exception:
+                    failed += 1
+                    log.exception("escrow.sweep_step_failed", step=name, order=order_id)
+        counts["failed"] = failed
         return counts
+
+    async def _resume_pay(self, ctx: Context, order_id: str) -> int:
+        """Finish the deposit's part of a pay whose request stopped before its rest's intent
+        was recorded (the process died, the gateway timed out): capture the authorization into
+        escrow, so that it neither lapses unrenewed (escrow refuses renewals once a pay was
+        asked for) nor waits for a retry, and mark the order paid if that covers the total.
+        The rest is the buyer's to retry: the card they named is not kept. 1 when the order
+        moved."""
+        order = await self._load(order_id)
+        if order.status is not OrderStatus.AWAITING_PAYMENT or order.payment_intent_id is not None:
+            return 0
+        taken = await self._take_deposit(ctx, order)
+        after = await self._sync_paid(ctx, order.id)
+        moved = (
+            taken.deposit_in_escrow > order.deposit_in_escrow or after.status is not order.status
+        )
+        if moved:
+            log.info("escrow.pay_resumed", order=order.id, status=after.status.value)
+        return int(moved)
 
     async def _poll_payment(self, ctx: Context, order_id: str) -> int:
         order = await self._load(order_id)

@@ -329,6 +329,25 @@ def awaiting_with_intent() -> list[sa.ColumnElement[bool]]:
     return [t.c.status == OrderStatus.AWAITING_PAYMENT.value, t.c.payment_intent_id.is_not(None)]
 
 
+def pay_interrupted(before_us: int, requested: str) -> list[sa.ColumnElement[bool]]:
+    """Orders whose buyer asked to pay (a timeline entry named ``requested``) and whose pay stopped
+    before its rest's intent was recorded, untouched since ``before_us``, with the deposit's
+    part still to finish: the authorization not yet in escrow, or escrow holding the whole
+    total without the order marked paid (the sweeper resumes these)."""
+    t, e = escrow_orders, escrow_order_events
+    asked = sa.exists().where(e.c.order_id == t.c.id, e.c.event == requested)
+    return [
+        t.c.status == OrderStatus.AWAITING_PAYMENT.value,
+        t.c.payment_intent_id.is_(None),
+        t.c.updated_us <= before_us,
+        sa.or_(
+            sa.and_(t.c.deposit_intent_id.is_not(None), t.c.deposit_in_escrow == 0),
+            t.c.deposit_in_escrow >= t.c.hammer_price + t.c.premium,
+        ),
+        asked,
+    ]
+
+
 def paid_before(before_us: int) -> list[sa.ColumnElement[bool]]:
     """Paid orders not shipped since ``before_us`` (orders paid before migration 0008 have no
     ``paid_us``: their last change stands in)."""

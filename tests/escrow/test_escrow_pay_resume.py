@@ -1,0 +1,143 @@
+"""A pay whose request stopped half-way is finished by the sweeper (the deposit's part), and one
+order's failing step does not hold up the sweeper's other work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hammerlock.bootstrap import Container
+from hammerlock.clock import FixedClock
+from hammerlock.escrow.model import OrderStatus
+from hammerlock.escrow.service import Escrow
+from hammerlock.payments.model import IntentStatus
+from tests.escrow.conftest import SYSTEM, open_test_order, party_ctx
+from tests.escrow.test_escrow_flow import balance
+from tests.payments.fake_gateway import FakeGateway
+
+BUYER = party_ctx("bid_buyer", "bidder")
+SELLER = party_ctx("sel_seller", "seller")
+
+
+class Died(Exception):
+    """The process stopped here."""
+
+
+def die_once(monkeypatch: pytest.MonkeyPatch, escrow: Escrow, name: str) -> None:
+    """``escrow.<name>`` raises on its next call, as if the process died there."""
+    real = getattr(escrow, name)
+
+    async def dies(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(escrow, name, real)
+        raise Died(name)
+
+    monkeypatch.setattr(escrow, name, dies)
+
+
+async def test_sweeper_takes_the_deposit_of_a_pay_that_stopped_before_it(
+    container: Container, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    del gateway
+    escrow = container.escrow
+    opened = await open_test_order(container, hammer=100_000, deposit=20_000)
+    die_once(monkeypatch, escrow, "_take_deposit")
+    with pytest.raises(Died):
+        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert order.deposit_in_escrow == 0
+    assert order.deposit_intent_id is not None
+    deposit, _ = await container.payments.get(order.deposit_intent_id)
+    assert deposit.status is IntentStatus.REQUIRES_CAPTURE
+
+    counts = await escrow.sweep(SYSTEM)
+    assert counts["resumed"] == 1
+    assert counts["failed"] == 0
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert order.status is OrderStatus.AWAITING_PAYMENT
+    assert order.deposit_in_escrow == 20_000
+    assert order.payment_intent_id is None  # the rest is the buyer's to retry
+    assert await balance(container, f"escrow:{order.id}") == 20_000
+    assert await balance(container, f"deposit:bid_buyer:{opened.terms.lot_id}") == 0
+    assert (await escrow.sweep(SYSTEM))["resumed"] == 0  # nothing left to resume
+
+    paid, intent = await escrow.pay(BUYER, order.id, payment_method=None)
+    assert intent is not None
+    assert intent.amount == 125_000 - 20_000
+    assert paid.status is OrderStatus.PAID
+    assert await balance(container, f"escrow:{order.id}") == 125_000
+
+
+async def test_sweeper_marks_paid_a_pay_that_stopped_after_the_deposit_covered_it(
+    container: Container, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    del gateway
+    escrow = container.escrow
+    opened = await open_test_order(container, hammer=10_000, deposit=20_000)  # total 12,500
+    die_once(monkeypatch, escrow, "_charge_rest")
+    with pytest.raises(Died):
+        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert (order.status, order.deposit_in_escrow) == (OrderStatus.AWAITING_PAYMENT, 12_500)
+
+    assert (await escrow.sweep(SYSTEM))["resumed"] == 1
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert order.status is OrderStatus.PAID
+    assert await balance(container, f"escrow:{order.id}") == 12_500
+
+
+async def test_sweeper_leaves_a_deposit_alone_while_no_pay_was_asked_for(
+    container: Container, gateway: FakeGateway
+) -> None:
+    del gateway
+    opened = await open_test_order(container, hammer=100_000, deposit=20_000)
+    assert (await container.escrow.sweep(SYSTEM))["resumed"] == 0
+    order = (await container.escrow.get(SYSTEM, opened.order_id)).order
+    assert order.deposit_in_escrow == 0
+    assert order.deposit_intent_id is not None
+    deposit, _ = await container.payments.get(order.deposit_intent_id)
+    assert deposit.status is IntentStatus.REQUIRES_CAPTURE
+
+
+async def test_one_failing_order_does_not_hold_up_the_sweep(
+    container: Container,
+    gateway: FakeGateway,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    del gateway
+    escrow = container.escrow
+    stuck = await open_test_order(container, hammer=100_000, deposit=20_000)
+    die_once(monkeypatch, escrow, "_take_deposit")
+    with pytest.raises(Died):
+        await escrow.pay(BUYER, stuck.order_id, payment_method=None)
+    shipped = await open_test_order(container, hammer=50_000)
+    await escrow.pay(BUYER, shipped.order_id, payment_method=None)
+    await escrow.ship(SELLER, shipped.order_id, carrier="ups", tracking="1Z999AA10123456784")
+    await escrow.confirm_delivery(BUYER, shipped.order_id)
+    clock.advance(601)  # the inspection period is over
+
+    broken = await open_test_order(container, hammer=70_000)
+    await escrow.pay(BUYER, broken.order_id, payment_method=None)
+    await escrow.ship(SELLER, broken.order_id, carrier="ups", tracking="1Z999AA10123456784")
+    await escrow.confirm_delivery(BUYER, broken.order_id)
+    clock.advance(601)
+    real_timer = escrow._timer
+
+    async def timer(ctx: Any, order_id: str, event: Any) -> int:
+        if order_id == broken.order_id:
+            raise RuntimeError("a broken row")
+        return await real_timer(ctx, order_id, event)
+
+    monkeypatch.setattr(escrow, "_timer", timer)
+    die_once(monkeypatch, escrow, "_resume_pay")  # the first queue's only order fails too
+
+    counts = await escrow.sweep(SYSTEM)
+    assert counts["failed"] == 2
+    assert counts["released"] == 1
+    assert (await escrow.get(SYSTEM, shipped.order_id)).order.status is OrderStatus.RELEASED
+    assert (await escrow.get(SYSTEM, broken.order_id)).order.status is OrderStatus.DELIVERED
+    # the next pass takes the order whose step failed once
+    counts = await escrow.sweep(SYSTEM)
+    assert counts["resumed"] == 1
+    assert (await escrow.get(SYSTEM, stuck.order_id)).order.deposit_in_escrow == 20_000

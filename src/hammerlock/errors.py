@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-__all__ = ["DomainError"]
+__all__ = ["ConfigurationError", "DomainError"]
 
 
 class DomainError(Exception):
@@ -28,3 +28,8 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra: dict[str, Any] = extra
+
+
+class ConfigurationError(ValueError):
+    """A setting a process read at startup cannot work as given (the message names it); the
+    CLI tells it in one line instead of a traceback."""

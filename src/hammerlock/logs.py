@@ -96,3 +96,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
+    # httpx logs every request it makes at info (the vault polls among them): the calls that
+    # matter are logged by our own clients, with what they mean.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -20,6 +20,8 @@ import asyncpg
 import httpx
 import pytest
 
+from hammerlock.cli.errors import explain
+from hammerlock.cli.main import app
 from hammerlock.clock import FixedClock
 from hammerlock.db.engine import Database, create_database
 from hammerlock.db.migrate import migrate
@@ -27,6 +29,7 @@ from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.model import AccountFlag, AccountInput, TransferInput
 from hammerlock.security.keys import parse_key
 from hammerlock.settings import Settings
+from hammerlock.vault.cli import vault_app
 from tests.conftest import PG_URL, pg_url, require_service
 from tests.servers import (
     READY_TIMEOUT_S,
@@ -137,6 +140,80 @@ def test_migrate_on_postgresql_is_idempotent(empty_pg_url: str, tmp_path: Path) 
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
     assert not (tmp_path / "var" / "hammerlock.db").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("settings", "says", "next_step"),
+    [
+        (
+            {"database_url": pg_url("hl_cli_no_such_database")},
+            "'hl_cli_no_such_database' does not exist",
+            "createdb hl_cli_no_such_database",
+        ),
+        (
+            {"database_url": PG_URL.replace("+asyncpg", "")},
+            "no database driver 'psycopg'",
+            "postgresql+asyncpg://",
+        ),
+        (
+            {"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/test"},
+            "could not connect",
+            "HAMMERLOCK_DATABASE_URL",
+        ),
+        ({"log_level": "verbose"}, "HAMMERLOCK_LOG_LEVEL: Input should be", "configuration.md"),
+        (
+            {"webhook_url": "https://example.com/hook"},
+            "HAMMERLOCK_WEBHOOK_URL needs HAMMERLOCK_WEBHOOK_SECRET",
+            "Next:",
+        ),
+    ],
+)
+def test_a_startup_mistake_is_told_in_a_few_lines_with_what_to_do_next(
+    tmp_path: Path, settings: dict[str, str], says: str, next_step: str
+) -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    result = run_cli(["migrate"], hammerlock_env(tmp_path / "var", **settings))
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr
+    assert next_step in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 4, result.stderr
+
+
+def test_a_typo_in_the_sandbox_faults_stops_the_vault_in_a_few_lines(tmp_path: Path) -> None:
+    env = hammerlock_env(tmp_path / "var", sandbox_faults="bogus:2")
+    result = run_cli(["vault", "serve", "--port", str(free_port())], env)
+    assert result.returncode == 2, result.stderr
+    assert "HAMMERLOCK_SANDBOX_FAULTS: fault 'bogus:2': unknown name" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 4, result.stderr
+
+
+@pytest.mark.parametrize("args", [["ledger", "check"], ["keys", "list"], ["audit", "verify"]])
+def test_a_command_run_away_from_its_database_says_so_and_creates_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    result = run_cli(args, hammerlock_env(tmp_path / "var"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"no hammerlock database at {tmp_path / 'var' / 'hammerlock.db'}" in result.stderr
+    assert "hammerlock migrate" in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_bug_keeps_its_traceback_without_local_variables() -> None:
+    assert explain(RuntimeError("a bug")) is None
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")
+        except OSError as exc:
+            raise RuntimeError("while starting") from exc
+    except RuntimeError as wrapped:
+        told = explain(wrapped)
+    assert told is not None
+    assert told.startswith("could not connect")
+    assert app.pretty_exceptions_show_locals is False
+    assert vault_app.pretty_exceptions_show_locals is False
 
 
 # --- serve --------------------------------------------------------------------------------------

@@ -102,3 +102,25 @@ def test_without_a_server_it_says_to_start_one(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "is not answering" in done.stdout
     assert "make run" in done.stdout
+
+
+def test_run_with_other_settings_it_says_so_and_leaves_no_database_behind(
+    served: tuple[Server, int, dict[str, str]], tmp_path: Path
+) -> None:
+    server, vault_port, _ = served
+    elsewhere = tmp_path / "elsewhere"
+    done = run_cli(
+        [
+            "demo",
+            "--api-url",
+            server.base_url,
+            "--vault-url",
+            f"http://127.0.0.1:{vault_port}",
+        ],
+        hammerlock_env(elsewhere / "var"),
+        timeout_s=DEMO_TIMEOUT_S,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"no hammerlock database at {elsewhere / 'var' / 'hammerlock.db'}" in done.stdout
+    assert "same HAMMERLOCK_* settings" in done.stdout
+    assert not elsewhere.exists()

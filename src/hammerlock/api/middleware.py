@@ -21,6 +21,7 @@ __all__ = ["RequestContextMiddleware"]
 
 log = structlog.get_logger("hammerlock.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_ROUTINE_PATHS = ("/internal/", "/healthz", "/readyz")
 
 
 class RequestContextMiddleware:
@@ -70,7 +71,10 @@ class RequestContextMiddleware:
                         "request's id",
                     )
                     await response(scope, receive, send_with_id)
-            log.info(
+            # Routine machine-to-machine polls (the API reading the vault's audit events every
+            # second, health probes) log at debug: at info they would bury everything else.
+            routine = status < 400 and scope["path"].startswith(_ROUTINE_PATHS)
+            (log.debug if routine else log.info)(
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],

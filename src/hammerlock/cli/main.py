@@ -26,6 +26,7 @@ from rich.table import Table
 import hammerlock
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import Actor, Context, Origin
+from hammerlock.cli.errors import run
 from hammerlock.clock import SystemClock, format_rfc3339
 from hammerlock.db.engine import Database, create_database
 from hammerlock.db.migrate import MigrationResult, current_revision, head_revision, migrate
@@ -42,13 +43,14 @@ if TYPE_CHECKING:
     from hammerlock.audit.verify import Report, TrustAnchor
     from hammerlock.bootstrap import Container
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="hammerlock",
     help="Payments and trust backbone for online auction marketplaces.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # a crash's locals may hold keys and secrets
 )
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
@@ -73,6 +75,24 @@ def _settings() -> Settings:
     return Settings()
 
 
+def _existing_database(settings: Settings) -> Settings:
+    """``settings``, once its SQLite database file exists: a command that needs the schema
+    says where it looked instead of creating an empty database (and a data dir, and a pepper)
+    wherever it was run."""
+    if settings.is_sqlite:
+        from sqlalchemy.engine import make_url
+
+        path = make_url(settings.effective_database_url).database
+        if path and path != ":memory:" and not Path(path).exists():
+            err.print(
+                f"[red]no hammerlock database at {escape(path)}.[/red] Run this where the server "
+                "runs, with the same HAMMERLOCK_* settings (HAMMERLOCK_DATA_DIR defaults to "
+                "./var), or create it first: [bold]hammerlock migrate[/bold]."
+            )
+            raise typer.Exit(2)
+    return settings
+
+
 @dataclass
 class _DatabaseOnly:
     """What ``audit verify`` needs of a container: settings, the database, the node name —
@@ -86,8 +106,9 @@ class _DatabaseOnly:
 def _run_database(body: Callable[[_DatabaseOnly], Awaitable[T]]) -> T:
     configure_logging("warning", "console")
 
+    settings = _existing_database(_settings())
+
     async def main() -> T:
-        settings = _settings()
         light = _DatabaseOnly(
             settings,
             create_database(settings, SystemClock()),
@@ -121,8 +142,10 @@ def _run(body: Callable[[Container], Awaitable[T]], *, needs_schema: bool = True
 
     from hammerlock.bootstrap import Container
 
+    settings = _existing_database(_settings()) if needs_schema else _settings()
+
     async def main() -> T:
-        container = Container(_settings(), background=False)
+        container = Container(settings, background=False)
         try:
             if needs_schema and await current_revision(container.db) != head_revision():
                 err.print(
@@ -594,3 +617,9 @@ def payments_janitor(
             await asyncio.sleep(container.settings.payments_janitor_interval_s)
 
     _run(body)
+
+
+def main() -> None:
+    """The ``hammerlock`` console script: a wrong setting or a missing database is told in one
+    line with what to do next (exit code 2)."""
+    run(app)

@@ -45,6 +45,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from hammerlock.settings import Settings
 
 __all__ = ["DEFAULT_API_URL", "DEFAULT_VAULT_URL", "run"]
 
@@ -291,12 +294,23 @@ def _hammerlock_cli() -> list[str]:
     found = shutil.which("hammerlock")
     if found:
         return [found]
-    return [sys.executable, "-c", "from hammerlock.cli.main import app; app()"]
+    return [sys.executable, "-c", "from hammerlock.cli.main import main; main()"]
 
 
 def mint_admin_key() -> str:
     """``hammerlock keys create --role admin``: the one key the demo takes from the database
-    (like ``make admin-key``); the admin issues the others over the API."""
+    (like ``make admin-key``); the admin issues the others over the API. Refused when the
+    embedded database is not where these settings say (run elsewhere, the key would land in a
+    new empty database the server never reads)."""
+    settings = Settings()
+    if settings.is_sqlite:
+        path = make_url(settings.effective_database_url).database
+        if path and path != ":memory:" and not Path(path).exists():
+            raise DemoError(
+                f"no hammerlock database at {path}",
+                "run the demo where `make run` runs, with the same HAMMERLOCK_* settings "
+                "(HAMMERLOCK_DATA_DIR defaults to ./var)",
+            )
     try:
         done = subprocess.run(
             [

@@ -28,10 +28,15 @@ from hammerlock.audit.model import Actor, Context, Origin
 from hammerlock.clock import SystemClock
 from hammerlock.logs import configure_logging
 from hammerlock.settings import Settings
+from hammerlock.vault.sandbox.faults import parse_faults
 
 __all__ = ["start_embedded_vault", "stop_embedded_vault", "vault_app"]
 
-vault_app = typer.Typer(help="The card vault: serve, migrate, rotate keys.", no_args_is_help=True)
+vault_app = typer.Typer(
+    help="The card vault: serve, migrate, rotate keys.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a crash's locals may hold keys and secrets
+)
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -94,6 +99,7 @@ def serve_cmd(
         if value is not None:
             os.environ[f"HAMMERLOCK_{name}"] = str(value)
     settings = Settings()
+    parse_faults(settings.sandbox_faults)  # a typo is told here, not as a failed startup
     configure_logging(settings.log_level, settings.log_format)
     if exit_with_parent:
         _watch_parent()

@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from hammerlock.errors import ConfigurationError
+
 __all__ = ["Fault", "FaultName", "FaultPlan", "Faults", "parse_faults"]
 
 _TEXT_LEN_MAX: Final = 1_000
@@ -81,15 +83,21 @@ def _format(fault: Fault) -> str:
 def _parse_entry(entry: str) -> Fault:
     match = _ENTRY_RE.fullmatch(entry)
     if match is None:
-        raise ValueError(f"sandbox fault {entry!r}: expected name[:probability][@duration]")
+        raise ConfigurationError(
+            f"HAMMERLOCK_SANDBOX_FAULTS: fault {entry!r}: expected name[:probability][@duration]"
+        )
     try:
         name = FaultName(match["name"])
     except ValueError:
         known = ", ".join(n.value for n in FaultName)
-        raise ValueError(f"sandbox fault {entry!r}: unknown name (known: {known})") from None
+        raise ConfigurationError(
+            f"HAMMERLOCK_SANDBOX_FAULTS: fault {entry!r}: unknown name (known: {known})"
+        ) from None
     probability = float(match["probability"]) if match["probability"] else 1.0
     if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"sandbox fault {entry!r}: probability must be within [0, 1]")
+        raise ConfigurationError(
+            f"HAMMERLOCK_SANDBOX_FAULTS: fault {entry!r}: probability must be within [0, 1]"
+        )
     return Fault(name, probability, _duration_s(entry, name, match["amount"], match["unit"]))
 
 
@@ -97,21 +105,27 @@ def _duration_s(entry: str, name: FaultName, amount: str | None, unit: str | Non
     limits = _DURATIONS_S.get(name)
     if limits is None:
         if amount is not None:
-            raise ValueError(f"sandbox fault {entry!r}: {name.value} takes no duration")
+            raise ConfigurationError(
+                f"HAMMERLOCK_SANDBOX_FAULTS: fault {entry!r}: {name.value} takes no duration"
+            )
         return None
     default_s, max_s = limits
     if amount is None:
         return default_s
     seconds = float(amount) / (1000.0 if unit == "ms" else 1.0)
     if not 0.0 < seconds <= max_s:
-        raise ValueError(f"sandbox fault {entry!r}: duration must be within (0, {max_s:g}s]")
+        raise ConfigurationError(
+            f"HAMMERLOCK_SANDBOX_FAULTS: fault {entry!r}: duration must be within (0, {max_s:g}s]"
+        )
     return seconds
 
 
 def parse_faults(text: str) -> FaultPlan:
     """Parse ``HAMMERLOCK_SANDBOX_FAULTS`` (grammar in the module docstring)."""
     if len(text) > _TEXT_LEN_MAX:
-        raise ValueError(f"sandbox faults: longer than {_TEXT_LEN_MAX} characters")
+        raise ConfigurationError(
+            f"HAMMERLOCK_SANDBOX_FAULTS: faults: longer than {_TEXT_LEN_MAX} characters"
+        )
     faults: list[Fault] = []
     for raw in text.split(","):
         entry = raw.strip()
@@ -119,7 +133,9 @@ def parse_faults(text: str) -> FaultPlan:
             continue
         fault = _parse_entry(entry)
         if any(f.name is fault.name for f in faults):
-            raise ValueError(f"sandbox fault {fault.name.value!r} appears twice")
+            raise ConfigurationError(
+                f"HAMMERLOCK_SANDBOX_FAULTS: fault {fault.name.value!r} appears twice"
+            )
         faults.append(fault)
     return FaultPlan(tuple(faults))
 

@@ -141,3 +141,35 @@ async def test_one_failing_order_does_not_hold_up_the_sweep(
     counts = await escrow.sweep(SYSTEM)
     assert counts["resumed"] == 1
     assert (await escrow.get(SYSTEM, stuck.order_id)).order.deposit_in_escrow == 20_000
+
+
+async def test_a_pay_finding_the_deposit_captured_under_it_goes_on(
+    container: Container, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper resuming a pay (or a second pay) captured the deposit between this pay's read
+    and its capture: the capture is refused, and the pay goes on from the captured deposit."""
+    del gateway
+    escrow, payments = container.escrow, container.payments
+    opened = await open_test_order(container, hammer=100_000, deposit=20_000)
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert order.deposit_intent_id is not None
+    stale = await payments.get(order.deposit_intent_id)
+    await payments.capture(SYSTEM, order.deposit_intent_id, amount_to_capture=None)
+    real_get = payments.get
+    served_stale = False
+
+    async def get(intent_id: str) -> Any:
+        nonlocal served_stale
+        if intent_id == order.deposit_intent_id and not served_stale:
+            served_stale = True
+            return stale
+        return await real_get(intent_id)
+
+    monkeypatch.setattr(payments, "get", get)
+    paid, intent = await escrow.pay(BUYER, order.id, payment_method=None)
+    assert served_stale
+    assert intent is not None
+    assert intent.amount == 125_000 - 20_000
+    assert paid.status is OrderStatus.PAID
+    assert paid.deposit_in_escrow == 20_000
+    assert await balance(container, f"escrow:{order.id}") == 125_000

@@ -28,6 +28,9 @@ class Policy:
     # The handler stores its answer in its own transaction (request.state.receipt; ADR 0013)
     # instead of the idempotency store's lease before and completion after.
     receipt_in_transaction: bool = False
+    # The handler reads the raw body itself (a gateway's signed webhook): no body model, yet
+    # a body is expected — not refused as sent to a route that takes none.
+    raw_body: bool = False
 
     @classmethod
     def from_openapi_extra(cls, extra: dict[str, Any] | None) -> Policy | None:
@@ -39,6 +42,7 @@ class Policy:
             money_moving=bool(raw.get("money_moving", False)),
             max_body_bytes=raw.get("max_body_bytes"),
             receipt_in_transaction=bool(raw.get("receipt_in_transaction", False)),
+            raw_body=bool(raw.get("raw_body", False)),
         )
 
 
@@ -48,6 +52,7 @@ def policy(
     money_moving: bool = False,
     max_body_bytes: int | None = None,
     receipt_in_transaction: bool = False,
+    raw_body: bool = False,
 ) -> dict[str, Any]:
     if max_body_bytes is not None and not 0 < max_body_bytes <= BATCH_MAX_BODY_BYTES:
         raise ValueError("max_body_bytes must be within (0, 8 MiB]")
@@ -56,6 +61,8 @@ def policy(
         body["max_body_bytes"] = max_body_bytes
     if receipt_in_transaction:
         body["receipt_in_transaction"] = True
+    if raw_body:
+        body["raw_body"] = True
     extra: dict[str, Any] = {EXTENSION: body}
     if permission is not Permission.PUBLIC:
         extra["security"] = [{"ApiKey": []}]

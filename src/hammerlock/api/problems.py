@@ -20,6 +20,7 @@ MEDIA_TYPE = "application/problem+json"
 STATUS_BY_CODE: dict[str, int] = {
     # request shape
     "malformed_json": 400,
+    "request_incomplete": 400,
     "pan_not_allowed": 400,
     "idempotency_key_required": 400,
     "idempotency_key_invalid": 400,

@@ -1,7 +1,9 @@
 """The request path every hammerlock route walks, in this order (docs/architecture.md):
 
 1. body size limit (413, before the body is read into memory) and content type (415);
-2. request firewall: the PAN guard refuses any card number in a string field or header (400);
+2. request firewall: the PAN guard refuses any card number in a string field or header (400),
+   and any body string holding NUL or an unpaired surrogate (422); a route without a body
+   model refuses a body other than ``{}`` (422);
 3. authentication (401) and the route's declared permission (403), both audited on failure;
 4. idempotency: lease, replay, reuse and in-flight checks for POSTs (400/409/422) — or, for a
    route whose policy says ``receipt_in_transaction``, a receipt the handler checks and stores
@@ -14,12 +16,13 @@ retry replays them like any other answer the handler chose.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from hammerlock.api.idempotency import fingerprint, validate_key
@@ -58,6 +61,9 @@ class HammerlockRoute(APIRoute):
             raise RuntimeError(f"route {self.path} declares no policy (see api/policy.py)")
         route_path = self.path
 
+        # A body sent to a route that takes none is refused, never ignored.
+        no_body = self.body_field is None and not route_policy.raw_body
+
         async def handler(request: Request) -> Response:
             container: Container = request.app.state.container
             body = b""
@@ -66,6 +72,10 @@ class HammerlockRoute(APIRoute):
                 body = await _read_body(request, limit)
                 _check_content_type(request, body)
             _pan_guard(request, body)
+            if body and no_body and body.strip() != b"{}":
+                raise ApiError(
+                    "validation_error", "this route takes no request body: send none, or {}"
+                )
             ctx = await _authorize(request, container, route_policy.permission, route_path)
 
             async def run() -> Response:
@@ -112,13 +122,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(
-                "payload_too_large", f"request body over this route's limit of {limit} bytes"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(
+                    "payload_too_large", f"request body over this route's limit of {limit} bytes"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away mid-body: nothing to do, and not a server error (logged as a
+        # 400 in the access log, not as an unhandled exception with its traceback).
+        raise ApiError(
+            "request_incomplete", "the client closed before sending its whole body"
+        ) from None
     body = b"".join(chunks)
     request._body = body  # FastAPI reads the cached body; the stream is consumed
     return body
@@ -146,6 +163,31 @@ def _strings(value: Any, depth: int = 0) -> Iterator[str]:
             yield from _strings(v, depth + 1)
 
 
+def _body_strings(body: bytes) -> Iterator[str] | None:
+    """Every key and string value of a JSON body; None when it is not JSON (FastAPI then says
+    so). orjson first (fast, and it refuses unpaired surrogates); the standard library's parser
+    — the one FastAPI validates with — for what orjson refuses but it accepts (an escaped
+    unpaired surrogate, an integer beyond 64 bits), so nothing reaches a handler unscanned."""
+    try:
+        return _strings(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return iter(list(_strings(json.loads(body))))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _pan_guard(request: Request, body: bytes) -> None:
     """Card numbers never enter the API: refuse them in headers, path, query and JSON strings."""
     found = (
@@ -154,10 +196,20 @@ def _pan_guard(request: Request, body: bytes) -> None:
         or any(contains_pan(k) or contains_pan(v) for k, v in request.query_params.multi_items())
     )
     if not found and body:
-        try:
-            found = any(contains_pan(s) for s in _strings(orjson.loads(body)))
-        except orjson.JSONDecodeError:
+        strings = _body_strings(body)
+        if strings is None:
             found = contains_pan(body.decode("utf-8", errors="replace"))
+        else:
+            for text in strings:
+                if contains_pan(text):
+                    found = True
+                    break
+                if "\x00" in text or not _encodable(text):
+                    raise ApiError(
+                        "validation_error",
+                        "a string in the body holds a NUL character or an unpaired UTF-16 "
+                        "surrogate: send text as valid Unicode without NUL",
+                    )
     if found:
         raise ApiError(
             "pan_not_allowed",

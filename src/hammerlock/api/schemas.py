@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 __all__ = [
     "MAX_SAFE_INT",
+    "VISIBLE_TEXT",
     "ApiModel",
+    "DateTime",
     "ListEnvelope",
     "Name",
     "SafeInt",
@@ -18,14 +29,29 @@ __all__ = [
 MAX_SAFE_INT = 2**53 - 1
 
 SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT, strict=True)]
-# No control characters: PostgreSQL text cannot hold NUL, and names end up in logs and consoles.
+# No control characters: PostgreSQL text cannot hold NUL, and names end up in logs and consoles;
+# nor bidirectional overrides or zero-width characters, which make a name display as another.
+VISIBLE_TEXT = r"^[^\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$"
 Name = Annotated[
     str,
-    StringConstraints(
-        min_length=1, max_length=200, strip_whitespace=True, pattern=r"^[^\x00-\x1f\x7f]+$"
-    ),
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=VISIBLE_TEXT),
 ]
-ShortText = Annotated[str, StringConstraints(max_length=1000)]
+ShortText = Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00]*$")]
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _rfc3339_text(value: object) -> object:
+    """Date-times arrive as RFC 3339 text: pydantic's lax mode would also take a number (or a
+    string of digits) as Unix seconds, which no client of this API means."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("an RFC 3339 date-time with a timezone, e.g. 2026-12-05T12:00:00Z")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 
 T = TypeVar("T")
 

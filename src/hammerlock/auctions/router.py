@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import Field, StringConstraints
 from starlette.responses import Response
 
 from hammerlock.api.deps import get_container, get_ctx
@@ -21,7 +21,7 @@ from hammerlock.api.idempotency import replay, stored_headers
 from hammerlock.api.policy import policy
 from hammerlock.api.problems import ApiError
 from hammerlock.api.route import HammerlockRoute, domain_problem
-from hammerlock.api.schemas import MAX_SAFE_INT, ApiModel
+from hammerlock.api.schemas import MAX_SAFE_INT, VISIBLE_TEXT, ApiModel, DateTime
 from hammerlock.auctions.bidding import Answer, BidRequest
 from hammerlock.auctions.model import Band, Bid, Lot
 from hammerlock.auctions.service import Auctions, NewLot
@@ -46,7 +46,8 @@ SellerId = Annotated[str, StringConstraints(pattern=r"^slr_[a-z0-9]{4,40}$")]
 BidderId = Annotated[str, StringConstraints(pattern=r"^bdr_[a-z0-9]{4,40}$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Title = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=VISIBLE_TEXT),
 ]
 Description = Annotated[str, StringConstraints(max_length=5_000, pattern=_PRINTABLE)]
 Reason = Annotated[
@@ -71,8 +72,8 @@ class LotIn(ApiModel):
     reserve_price: Amount0 = 0
     buy_now_price: Amount | None = None
     increments: list[BandIn] | None = Field(default=None, max_length=32)
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime
+    starts_at: DateTime | None = None
+    ends_at: DateTime
     soft_close_s: Annotated[int, Field(ge=0, le=86_400, strict=True)] = 120
     soft_close_cap_s: Annotated[int, Field(ge=0, le=7 * 86_400, strict=True)] = 3_600
     buyer_premium_bps: Bps = 0

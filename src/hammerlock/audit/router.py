@@ -12,13 +12,13 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime, BaseModel, StringConstraints
+from pydantic import BaseModel, StringConstraints
 from starlette.responses import Response
 
 from hammerlock.api.deps import get_container, get_ctx
 from hammerlock.api.policy import policy
 from hammerlock.api.route import HammerlockRoute
-from hammerlock.api.schemas import MAX_SAFE_INT, ListEnvelope
+from hammerlock.api.schemas import MAX_SAFE_INT, DateTime, ListEnvelope
 from hammerlock.audit import service
 from hammerlock.audit.errors import AuditError
 from hammerlock.audit.model import EventFilter, TreeHead
@@ -127,8 +127,8 @@ async def list_events(
     *,
     after_seq: Seq | None = None,
     limit: Limit = 100,
-    since: Annotated[AwareDatetime | None, Query(description="RFC 3339; inclusive")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="RFC 3339; exclusive")] = None,
+    since: Annotated[DateTime | None, Query(description="RFC 3339; inclusive")] = None,
+    until: Annotated[DateTime | None, Query(description="RFC 3339; exclusive")] = None,
     actor_id: Annotated[ActorId | None, Query()] = None,
     action: Annotated[Action | None, Query()] = None,
     resource_type: Annotated[ResourceType | None, Query()] = None,

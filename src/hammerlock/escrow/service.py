@@ -98,6 +98,7 @@ from hammerlock.ledger.model import (
     TransferFlag,
     TransferInput,
 )
+from hammerlock.payments.errors import InvalidTransition as IntentNotCapturable
 from hammerlock.payments.gateways.base import Gateway, GatewayError, GatewayRejected, PayoutRequest
 from hammerlock.payments.model import (
     CaptureMethod,
@@ -705,9 +706,14 @@ class Escrow:
             return order
         deposit, _ = await self.payments.get(order.deposit_intent_id)
         if deposit.status is IntentStatus.REQUIRES_CAPTURE:
-            deposit = await self.payments.capture(
-                ctx, deposit.id, amount_to_capture=min(deposit.amount_capturable, order.total)
-            )
+            try:
+                deposit = await self.payments.capture(
+                    ctx, deposit.id, amount_to_capture=min(deposit.amount_capturable, order.total)
+                )
+            except IntentNotCapturable:
+                # Captured (or voided) since we read it — a second pay, or the sweeper
+                # resuming this one: go on from what it is now.
+                deposit, _ = await self.payments.get(deposit.id)
         elif deposit.status is IntentStatus.PROCESSING:
             deposit = await self.payments.drive(ctx, deposit.id)
         held = deposit.amount_received - deposit.amount_refunded

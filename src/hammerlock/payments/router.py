@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StrictBool, StringConstraints, field_validator
 from starlette.responses import Response
 
 from hammerlock.api.deps import get_container, get_ctx
@@ -81,7 +81,7 @@ class PaymentIntentIn(ApiModel):
     currency: Currency
     payment_method: PaymentMethod | None = None
     capture_method: Literal["automatic", "manual"] = "automatic"
-    confirm: bool = False
+    confirm: StrictBool = False
     return_url: ReturnUrl | None = None
     customer: Customer | None = None
     description: Description | None = None
@@ -253,7 +253,7 @@ async def get_refund(request: Request, refund_id: RefundId) -> Response:
 
 @router.post(
     "/v1/webhooks/{gateway}",
-    openapi_extra=policy(Permission.PUBLIC, max_body_bytes=256 * 1024),
+    openapi_extra=policy(Permission.PUBLIC, max_body_bytes=256 * 1024, raw_body=True),
     summary="Inbound gateway webhooks (verified by the gateway's signature)",
 )
 async def gateway_webhook(request: Request, gateway: GatewayName) -> Response:

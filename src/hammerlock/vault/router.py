@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from hammerlock.audit.model import Actor, Context, Origin
 from hammerlock.payments.gateways.base import (
@@ -88,14 +88,14 @@ class AuthorizeBody(_Strict):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     token_id: str | None = Field(default=None, max_length=64)
     gateway_token: str | None = Field(default=None, max_length=512)
-    capture: bool = False
+    capture: StrictBool = False
     return_url: str | None = Field(default=None, max_length=2048)
-    force_three_d_secure: bool = False
+    force_three_d_secure: StrictBool = False
     description: str | None = Field(default=None, max_length=1000)
     metadata: dict[str, Annotated[str, Field(max_length=500)]] = Field(
         default_factory=dict, max_length=50
     )
-    hold_in_escrow: bool = False
+    hold_in_escrow: StrictBool = False
     service_fee_amount: int | None = Field(default=None, ge=0, le=_MAX_INT)
 
     @model_validator(mode="after")

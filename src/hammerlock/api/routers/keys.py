@@ -12,7 +12,7 @@ from hammerlock.api.deps import get_container, get_ctx
 from hammerlock.api.policy import policy
 from hammerlock.api.problems import ApiError
 from hammerlock.api.route import HammerlockRoute
-from hammerlock.api.schemas import ApiModel, ListEnvelope, Name
+from hammerlock.api.schemas import ApiModel, DateTime, ListEnvelope, Name
 from hammerlock.clock import format_rfc3339, to_us
 from hammerlock.security import service
 from hammerlock.security.keys import ApiKey
@@ -56,7 +56,7 @@ class KeyCreate(ApiModel):
     role: Role
     name: Name
     principal_id: PrincipalId | None = None
-    expires_at: datetime | None = Field(default=None, description="RFC 3339, with a timezone")
+    expires_at: DateTime | None = Field(default=None, description="RFC 3339, with a timezone")
 
 
 @router.get("", openapi_extra=policy(Permission.KEYS_MANAGE))

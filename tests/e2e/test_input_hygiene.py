@@ -19,6 +19,7 @@ from hammerlock.bootstrap import Container
 from hammerlock.security.permissions import Role
 from tests.conftest import Keys
 from tests.e2e.test_platform import assert_problem
+from tests.payments.fake_gateway import FakeGateway
 
 
 def _post(client: httpx.AsyncClient, path: str, headers: dict[str, str], raw: bytes) -> Any:
@@ -174,3 +175,17 @@ async def test_a_client_leaving_mid_body_is_a_400_not_a_logged_500(
     assert start["status"] == 400
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert orjson.loads(body)["code"] == "request_incomplete"
+
+
+async def test_a_gateway_webhook_reaches_its_verifier_in_the_senders_content_type(
+    container: Container, client: httpx.AsyncClient
+) -> None:
+    """Braintree posts its webhooks as a form (bt_signature, bt_payload): the route hands the
+    raw body to the gateway's verifier instead of refusing it as not JSON."""
+    container.payments.gateways["sandbox"] = FakeGateway()  # its verifier refuses every body
+    r = await client.post(
+        "/v1/webhooks/sandbox",
+        content=b"bt_signature=abc%7Cdef&bt_payload=eyJ9",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_problem(r, 400, "webhook_signature_invalid")

@@ -29,7 +29,8 @@ class Policy:
     # instead of the idempotency store's lease before and completion after.
     receipt_in_transaction: bool = False
     # The handler reads the raw body itself (a gateway's signed webhook): no body model, yet
-    # a body is expected — not refused as sent to a route that takes none.
+    # a body is expected — not refused as sent to a route that takes none — in whatever
+    # content type the sender uses (Braintree posts a form, Stripe JSON).
     raw_body: bool = False
 
     @classmethod

@@ -221,7 +221,7 @@ async def test_run_check_is_ok_on_a_sound_ledger(container: Container) -> None:
     report = await run_check(container.db)
     assert report.ok, report.lines()
     assert (report.transfers, report.currencies) == (4, 1)
-    assert report.lines() == ["checked 4 transfers in 1 currencies: all invariants hold"]
+    assert report.lines() == ["checked 4 transfers in 1 currency: all invariants hold"]
 
 
 @pytest.mark.parametrize(

@@ -205,8 +205,10 @@ def serve_cmd(  # noqa: PLR0917 - Typer maps parameters to flags
     ] = False,
     migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
 ) -> None:
-    """Run the API (migrating first) and the card vault beside it. The last startup line names
-    the docs URL."""
+    """Run the API (migrating first) and the card vault beside it.
+
+    The startup lines end with the docs URL; JSON log lines follow.
+    """
     for name, value in (("HOST", host), ("PORT", port), ("VAULT_PORT", vault_port)):
         if value is not None:
             os.environ[f"HAMMERLOCK_{name}"] = str(value)
@@ -285,7 +287,9 @@ def keys_create(
     principal: Annotated[
         str | None, typer.Option(help="Bind the key to this principal id (default: a new one)")
     ] = None,
-    expires_in_days: Annotated[int | None, typer.Option(min=1, max=3650)] = None,
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, max=3650, help="Expire after N days (default: never)")
+    ] = None,
 ) -> None:
     """Create a key. The key is printed once: the last line of standard output."""
     if not 1 <= len(name) <= 200:
@@ -582,10 +586,12 @@ def demo_cmd(
         str, typer.Option("--vault-url", help="Its card vault")
     ] = "http://127.0.0.1:8001",
 ) -> None:
-    """A marketplace day against the running server (`make run` first), in under a minute:
-    parties, cards, three lots, bids, escrow, a default, a dispute, payouts; then the ledger
+    """A marketplace day against the running server, in under a minute (`make run` first).
+
+    Parties, cards, three lots, bids, escrow, a default, a dispute, payouts; then the ledger
     check and the audit trail's signed heads and proofs. Use the server's HAMMERLOCK_* settings:
-    it mints its own keys."""
+    it mints its own keys.
+    """
     from hammerlock.cli.marketplace_demo import run
 
     raise typer.Exit(run(api_url, vault_url))

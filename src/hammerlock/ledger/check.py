@@ -33,7 +33,8 @@ class CheckReport:
         return not self.problems
 
     def lines(self) -> list[str]:
-        head = f"checked {self.transfers} transfers in {self.currencies} currencies: " + (
+        currencies = "currency" if self.currencies == 1 else "currencies"
+        head = f"checked {self.transfers} transfers in {self.currencies} {currencies}: " + (
             "all invariants hold" if self.ok else f"{len(self.problems)} problem(s)"
         )
         return [head, *self.problems]

@@ -17,7 +17,8 @@ from hammerlock.auctions import storage as auction_storage
 from hammerlock.auctions.model import RenewalState
 from hammerlock.audit.model import Context
 from hammerlock.bootstrap import Container
-from hammerlock.clock import FixedClock
+from hammerlock.clock import FixedClock, format_rfc3339
+from hammerlock.webhooks import service as webhooks
 from tests.auctions.conftest import Market
 from tests.auctions.deposit_support import (
     deposit_intents,
@@ -82,6 +83,21 @@ async def test_a_declined_renewal_is_tried_again_after_a_restart_and_not_before_
     [attempt] = await renewal_attempts(container)
     assert attempt.state is RenewalState.DECLINED
     assert attempt.retry_at_us == clock.now_us() + 6 * 3_600 * 1_000_000
+    # the marketplace is told, in the decline's transaction, so it can ask for another card
+    async with container.db.read() as uow:
+        page = await webhooks.list_events(
+            uow, cursor=None, limit=10, event_type="deposit.renewal_declined"
+        )
+        [event] = [await webhooks.get_event(uow, item.id) for item in page.items]
+    data = event.payload["data"]
+    assert data["id"] == attempt.deposit_id
+    assert data["lot_id"] == lot["id"]
+    assert data["bidder_id"] == a.id
+    assert data["renewal"]["status"] == "requires_payment_method"
+    assert data["renewal"]["next_try"] == format_rfc3339(attempt.retry_at_us)
+    first_intent, _ = await container.payments.get(first)
+    assert first_intent.authorization_expires_us is not None
+    assert data["authorization_expires"] == format_rfc3339(first_intent.authorization_expires_us)
 
     fresh = restarted(container.auctions)
     clock.advance(3_600)

@@ -70,9 +70,10 @@ from hammerlock.auctions.model import (
     standing_of,
     validate_increments,
 )
-from hammerlock.auctions.views import lot_json
+from hammerlock.auctions.views import deposit_json, lot_json
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import Context
+from hammerlock.clock import format_rfc3339
 from hammerlock.db.engine import Database
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.errors import DomainError
@@ -933,6 +934,10 @@ class Auctions:
                         "auctions.deposit_renewal_unrecorded", deposit=deposit.id, intent=intent_id
                     )
             return
+        lapses_us = None
+        if reason == "declined" and deposit.payment_intent is not None:
+            held, _ = await self.payments.get(deposit.payment_intent)
+            lapses_us = held.authorization_expires_us
         async with self.db.transaction() as uow:
             if await storage.set_renewal(
                 uow,
@@ -955,6 +960,25 @@ class Auctions:
                         "reason": reason,
                     },
                 )
+                if reason == "declined":
+                    # The card refused: only the bidder can fix that (another card, their
+                    # bank), so the marketplace is told in time to ask them.
+                    await webhooks.enqueue(
+                        uow,
+                        "deposit.renewal_declined",
+                        {
+                            **deposit_json(deposit, None),
+                            "renewal": {
+                                "payment_intent": new.id,
+                                "status": new.status.value,
+                                "next_try": format_rfc3339(now_us + _RENEW_RETRY_US),
+                            },
+                            "authorization_expires": None
+                            if lapses_us is None
+                            else format_rfc3339(lapses_us),
+                        },
+                        ts_us=uow.clock.now_us(),
+                    )
 
     async def _settle_renewals(self, ctx: Context) -> None:
         """Every attempt that may still leave an authorization held beside the deposit, whoever

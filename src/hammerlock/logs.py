@@ -98,5 +98,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
     # httpx logs every request it makes at info (the vault polls among them): the calls that
     # matter are logged by our own clients, with what they mean.
+    # At debug they are kept (HAMMERLOCK_LOG_LEVEL=debug shows every call).
     for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(name).setLevel(
+            logging.WARNING if root.level > logging.DEBUG else root.level
+        )

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import sqlalchemy.exc as sa_exc
 
 from hammerlock.cli.errors import explain
 from hammerlock.cli.main import app
@@ -203,6 +204,19 @@ def test_a_command_run_away_from_its_database_says_so_and_creates_nothing(
 
 def test_a_bug_keeps_its_traceback_without_local_variables() -> None:
     assert explain(RuntimeError("a bug")) is None
+
+    class Orig(Exception):
+        pass
+
+    # a database error a command meets while running is a bug's, not a setting's
+    running = sa_exc.IntegrityError("INSERT", {}, Orig("duplicate key value violates unique"))
+    assert explain(running) is None
+    assert explain(sa_exc.ProgrammingError("SELECT", {}, Orig('column "x" does not exist'))) is None
+    # …nor is a bug raised while such an error was being handled
+    bug = KeyError("missing")
+    bug.__context__ = sa_exc.DBAPIError("SELECT", {}, Orig("could not connect to server"))
+    assert explain(bug) is None
+    assert explain(sa_exc.DBAPIError("c", {}, Orig('password authentication failed for user "x"')))
     try:
         try:
             raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")

@@ -9,8 +9,9 @@ import pytest
 
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
+from hammerlock.escrow import storage as escrow_storage
 from hammerlock.escrow.model import OrderStatus
-from hammerlock.escrow.service import Escrow
+from hammerlock.escrow.service import _LIVE_DEPOSIT, Escrow
 from hammerlock.payments.model import IntentStatus
 from tests.escrow.conftest import SYSTEM, open_test_order, party_ctx
 from tests.escrow.test_escrow_flow import balance
@@ -173,3 +174,80 @@ async def test_a_pay_finding_the_deposit_captured_under_it_goes_on(
     assert paid.status is OrderStatus.PAID
     assert paid.deposit_in_escrow == 20_000
     assert await balance(container, f"escrow:{order.id}") == 125_000
+
+
+async def test_after_the_deadline_the_sweeper_leaves_an_interrupted_pay_to_the_default(
+    container: Container,
+    gateway: FakeGateway,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    del gateway
+    escrow = container.escrow
+    opened = await open_test_order(container, hammer=10_000, deposit=20_000, window_s=3_600)
+    die_once(monkeypatch, escrow, "_take_deposit")
+    with pytest.raises(Died):
+        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    clock.advance(3_601)
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert await escrow._resume_pay(SYSTEM, order.id) == 0  # even when called directly
+    counts = await escrow.sweep(SYSTEM)
+    assert counts["resumed"] == 0
+    assert counts["defaulted"] == 1
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert order.status is OrderStatus.DEFAULTED
+    assert await balance(container, "platform:penalties:USD") == 20_000
+    assert await balance(container, f"deposit:bid_buyer:{opened.terms.lot_id}") == 0
+
+
+async def test_a_pay_racing_a_default_that_seized_the_whole_deposit_leaves_it_the_penalty(
+    container: Container,
+    gateway: FakeGateway,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Node B's default captured the whole 20,000 deposit (more than the 12,500 total); node
+    A's pay, which read the deposit before, must neither move 12,500 of it into escrow (the
+    order would turn paid and 7,500 would be stranded in the deposit account) nor charge a rest
+    on the card: the whole deposit is the penalty."""
+    del gateway
+    escrow = container.escrow
+    opened = await open_test_order(container, hammer=10_000, deposit=20_000, window_s=3_600)
+    die_once(monkeypatch, escrow, "_take_deposit")
+    with pytest.raises(Died):
+        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    clock.advance(3_601)
+    assert await escrow._seize_deposit(SYSTEM, order) == 20_000  # node B, mid-default
+    taken = await escrow._take_deposit(BUYER, order)  # node A, from its earlier read
+    assert taken.deposit_in_escrow == 0
+    assert await escrow._charge_rest(BUYER, taken, None) is None
+    assert (await escrow.get(SYSTEM, order.id)).order.payment_intent_id is None
+    after = await escrow.default(SYSTEM, order.id)  # node B goes on
+    assert after.status is OrderStatus.DEFAULTED
+    assert await balance(container, "platform:penalties:USD") == 20_000
+    assert await balance(container, f"deposit:bid_buyer:{opened.terms.lot_id}") == 0
+    assert await balance(container, f"escrow:{order.id}") == 0
+
+
+async def test_an_interrupted_pay_whose_deposit_is_dead_never_enters_the_queue(
+    container: Container, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    del gateway
+    escrow = container.escrow
+    opened = await open_test_order(container, hammer=100_000, deposit=20_000)
+    die_once(monkeypatch, escrow, "_take_deposit")
+    with pytest.raises(Died):
+        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    order = (await escrow.get(SYSTEM, opened.order_id)).order
+    assert order.deposit_intent_id is not None
+    await container.payments.cancel(SYSTEM, order.deposit_intent_id, reason="abandoned")
+    now = container.db.clock.now_us()
+    async with container.db.read() as uow:
+        queued = await escrow_storage.ids_where(
+            uow,
+            escrow_storage.pay_interrupted(now, now, "payment_requested", _LIVE_DEPOSIT),
+            limit=10,
+        )
+    assert queued == []
+    assert (await escrow.sweep(SYSTEM))["resumed"] == 0

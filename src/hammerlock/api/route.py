@@ -72,8 +72,8 @@ class HammerlockRoute(APIRoute):
                 body = await _read_body(request, limit)
                 if not route_policy.raw_body:  # a gateway's webhook comes as it sends it
                     _check_content_type(request, body)
-            _pan_guard(request, body)
-            if body and no_body and body.strip() != b"{}":
+            _pan_guard(request, body, text_checked=not route_policy.raw_body)
+            if body and no_body and not _empty_json(body):
                 raise ApiError(
                     "validation_error", "this route takes no request body: send none, or {}"
                 )
@@ -189,8 +189,19 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _pan_guard(request: Request, body: bytes) -> None:
-    """Card numbers never enter the API: refuse them in headers, path, query and JSON strings."""
+def _empty_json(body: bytes) -> bool:
+    """``{}`` or ``null``, however spaced: what a client sends for "no arguments"."""
+    try:
+        return orjson.loads(body) in ({}, None)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _pan_guard(request: Request, body: bytes, *, text_checked: bool = True) -> None:
+    """Card numbers never enter the API: refuse them in headers, path, query and JSON strings.
+    With ``text_checked``, body strings must also be text a database can hold (no NUL, no
+    unpaired surrogate) — not for a gateway's webhook, whose body is the gateway's to judge
+    (refusing it would only make the gateway retry it until it gives up)."""
     found = (
         any(contains_pan(v) for v in request.headers.values())
         or contains_pan(request.scope["path"])  # percent-decoded, unlike the raw query string
@@ -205,7 +216,7 @@ def _pan_guard(request: Request, body: bytes) -> None:
                 if contains_pan(text):
                     found = True
                     break
-                if "\x00" in text or not _encodable(text):
+                if text_checked and ("\x00" in text or not _encodable(text)):
                     raise ApiError(
                         "validation_error",
                         "a string in the body holds a NUL character or an unpaired UTF-16 "

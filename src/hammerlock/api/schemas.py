@@ -31,7 +31,9 @@ MAX_SAFE_INT = 2**53 - 1
 SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT, strict=True)]
 # No control characters: PostgreSQL text cannot hold NUL, and names end up in logs and consoles;
 # nor bidirectional overrides or zero-width characters, which make a name display as another.
-VISIBLE_TEXT = r"^[^\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$"
+# (ZWNJ and ZWJ, U+200C/U+200D, stay allowed: Persian and Indic spelling and emoji sequences
+# need them; so do the LRM/RLM marks, which override nothing.)
+VISIBLE_TEXT = r"^[^\x00-\x1f\x7f\u200b\u202a-\u202e\u2060\u2066-\u2069\ufeff]+$"
 Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=VISIBLE_TEXT),

@@ -1,9 +1,10 @@
-"""Startup mistakes — a wrong ``HAMMERLOCK_*`` setting, a database that is not there — told in
-one line with what to do next, instead of a page of traceback. Anything else is a bug and keeps
-its traceback."""
+"""Startup mistakes — a wrong ``HAMMERLOCK_*`` setting, a database that is not there or will not
+let us in — told in one line with what to do next, instead of a page of traceback. Anything
+else is a bug and keeps its traceback (as does everything with ``HAMMERLOCK_DEBUG=1``)."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sys
@@ -27,8 +28,18 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else "(no message)"
 
 
+# What a database says when it cannot be used as configured (no database, no such role, a wrong
+# password, nothing listening) — not errors a running command meets (a constraint, a lock).
+_UNUSABLE_DB = re.compile(
+    r"role \"[^\"]*\" does not exist|password authentication failed|no pg_hba\.conf entry|"
+    r"could not connect|connection refused|unable to open database file|"
+    r"could not translate host name|name or service not known",
+    re.IGNORECASE,
+)
+
+
 def _explain_one(exc: BaseException) -> str | None:
-    if isinstance(exc, pydantic.ValidationError):
+    if isinstance(exc, pydantic.ValidationError) and exc.title == "Settings":
         problems = []
         for error in exc.errors()[:10]:
             field = ".".join(str(part) for part in error["loc"])
@@ -48,12 +59,14 @@ def _explain_one(exc: BaseException) -> str | None:
                 f"  Next: create it (e.g. `createdb {missing[1]}`) and start again; hammerlock "
                 "creates its own tables."
             )
+        if not _UNUSABLE_DB.search(detail):
+            return None  # a database error a command met while running: a bug's traceback
         return (
-            f"the database refused: {detail}\n"
+            f"cannot use the database: {detail}\n"
             "  Next: check HAMMERLOCK_DATABASE_URL (and HAMMERLOCK_VAULT_DATABASE_URL for the "
             "vault): user, password, host, port, database."
         )
-    if isinstance(exc, sqlalchemy.exc.ArgumentError):
+    if isinstance(exc, sqlalchemy.exc.ArgumentError) and "URL" in str(exc):
         return (
             f"{_first_line(str(exc))}\n"
             "  Next: check HAMMERLOCK_DATABASE_URL, e.g. postgresql+asyncpg://user@host:5432/db "
@@ -75,8 +88,12 @@ def _explain_one(exc: BaseException) -> str | None:
 
 
 def explain(exc: BaseException) -> str | None:
-    """What to tell the user about ``exc`` (or the exception it was raised from); None when it
-    is not a startup mistake."""
+    """What to tell the user about ``exc`` (or the exception it was raised from, following
+    ``raise … from``: never one that was merely being handled when a bug struck); None when
+    it is not a setting or a database that cannot work as configured. ``HAMMERLOCK_DEBUG=1``
+    shows the traceback anyway."""
+    if os.environ.get("HAMMERLOCK_DEBUG") == "1":
+        return None
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(seen) < 8:
@@ -84,7 +101,7 @@ def explain(exc: BaseException) -> str | None:
         told = _explain_one(current)
         if told is not None:
             return told
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return None
 
 

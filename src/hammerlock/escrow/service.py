@@ -256,6 +256,11 @@ async def open_order(uow: UnitOfWork, ctx: Context, terms: OrderTerms) -> str:
     return order.id
 
 
+# Deposit intents a pay may still take into escrow (the sweeper resumes only these).
+_LIVE_DEPOSIT: Final = frozenset(
+    s.value
+    for s in (IntentStatus.REQUIRES_CAPTURE, IntentStatus.PROCESSING, IntentStatus.SUCCEEDED)
+)
 _RENEW_CUTOFF_US = 3_600 * 1_000_000  # no deposit swap in the last hour before pay_by
 
 
@@ -719,7 +724,14 @@ class Escrow:
         held = deposit.amount_received - deposit.amount_refunded
         if deposit.status is not IntentStatus.SUCCEEDED or held <= 0:
             return order  # voided or lapsed: the rest intent charges the whole total
-        amount = min(held, order.total)
+        if held > order.total:
+            # A pay captures at most the total: more was captured by a default seizing the
+            # whole deposit at the deadline. That money is the default's penalty, not a
+            # payment: moving the total of it into escrow would mark the order paid and strand
+            # the rest in deposit:{buyer}:{lot}.
+            log.warning("escrow.deposit_seized_by_default", order=order.id, intent=deposit.id)
+            return order
+        amount = held
 
         async with self.db.transaction() as uow:
             current = await _locked(uow, order.id)
@@ -764,6 +776,10 @@ class Escrow:
                 order = await self._take_deposit(ctx, order)
                 if order.status is not OrderStatus.AWAITING_PAYMENT:
                     return None
+                if not order.deposit_in_escrow:
+                    latest, _ = await self.payments.get(deposit.id)
+                    if latest.amount_received - latest.amount_refunded > order.total:
+                        return None  # seized whole by a default (_take_deposit): no rest
         rest = order.total - order.deposit_in_escrow
         if rest <= 0:
             return None
@@ -1525,7 +1541,9 @@ class Escrow:
         batch = self.config.sweep_batch
         async with self.db.read() as uow:
             interrupted = await storage.ids_where(
-                uow, storage.pay_interrupted(now - grace_us, _LABELS[Event.PAY]), limit=batch
+                uow,
+                storage.pay_interrupted(now, now - grace_us, _LABELS[Event.PAY], _LIVE_DEPOSIT),
+                limit=batch,
             )
             waiting = await storage.ids_where(uow, storage.awaiting_with_intent(), limit=batch)
             due = await storage.ids_where(uow, storage.due_for_default(now), limit=batch)
@@ -1594,6 +1612,8 @@ class Escrow:
         order = await self._load(order_id)
         if order.status is not OrderStatus.AWAITING_PAYMENT or order.payment_intent_id is not None:
             return 0
+        if self.db.clock.now_us() >= order.pay_by_us:
+            return 0  # the default's now: it captures the deposit as the penalty
         taken = await self._take_deposit(ctx, order)
         after = await self._sync_paid(ctx, order.id)
         moved = (

@@ -25,6 +25,7 @@ from hammerlock.db.rows import (
 )
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.escrow.model import OfferStatus, Order, OrderStatus, PayoutStatus
+from hammerlock.payments.storage import payment_intents
 
 __all__ = ["escrow_order_events", "escrow_orders"]
 
@@ -329,19 +330,25 @@ def awaiting_with_intent() -> list[sa.ColumnElement[bool]]:
     return [t.c.status == OrderStatus.AWAITING_PAYMENT.value, t.c.payment_intent_id.is_not(None)]
 
 
-def pay_interrupted(before_us: int, requested: str) -> list[sa.ColumnElement[bool]]:
-    """Orders whose buyer asked to pay (a timeline entry named ``requested``) and whose pay stopped
-    before its rest's intent was recorded, untouched since ``before_us``, with the deposit's
-    part still to finish: the authorization not yet in escrow, or escrow holding the whole
-    total without the order marked paid (the sweeper resumes these)."""
-    t, e = escrow_orders, escrow_order_events
+def pay_interrupted(
+    now_us: int, before_us: int, requested: str, live_deposit: Iterable[str]
+) -> list[sa.ColumnElement[bool]]:
+    """Orders whose buyer asked to pay (a timeline entry named ``requested``) and whose pay
+    stopped before its rest's intent was recorded, untouched since ``before_us`` and still
+    before their deadline (after it, the default decides), with the deposit's part still to
+    finish: a live authorization (its intent in ``live_deposit``) not yet in escrow, or escrow
+    holding the whole total without the order marked paid (the sweeper resumes these). A dead
+    deposit has nothing to resume: it never enters the queue."""
+    t, e, pi = escrow_orders, escrow_order_events, payment_intents
     asked = sa.exists().where(e.c.order_id == t.c.id, e.c.event == requested)
+    live = sa.exists().where(pi.c.id == t.c.deposit_intent_id, pi.c.status.in_(list(live_deposit)))
     return [
         t.c.status == OrderStatus.AWAITING_PAYMENT.value,
         t.c.payment_intent_id.is_(None),
         t.c.updated_us <= before_us,
+        t.c.pay_by_us > now_us,
         sa.or_(
-            sa.and_(t.c.deposit_intent_id.is_not(None), t.c.deposit_in_escrow == 0),
+            sa.and_(t.c.deposit_intent_id.is_not(None), t.c.deposit_in_escrow == 0, live),
             t.c.deposit_in_escrow >= t.c.hammer_price + t.c.premium,
         ),
         asked,

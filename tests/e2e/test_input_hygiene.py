@@ -12,9 +12,11 @@ from typing import Any
 
 import httpx
 import orjson
+import pydantic
 import pytest
 
 from hammerlock.api.app import create_app
+from hammerlock.api.schemas import Note, Reason
 from hammerlock.bootstrap import Container
 from hammerlock.security.permissions import Role
 from tests.conftest import Keys
@@ -55,6 +57,21 @@ async def test_text_no_database_can_hold_is_refused_before_the_handler(
     listed = await client.get("/v1/payment_intents", headers=headers)
     if listed.status_code == 200:
         assert listed.json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "https://xn--/", "https://a:b:c/", "http://[zz]/", "https://\u00ad/"]
+)
+async def test_a_return_url_nothing_can_parse_is_refused_before_the_card_is_used(
+    client: httpx.AsyncClient, keys: Keys, url: str
+) -> None:
+    """Such a URL crashed the vault's sandbox after the card was detokenized (a 500 the API
+    read as an unknown outcome: the intent stayed processing)."""
+    headers = await keys.headers(Role.ADMIN)
+    body = {"amount": 5000, "currency": "USD", "return_url": url}
+    r = await _post(client, "/v1/payment_intents", headers, orjson.dumps(body))
+    problem = assert_problem(r, 422, "validation_error")
+    assert "return_url" in str(problem["errors"])
 
 
 async def test_a_confirm_flag_must_be_a_json_boolean(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -209,3 +226,20 @@ async def test_a_gateway_webhook_reaches_its_verifier_in_the_senders_content_typ
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert_problem(r, 400, "webhook_signature_invalid")
+
+
+@pytest.mark.parametrize("text", [" ", "\n", "\u200b", "\u202ereversed", "a\x1b[31mred"])
+def test_a_reason_must_be_visible_text(text: str) -> None:
+    """Dispute, cancel and refund reasons: the types the order routes use."""
+    with pytest.raises(pydantic.ValidationError):
+        pydantic.TypeAdapter(Reason).validate_python(text)
+
+
+def test_notes_and_reasons_keep_lines_and_joiners() -> None:
+    text = (
+        "The frame is cracked.\n\tSee photo 2 — family \U0001f468\u200d\U0001f469\u200d\U0001f467"
+    )
+    assert pydantic.TypeAdapter(Reason).validate_python(text) == text
+    assert pydantic.TypeAdapter(Note).validate_python(text) == text
+    with pytest.raises(pydantic.ValidationError):
+        pydantic.TypeAdapter(Note).validate_python("ok\u2066hidden")

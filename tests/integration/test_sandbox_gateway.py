@@ -38,6 +38,7 @@ from hammerlock.vault.sandbox import (
     parse_faults,
     settlement_path,
 )
+from hammerlock.vault.sandbox.gateway import _check_url
 from hammerlock.vault.sandbox.settlement import COLUMNS
 
 BASE_URL = "http://vault.test"
@@ -614,3 +615,12 @@ async def test_no_card_number_in_the_database_or_settlement_files(
         for number in ALL_TEST_CARDS:
             assert number.encode() not in content, path
             assert number.encode("utf-16-le") not in content, path
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "https://xn--/", "https://a:b:c/", "http://[zz]/", "https://\u00ad/"]
+)
+def test_a_return_url_it_cannot_parse_is_refused_not_a_crash(url: str) -> None:
+    with pytest.raises(GatewayRejected) as refused:
+        _check_url(url, "return_url")
+    assert refused.value.code == "invalid_request"

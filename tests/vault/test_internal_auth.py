@@ -168,3 +168,23 @@ def test_nonce_cache_is_bounded_and_forgets_after_its_window() -> None:
     clock.advance(121)
     assert cache.add("c" * 32)
     assert cache.add("a" * 32)  # outside the window a timestamp check refuses it anyway
+
+
+async def test_a_crash_inside_an_internal_route_is_answered_signed(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starlette's error page sits outside the signing middleware: a crash answered there would
+    reach the API unsigned, as if forged. It is answered inside, signed, as a 500 problem."""
+
+    async def crash(**_: object) -> object:
+        raise RuntimeError("a bug in the vault")
+
+    monkeypatch.setattr(vault.container.vault, "audit_events", crash)
+    headers = _signed(vault)
+    response = await vault.browser.get(PATH, headers=headers)
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "a bug" not in response.text
+    RequestSigner(vault.container.internal_keys, vault.clock).verify_response(
+        headers["hammerlock-nonce"], 500, response.headers, response.content
+    )

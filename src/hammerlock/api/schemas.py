@@ -17,11 +17,14 @@ from pydantic import (
 
 __all__ = [
     "MAX_SAFE_INT",
+    "NOTE_TEXT",
     "VISIBLE_TEXT",
     "ApiModel",
     "DateTime",
     "ListEnvelope",
     "Name",
+    "Note",
+    "Reason",
     "SafeInt",
     "ShortText",
 ]
@@ -39,6 +42,14 @@ Name = Annotated[
     StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=VISIBLE_TEXT),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00]*$")]
+# Free text a person writes (a dispute's reason, a resolution's note): lines and tabs allowed,
+# other control characters, bidirectional overrides and invisible characters not.
+NOTE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u202a-\u202e\u2060\u2066-\u2069\ufeff]*$"
+Note = Annotated[str, StringConstraints(max_length=1000, pattern=NOTE_TEXT)]
+Reason = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1000, strip_whitespace=True, pattern=NOTE_TEXT),
+]
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from hammerlock.api.deps import get_container, get_ctx
 from hammerlock.api.policy import policy
 from hammerlock.api.route import HammerlockRoute
-from hammerlock.api.schemas import MAX_SAFE_INT, ApiModel
+from hammerlock.api.schemas import MAX_SAFE_INT, ApiModel, Note, Reason
 from hammerlock.escrow.model import CARRIERS, Order, PayoutAction
 from hammerlock.escrow.service import OrderView
 from hammerlock.escrow.views import Reader, intent_for, order_for
@@ -40,7 +40,6 @@ OUTCOME_HEADER = "Hammerlock-Outcome"
 OrderId = Annotated[str, Path(pattern=r"^ord_[a-f0-9]{14,40}$")]
 PaymentMethod = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{3,128}$")]
 Carrier = Literal["ups", "fedex", "usps", "dhl"]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]+$")]
 
 if set(CARRIERS) != {"ups", "fedex", "usps", "dhl"}:  # pragma: no cover - kept in step by hand
     raise RuntimeError("escrow.router's Carrier literal lags behind escrow.model.CARRIERS")
@@ -66,7 +65,7 @@ class DisputeIn(ApiModel):
 
 class ResolveIn(ApiModel):
     refund_amount: Annotated[int, Field(ge=0, le=MAX_SAFE_INT, strict=True)]
-    note: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    note: Note | None = None
 
 
 class RefundIn(ApiModel):

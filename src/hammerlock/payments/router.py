@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+import httpx
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import Field, StrictBool, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, StrictBool, StringConstraints, field_validator
 from starlette.responses import Response
 
 from hammerlock.api.deps import get_container, get_ctx
@@ -43,9 +44,24 @@ Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Amount = Annotated[int, Field(ge=1, le=MAX_SAFE_INT, strict=True)]
 Customer = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_PRINTABLE)]
 Description = Annotated[str, StringConstraints(max_length=500, pattern=_PRINTABLE)]
-Note = Annotated[str, StringConstraints(max_length=1000)]
+
+
+def _parsable_url(value: str) -> str:
+    """A URL the vault (httpx) can parse, with a host: refused here as 422 rather than after
+    the card was detokenized for the charge."""
+    try:
+        host = httpx.URL(value).host  # decoded lazily: IDNA errors show here
+    except (httpx.InvalidURL, ValueError):  # ValueError: IDNA labels, IP literals, ports
+        raise ValueError("return_url is not a URL that can be parsed") from None
+    if not host:
+        raise ValueError("return_url needs a host")
+    return value
+
+
 ReturnUrl = Annotated[
-    str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")
+    str,
+    StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$"),
+    AfterValidator(_parsable_url),
 ]
 IntentId = Annotated[str, Path(pattern=r"^pi_[a-f0-9]{14,40}$")]
 RefundId = Annotated[str, Path(pattern=r"^re_[a-f0-9]{14,40}$")]

@@ -11,13 +11,12 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import StringConstraints
 from starlette.responses import Response
 
 from hammerlock.api.deps import get_container, get_ctx
 from hammerlock.api.policy import policy
 from hammerlock.api.route import HammerlockRoute
-from hammerlock.api.schemas import ApiModel
+from hammerlock.api.schemas import ApiModel, Note
 from hammerlock.payments.model import ReviewStatus
 from hammerlock.payments.views import review_json
 from hammerlock.security.permissions import Permission
@@ -31,7 +30,7 @@ Cursor = Annotated[str, Query(pattern=r"^rev_[a-f0-9]{14,40}$")]
 
 
 class DecisionIn(ApiModel):
-    note: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    note: Note | None = None
 
 
 def _json(body: object, status: int = 200) -> Response:

@@ -145,7 +145,20 @@ class InternalAuthMiddleware:
             await send({**start, "headers": raw})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-        await self.app(scope, _replay(body, receive), buffer)
+        try:
+            await self.app(scope, _replay(body, receive), buffer)
+        except Exception as exc:
+            # Answered here, signed, rather than by Starlette's error middleware outside this
+            # one: an unsigned 500 would read to the API as a forged answer. (A 500 still
+            # leaves the call's outcome unknown to the caller: nothing here says what was done.)
+            if chunks:
+                raise  # the answer was being sent: nothing sound can follow it
+            log.error("http.unhandled_error", path=scope["path"], exc_info=exc)
+            start = {}
+            await problem_response(
+                code="internal_error",
+                detail="an unexpected error occurred in the vault; it has been logged",
+            )(scope, receive, buffer)
 
 
 def _target(scope: Scope) -> str:

@@ -65,8 +65,8 @@ class _Strict(BaseModel):
 
 class TokenBody(_Strict):
     number: str = Field(min_length=1, max_length=40)
-    exp_month: int = Field(ge=-_MAX_INT, le=_MAX_INT)
-    exp_year: int = Field(ge=-_MAX_INT, le=_MAX_INT)
+    exp_month: int = Field(ge=-_MAX_INT, le=_MAX_INT, strict=True)  # a JSON integer, not "1_2"
+    exp_year: int = Field(ge=-_MAX_INT, le=_MAX_INT, strict=True)
     cvc: str | None = Field(default=None, max_length=8)
     name: str | None = Field(default=None, max_length=200)
     address_country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")

@@ -143,8 +143,12 @@ def _check_currency(currency: str) -> None:
 def _check_url(url: str | None, what: str) -> None:
     if url is None:
         return
-    parsed = httpx.URL(url) if len(url) <= URL_LEN_MAX else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+    try:
+        parsed = httpx.URL(url) if len(url) <= URL_LEN_MAX else None
+        host = "" if parsed is None else parsed.host  # decoded lazily: IDNA errors show here
+    except (httpx.InvalidURL, ValueError):  # ValueError: IDNA labels, IP literals, ports
+        parsed, host = None, ""
+    if parsed is None or parsed.scheme not in ("http", "https") or not host:
         raise reject("invalid_request", f"{what} must be an absolute http(s) URL")
 
 

@@ -73,8 +73,8 @@ def debug_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     path = tmp_path / "hammerlock.log"
     with path.open("w") as sink:
         monkeypatch.setattr(sys, "stderr", sink)
+        configure_logging("debug", "json")  # (which keeps httpx at debug: set it back after)
         monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.WARNING)
-        configure_logging("debug", "json")
         try:
             yield path
         finally:

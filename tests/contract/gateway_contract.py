@@ -173,6 +173,21 @@ class GatewayContract:
             assert after.status is ChargeStatus.AUTHORIZED
         assert after.next_action_url is None
 
+    async def test_a_payout_is_found_by_its_key(self, harness: GatewayHarness) -> None:
+        key = _key("payout-found")
+        assert await harness.gateway.find_payout(key) is None  # nothing made under it yet
+        made = await harness.gateway.payout(
+            PayoutRequest(
+                payout_key=key,
+                amount=2_500,
+                currency=self.currency,
+                destination=harness.payout_destination,
+            )
+        )
+        found = await harness.gateway.find_payout(key)
+        assert found == made
+        assert (found.amount, found.currency, found.status) == (2_500, self.currency, "paid")
+
     async def test_three_d_secure_fail_declines(self, harness: GatewayHarness) -> None:
         charge = await self._challenged(harness, capture=True)
         await harness.complete_challenge(charge, passed=False)

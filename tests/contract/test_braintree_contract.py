@@ -144,6 +144,9 @@ class _BraintreeDifferences(GatewayContract):
             await harness.gateway.payout(request)
         assert refused.value.code == "payout_unsupported"
 
+    async def test_a_payout_is_found_by_its_key(self, harness: GatewayHarness) -> None:
+        assert await harness.gateway.find_payout("po_contract") is None  # never any payout
+
 
 class TestBraintreeContract(_BraintreeDifferences):
     """Raw cards forwarded from inside the vault (``credit_card``)."""

@@ -222,3 +222,75 @@ async def test_a_payout_in_flight_cannot_be_marked(container: Container) -> None
     done = await asyncio.wait_for(accepting, 5)
     assert done.payout_status is PayoutStatus.PAID
     assert sum(gateway.paid.values()) == done.released_to_seller
+
+
+def _shown(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in events if (e.get("details") or {}).get("found_at_gateway")]  # type: ignore[union-attr]
+
+
+async def test_an_ambiguous_payout_the_gateway_shows_is_settled_without_an_operator(
+    container: Container, clock: FixedClock
+) -> None:
+    """Paid, the answer lost, the retry refused as a key reuse: the gateway shows the payout
+    under its key, so the order is settled paid with the gateway's id — no operator, no second
+    payout."""
+    gateway = AmbiguousPayouts()
+    gateway.lookups = True
+    escrow = install(container, gateway)
+    order = await _released(container)
+    assert order.payout_status is PayoutStatus.PENDING  # the answer was lost
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)
+    done = (await escrow.get(SYSTEM, order.id)).order
+    assert (done.payout_status, done.payout_id) == (PayoutStatus.PAID, "po_1")
+    assert done.paid_out == done.released_to_seller == sum(gateway.paid.values())
+    assert gateway.payout_calls == {order.payout_key: 2}  # the lost one and the refused one
+    events = await _events(container, order.id)
+    assert len(_shown(events)) == 1
+    assert not [e for e in events if e["event"] == "payout_ambiguous"]
+    assert await balance(container, _PAYABLE) == 0
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)
+    assert gateway.payout_calls == {order.payout_key: 2}
+    await _money_conserved(container, done)
+
+
+async def test_a_payout_recorded_ambiguous_is_settled_once_the_gateway_shows_it(
+    container: Container, clock: FixedClock
+) -> None:
+    gateway = AmbiguousPayouts()  # lookups off: the gateway cannot show it yet
+    escrow = install(container, gateway)
+    order = await _released(container)
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)
+    events = await _events(container, order.id)
+    assert [e["event"] for e in events].count("payout_ambiguous") == 1
+    gateway.lookups = True  # e.g. a gateway that indexes payouts by key after a delay
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)
+    done = (await escrow.get(SYSTEM, order.id)).order
+    assert (done.payout_status, done.payout_id) == (PayoutStatus.PAID, "po_1")
+    assert gateway.payout_calls == {order.payout_key: 2}  # never called again once ambiguous
+    assert len(_shown(await _events(container, order.id))) == 1
+    await _money_conserved(container, done)
+
+
+async def test_a_payout_shown_with_another_amount_is_left_to_an_operator(
+    container: Container, clock: FixedClock
+) -> None:
+    gateway = AmbiguousPayouts()
+    gateway.lookups = True
+    escrow = install(container, gateway)
+    order = await _released(container)
+    shown = gateway.made_payouts[order.payout_key or ""]
+    gateway.made_payouts[order.payout_key or ""] = Payout(
+        shown.gateway, shown.payout_key, shown.payout_id, shown.amount - 1, shown.currency, "paid"
+    )
+    clock.advance(60)
+    with capture_logs() as logs:
+        await escrow.sweep(SYSTEM)
+    assert any(entry["event"] == "escrow.payout_lookup_mismatch" for entry in logs)
+    after = (await escrow.get(SYSTEM, order.id)).order
+    assert after.payout_status is PayoutStatus.PENDING
+    assert await balance(container, _PAYABLE) == after.released_to_seller
+    assert [e["event"] for e in await _events(container, order.id)].count("payout_ambiguous") == 1

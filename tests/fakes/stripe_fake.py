@@ -7,7 +7,8 @@ answers, ``Idempotency-Key`` semantics, the error object, the documented test ca
   ``POST …/{id}/capture`` (``amount_to_capture``), ``POST …/{id}/cancel``,
   ``GET /v1/payment_intents/search`` (``metadata['k']:'v'``), ``GET /v1/payment_intents``
   (``created[gte]``, ``limit``, ``starting_after``)
-* ``POST /v1/refunds`` (and ``GET`` by ``payment_intent``), ``POST /v1/transfers``
+* ``POST /v1/refunds`` (and ``GET`` by ``payment_intent``), ``POST /v1/transfers`` (and ``GET``
+  by ``transfer_group``)
 * ``POST /_fake/3ds/{id}`` ``result=pass|fail``: what the cardholder's challenge page does
 
 Idempotency (as documented): the first response to a key (status and body, errors included) is
@@ -154,7 +155,7 @@ class StripeFake:
             Route("/v1/payment_intents/{id}/capture", self._capture, methods=["POST"]),
             Route("/v1/payment_intents/{id}/cancel", self._cancel, methods=["POST"]),
             Route("/v1/refunds", self._refund, methods=["GET", "POST"]),
-            Route("/v1/transfers", self._transfer, methods=["POST"]),
+            Route("/v1/transfers", self._transfer, methods=["GET", "POST"]),
             Route("/_fake/3ds/{id}", self._three_d_secure, methods=["POST"]),
         ]
         self.app = Starlette(routes=routes)
@@ -548,13 +549,26 @@ class StripeFake:
             "currency": params["currency"],
             "destination": destination,
             "metadata": params.get("metadata") or {},
+            "transfer_group": params.get("transfer_group"),
             "reversed": False,
             "amount_reversed": 0,
         }
         self.state.transfers[transfer["id"]] = transfer
         return transfer
 
+    def _transfer_list(self, _r: Request, params: dict[str, Any]) -> dict[str, Any]:
+        limit = min(int(params.get("limit", 10)), 100)
+        group = params.get("transfer_group")
+        data = [
+            t
+            for t in self.state.transfers.values()
+            if group is None or t.get("transfer_group") == group
+        ]
+        return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
+
     async def _transfer(self, request: Request) -> Response:
+        if request.method == "GET":
+            return await self._handle(request, self._transfer_list)
         return await self._handle(request, self._transfer_action)
 
     async def _three_d_secure(self, request: Request) -> Response:

@@ -41,6 +41,10 @@ class FakeGateway:
         self.poisoned: set[str] = set()  # intent ids whose calls raise an unforeseen error
         self.down_for = 0  # the next N calls find the gateway unreachable
         self.refuse_payouts = False  # while set, every payout comes back failed
+        # Payouts made, by key; find_payout shows them only while lookups is set (off: a
+        # gateway that cannot look a payout up by its key, as Stripe for old transfers).
+        self.made_payouts: dict[str, Payout] = {}
+        self.lookups = False
 
     def _down(self) -> bool:
         if self.down_for > 0:
@@ -168,9 +172,15 @@ class FakeGateway:
 
     async def payout(self, request: PayoutRequest) -> Payout:
         status = "failed" if self.refuse_payouts else "paid"
-        return Payout(
+        made = Payout(
             "sandbox", request.payout_key, "po_1", request.amount, request.currency, status
         )
+        self.made_payouts.setdefault(request.payout_key, made)
+        return made
+
+    async def find_payout(self, payout_key: str) -> Payout | None:
+        self.calls.append("find_payout")
+        return self.made_payouts.get(payout_key) if self.lookups else None
 
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         self.calls.append("retrieve")

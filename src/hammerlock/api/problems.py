@@ -93,6 +93,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "token_not_found": 404,
     "gateway_not_found": 404,
     "charge_not_found": 404,
+    "payout_not_found": 404,
     "gateway_timeout": 504,
     "gateway_unavailable": 503,
     "gateway_rejected": 422,

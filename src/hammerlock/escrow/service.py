@@ -1156,7 +1156,11 @@ class Escrow:
         if ambiguous:
             # Answered ambiguously before: never called again under this key. A gateway that
             # forgets keys (Stripe, after 24 hours) would make a new payout of money that may
-            # already be paid. An operator settles it (POST /v1/orders/{id}/payout).
+            # already be paid. Settled here only if the gateway shows the payout; else an
+            # operator settles it (POST /v1/orders/{id}/payout).
+            found = await self._found_payout(ctx, gateway, order, name, key)
+            if found is not None:
+                return found
             self._remind_ambiguous(order.id, key, "recorded")
             return order
         try:
@@ -1166,7 +1170,11 @@ class Escrow:
                 # The gateway knows this key from an earlier call with other parameters (a
                 # destination changed after a timed-out attempt that may have paid): not a
                 # refusal of the payout, so never `failed` — a failed payout's amount is paid
-                # again by the next one. Left pending for an operator, loudly.
+                # again by the next one. Settled if the gateway shows what that call did; else
+                # left pending for an operator, loudly.
+                found = await self._found_payout(ctx, gateway, order, name, key)
+                if found is not None:
+                    return found
                 self._remind_ambiguous(order.id, key, exc.code)
                 return await self._record_ambiguous(ctx, order.id, key, exc.code)
             failed, _ = await self._payout_outcome(ctx, order.id, name, None, exc.code, key=key)
@@ -1175,6 +1183,40 @@ class Escrow:
             log.warning("escrow.payout_pending", order=order.id, code=exc.code)
             return order
         paid, _ = await self._payout_outcome(ctx, order.id, name, payout_id, None, key=key)
+        return paid
+
+    async def _found_payout(
+        self, ctx: Context, gateway: Gateway, order: Order, name: str, key: str
+    ) -> Order | None:
+        """The pending payout settled as paid from what the gateway shows under its key (a
+        payout of exactly this amount and currency, paid); None when it shows nothing, or
+        something else (left to an operator: ``escrow.payout_lookup_mismatch``). Only ever
+        settles a payout the gateway made: not finding one proves nothing."""
+        try:
+            shown = await gateway.find_payout(key)
+        except GatewayError as exc:
+            log.warning("escrow.payout_lookup_failed", order=order.id, key=key, code=exc.code)
+            return None
+        if shown is None:
+            return None
+        if (shown.status, shown.amount, shown.currency) != (
+            "paid",
+            order.payout_amount,
+            order.currency,
+        ):
+            log.error(
+                "escrow.payout_lookup_mismatch",
+                order=order.id,
+                key=key,
+                payout=shown.payout_id,
+                status=shown.status,
+                amount=shown.amount,
+                currency=shown.currency,
+            )
+            return None
+        paid, _ = await self._payout_outcome(
+            ctx, order.id, name, shown.payout_id, None, key=key, note={"found_at_gateway": True}
+        )
         return paid
 
     def _remind_ambiguous(self, order_id: str, key: str, code: str) -> None:

@@ -277,6 +277,15 @@ class VaultGateway:
         }
         return wire.payout_from_json(await self._call("POST", "/payouts", body))
 
+    async def find_payout(self, payout_key: str) -> Payout | None:
+        try:
+            body = await self._call("GET", f"/payouts/{_segment(payout_key)}")
+        except GatewayRejected as exc:
+            if exc.code == "payout_not_found":
+                return None
+            raise
+        return wire.payout_from_json(body)
+
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         try:
             body = await self._call("GET", f"/charges/{_segment(gateway_key)}")

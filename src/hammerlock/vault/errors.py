@@ -11,6 +11,7 @@ DomainError
       ├── TokenNotFound                     token_not_found (404)
       ├── GatewayNotFound                   gateway_not_found (404)
       ├── ChargeNotFound                    charge_not_found (404)
+      ├── PayoutNotFound                    payout_not_found (404)
       └── InternalAuthFailed                unauthenticated (401): an internal call not signed by
                                             a current key, stale, or replayed
 """
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidCvc",
     "InvalidExpiry",
     "InvalidNumber",
+    "PayoutNotFound",
     "RateLimited",
     "TokenNotFound",
     "UnsupportedBrand",
@@ -81,6 +83,11 @@ class GatewayNotFound(VaultError):
 class ChargeNotFound(VaultError):
     code = "charge_not_found"
     title = "No such charge"
+
+
+class PayoutNotFound(VaultError):
+    code = "payout_not_found"
+    title = "No such payout"
 
 
 class InternalAuthFailed(VaultError):

@@ -11,6 +11,7 @@ Internal contract (JSON; errors are RFC 9457 problems):
 * ``POST /internal/v1/gateways/{name}/charges/{key}/capture|void|refund|release_from_escrow``
 * ``GET  /internal/v1/gateways/{name}/charges/{key}``      404 ``charge_not_found`` if unknown
 * ``POST /internal/v1/gateways/{name}/payouts``
+* ``GET  /internal/v1/gateways/{name}/payouts/{key}``      404 ``payout_not_found`` if none shown
 * ``GET  /internal/v1/sandbox/charges``                    the sandbox's records (list envelope)
 * ``GET  /internal/v1/audit/events?after=N&limit=M``       the vault's audit outbox, by id
 """
@@ -32,7 +33,7 @@ from hammerlock.payments.gateways.base import (
     PayoutRequest,
 )
 from hammerlock.vault import wire
-from hammerlock.vault.errors import ChargeNotFound, GatewayNotFound
+from hammerlock.vault.errors import ChargeNotFound, GatewayNotFound, PayoutNotFound
 from hammerlock.vault.model import CardInput
 
 if TYPE_CHECKING:
@@ -287,6 +288,14 @@ async def payout(request: Request, body: PayoutBody, name: GatewayName) -> dict[
         )
     )
     return wire.payout_to_json(result)
+
+
+@internal_router.get("/gateways/{name}/payouts/{payout_key}")
+async def find_payout(request: Request, name: GatewayName, payout_key: PathKey) -> dict[str, Any]:
+    found = await _gateway(request, name).find_payout(payout_key)
+    if found is None:
+        raise PayoutNotFound(f"gateway {name} shows no payout under that key")
+    return wire.payout_to_json(found)
 
 
 @internal_router.get("/sandbox/charges")

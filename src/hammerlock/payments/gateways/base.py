@@ -245,6 +245,12 @@ class Gateway(Protocol):
 
     async def payout(self, request: PayoutRequest) -> Payout: ...
 
+    async def find_payout(self, payout_key: str) -> Payout | None:
+        """The payout made under ``payout_key``, whatever its destination, or ``None`` when the
+        gateway shows none — which is not proof that none was made (a gateway may not index
+        old payouts by key): callers settle only what is found."""
+        ...
+
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         """The charge made under ``gateway_key``, or ``None`` if the gateway never saw it."""
         ...

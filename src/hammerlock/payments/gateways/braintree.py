@@ -628,6 +628,9 @@ class BraintreeGateway:
         msg = "Braintree pays sub-merchants itself after release_from_escrow; no payout call"
         raise GatewayRejected(msg, code="payout_unsupported")
 
+    async def find_payout(self, payout_key: str) -> Payout | None:  # noqa: ARG002 - protocol's
+        return None  # no payout call is ever made here (above): none to find
+
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         found = await self._lookup(gateway_key)
         return None if found is None else self._charge(found.tx, gateway_key, found.refunded)

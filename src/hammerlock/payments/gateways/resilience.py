@@ -211,6 +211,9 @@ class ResilientGateway:
     async def payout(self, request: PayoutRequest) -> Payout:
         return await self._call(lambda: self.inner.payout(request))
 
+    async def find_payout(self, payout_key: str) -> Payout | None:
+        return await self._call(lambda: self.inner.find_payout(payout_key))
+
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         return await self._call(lambda: self.inner.retrieve_by_idempotency_key(gateway_key))
 

@@ -526,6 +526,7 @@ class StripeGateway:
             "currency": request.currency.lower(),
             "destination": request.destination,
             "metadata": {PAYOUT_METADATA_KEY: key},
+            "transfer_group": key,  # what find_payout lists by, whatever the destination
         }
         transfer = await self._send(
             lambda: transfers.create_async(
@@ -540,6 +541,26 @@ class StripeGateway:
             currency=transfer.currency.upper(),
             status="failed" if transfer.reversed else "paid",
         )
+
+    async def find_payout(self, payout_key: str) -> Payout | None:
+        """The transfer made under ``payout_key`` (its ``transfer_group`` and metadata), found
+        long after Stripe forgot the idempotency key (24 hours). Transfers made before
+        ``transfer_group`` was set are not found: ``None`` proves nothing."""
+        key = _check_key(payout_key, "payout_key")
+        transfers = self._client.v1.transfers
+        params = {"transfer_group": key, "limit": LIST_PAGE_SIZE}
+        page = await self._send(lambda: transfers.list_async(params=cast("Any", params)))
+        for listed in page.data:
+            if (listed.to_dict().get("metadata") or {}).get(PAYOUT_METADATA_KEY) == key:
+                return Payout(
+                    gateway=self.name,
+                    payout_key=key,
+                    payout_id=listed.id,
+                    amount=listed.amount,
+                    currency=listed.currency.upper(),
+                    status="failed" if listed.reversed else "paid",
+                )
+        return None
 
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         intent = await self._intent(gateway_key)

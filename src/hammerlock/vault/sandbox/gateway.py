@@ -320,6 +320,21 @@ class SandboxGateway:
             status=row.status,
         )
 
+    async def find_payout(self, payout_key: str) -> Payout | None:
+        await self._preflight()
+        _check_key(payout_key, "payout_key")
+        row = await self._run(self._find_payout_sync, payout_key)
+        if row is None:
+            return None
+        return Payout(
+            gateway=NAME,
+            payout_key=row.payout_key,
+            payout_id=row.payout_id,
+            amount=row.amount,
+            currency=row.currency,
+            status=row.status,
+        )
+
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         await self._preflight()
         _check_key(gateway_key, "gateway_key")
@@ -649,6 +664,10 @@ class SandboxGateway:
             store.save_charge(conn, updated)
             self._record_event(conn, "charge.refunded", updated)
             return refund, True
+
+    def _find_payout_sync(self, payout_key: str) -> PayoutRow | None:
+        with store.read(self._db) as conn:
+            return store.payout_by_key(conn, payout_key)
 
     def _payout_sync(self, request: PayoutRequest) -> PayoutRow:
         now_us = self._clock.now_us()

@@ -267,6 +267,9 @@ async def test_a_payout_recorded_ambiguous_is_settled_once_the_gateway_shows_it(
     assert [e["event"] for e in events].count("payout_ambiguous") == 1
     gateway.lookups = True  # e.g. a gateway that indexes payouts by key after a delay
     clock.advance(60)
+    await escrow.sweep(SYSTEM)  # asked a minute ago: not again yet (once every 5 minutes)
+    assert (await escrow.get(SYSTEM, order.id)).order.payout_status is PayoutStatus.PENDING
+    escrow._looked_up.clear()  # (monotonic time, not the test's clock): 5 minutes later
     await escrow.sweep(SYSTEM)
     done = (await escrow.get(SYSTEM, order.id)).order
     assert (done.payout_status, done.payout_id) == (PayoutStatus.PAID, "po_1")

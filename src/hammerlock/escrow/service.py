@@ -174,6 +174,7 @@ _PAYOUT_IDLE: Final = frozenset({PayoutStatus.NONE, PayoutStatus.PAID, PayoutSta
 # parameters, and that earlier call may have paid. `failed` must mean "no money moved".
 _AMBIGUOUS_REFUSALS: Final = frozenset({"idempotency_mismatch", "idempotency_key_reuse"})
 _AMBIGUOUS_REPORT_S: Final = 3_600.0
+_LOOKUP_EVERY_S: Final = 300.0  # an ambiguous payout is looked up at the gateway this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,6 +592,7 @@ class Escrow:
         # None: no parties to ask (tests of the bare flow): the seller's id is the destination
         self.payout_destination = payout_destination
         self._ambiguous: dict[str, float] = {}  # payout key → when last reported (monotonic)
+        self._looked_up: dict[str, float] = {}  # payout key → when last asked of the gateway
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -1158,7 +1160,9 @@ class Escrow:
             # forgets keys (Stripe, after 24 hours) would make a new payout of money that may
             # already be paid. Settled here only if the gateway shows the payout; else an
             # operator settles it (POST /v1/orders/{id}/payout).
-            found = await self._found_payout(ctx, gateway, order, name, key)
+            found = None
+            if self._lookup_due(key):  # the sweeper passes by every second: not the gateway
+                found = await self._found_payout(ctx, gateway, order, name, key)
             if found is not None:
                 return found
             self._remind_ambiguous(order.id, key, "recorded")
@@ -1172,7 +1176,9 @@ class Escrow:
                 # refusal of the payout, so never `failed` — a failed payout's amount is paid
                 # again by the next one. Settled if the gateway shows what that call did; else
                 # left pending for an operator, loudly.
-                found = await self._found_payout(ctx, gateway, order, name, key)
+                found = None
+                if self._lookup_due(key):
+                    found = await self._found_payout(ctx, gateway, order, name, key)
                 if found is not None:
                     return found
                 self._remind_ambiguous(order.id, key, exc.code)
@@ -1218,6 +1224,17 @@ class Escrow:
             ctx, order.id, name, shown.payout_id, None, key=key, note={"found_at_gateway": True}
         )
         return paid
+
+    def _lookup_due(self, key: str) -> bool:
+        """Whether to ask the gateway about an ambiguous payout's key again: once every
+        ``_LOOKUP_EVERY_S`` per key and process (bounded memory: past 10,000 keys, always)."""
+        now = time.monotonic()
+        last = self._looked_up.get(key)
+        if last is not None and now - last < _LOOKUP_EVERY_S:
+            return False
+        if last is not None or len(self._looked_up) < 10_000:
+            self._looked_up[key] = now
+        return True
 
     def _remind_ambiguous(self, order_id: str, key: str, code: str) -> None:
         """``escrow.payout_ambiguous`` at error level once an hour per key and process (the

@@ -97,6 +97,16 @@ async def test_cors_for_configured_origins_only(vault: Vault) -> None:
     )
     assert evil.status_code == 400
     assert "access-control-allow-origin" not in evil.headers
+    assert evil.headers["content-type"] == "application/problem+json"
+    assert evil.json()["code"] == "cors_rejected"
+    assert "origin" in evil.json()["detail"].lower()
+    # the internal routes take no browser: no CORS answer there, the signature check decides
+    internal = await vault.browser.options(
+        "/internal/v1/audit/events",
+        headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert internal.status_code == 401
+    assert "access-control-allow-origin" not in internal.headers
     simple = await vault.browser.post(
         "/v1/tokens",
         json={"number": VISA, "exp_month": 12, "exp_year": 2034},

@@ -27,6 +27,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "validation_error": 422,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
+    "cors_rejected": 400,
     "not_found": 404,
     "method_not_allowed": 405,
     # auth

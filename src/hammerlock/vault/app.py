@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -71,7 +72,7 @@ def create_vault_app(
     _install_error_handlers(app)
     app.add_middleware(InternalAuthMiddleware, verifier=container.verifier)
     app.add_middleware(
-        CORSMiddleware,
+        _ProblemCors,
         allow_origins=container.settings.vault_cors_origin_list,
         allow_methods=["POST"],
         allow_headers=["Content-Type"],
@@ -84,6 +85,25 @@ def create_vault_app(
     for router in [*container.extra_routers, *extra_routers]:
         app.include_router(router)
     return app
+
+
+class _ProblemCors(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as a problem (``cors_rejected``)
+    rather than plain text, and the internal routes left out (no browser calls them: a
+    preflight there is answered like any unsigned call, 401)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(INTERNAL_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code < 400:
+            return answer
+        detail = bytes(answer.body).decode("utf-8", "replace") or "CORS preflight refused"
+        return problem_response(code="cors_rejected", detail=detail, status=answer.status_code)
 
 
 class InternalAuthMiddleware:

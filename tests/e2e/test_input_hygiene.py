@@ -243,3 +243,22 @@ def test_notes_and_reasons_keep_lines_and_joiners() -> None:
     assert pydantic.TypeAdapter(Note).validate_python(text) == text
     with pytest.raises(pydantic.ValidationError):
         pydantic.TypeAdapter(Note).validate_python("ok\u2066hidden")
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "\uff14\uff12\uff14\uff12" * 4,  # full-width
+        "\u0664\u0662\u0664\u0662" * 4,  # Arabic-Indic
+        "4242\u00a04242\u00a04242\u00a04242",  # no-break spaces
+    ],
+)
+async def test_a_card_number_in_other_digits_is_refused_like_any_other(
+    client: httpx.AsyncClient, keys: Keys, typed: str
+) -> None:
+    headers = await keys.headers(Role.ADMIN)
+    body = {"amount": 1000, "currency": "USD", "description": f"card {typed}"}
+    r = await _post(client, "/v1/payment_intents", headers, orjson.dumps(body))
+    assert_problem(r, 400, "pan_not_allowed")
+    r = await client.get("/v1/audit/events", params={"action": typed}, headers=headers)
+    assert_problem(r, 400, "pan_not_allowed")

@@ -12,6 +12,7 @@ from hammerlock.security.pan import (
     card_brand,
     contains_pan,
     find_pans,
+    fold_digits,
     is_pan,
     luhn_valid,
     mask_pan,
@@ -253,3 +254,25 @@ def test_the_digit_groups_of_a_uuid_are_not_a_card_number() -> None:
 def test_no_uuid_is_ever_taken_for_a_card_number(value: uuid.UUID) -> None:
     assert not contains_pan(str(value))
     assert not contains_pan(str(value).upper())
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "\uff14\uff12" * 8,  # full-width
+        "\u0664\u0662" * 8,  # Arabic-Indic
+        " ".join(["\u096a\u0968\u096a\u0968"] * 4),  # Devanagari, grouped
+        "4242\u00a04242\u00a04242\u00a04242",
+        "4242\u20134242\u20134242\u20134242",
+        "card \uff14\uff12\uff14\uff12\uff0d4242\uff0d4242\uff0d4242 thanks",
+    ],
+)
+def test_a_card_number_typed_in_other_digits_is_found_once_folded(typed: str) -> None:
+    assert not contains_pan(typed)  # the scan itself reads ASCII digits only (documented)
+    assert contains_pan(fold_digits(typed))
+
+
+def test_folding_leaves_ascii_and_other_text_alone() -> None:
+    assert fold_digits("order 42, Zoë") == "order 42, Zoë"
+    text = "ref 1Z999AA10123456784"
+    assert fold_digits(text) is text

@@ -32,7 +32,7 @@ from hammerlock.audit.model import Actor, Context, Origin
 from hammerlock.errors import DomainError
 from hammerlock.security import service as keys_service
 from hammerlock.security.errors import Forbidden, Unauthenticated
-from hammerlock.security.pan import contains_pan
+from hammerlock.security.pan import contains_pan, fold_digits
 from hammerlock.security.permissions import Permission, allows
 
 if TYPE_CHECKING:
@@ -189,6 +189,12 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def _has_pan(text: str) -> bool:
+    """A card number in ``text``, in ASCII digits or any other (full-width, Arabic-Indic…):
+    folded first (ASCII text, nearly all of it, at no cost)."""
+    return contains_pan(fold_digits(text))
+
+
 def _empty_json(body: bytes) -> bool:
     """``{}`` or ``null``, however spaced: what a client sends for "no arguments"."""
     try:
@@ -204,16 +210,16 @@ def _pan_guard(request: Request, body: bytes, *, text_checked: bool = True) -> N
     (refusing it would only make the gateway retry it until it gives up)."""
     found = (
         any(contains_pan(v) for v in request.headers.values())
-        or contains_pan(request.scope["path"])  # percent-decoded, unlike the raw query string
-        or any(contains_pan(k) or contains_pan(v) for k, v in request.query_params.multi_items())
+        or _has_pan(request.scope["path"])  # percent-decoded, unlike the raw query string
+        or any(_has_pan(k) or _has_pan(v) for k, v in request.query_params.multi_items())
     )
     if not found and body:
         strings = _body_strings(body)
         if strings is None:
-            found = contains_pan(body.decode("utf-8", errors="replace"))
+            found = _has_pan(body.decode("utf-8", errors="replace"))
         else:
             for text in strings:
-                if contains_pan(text):
+                if _has_pan(text):
                     found = True
                     break
                 if text_checked and ("\x00" in text or not _encodable(text)):

@@ -18,13 +18,15 @@ number: about one random UUID in a thousand would otherwise hold one, and no car
 that shape.
 
 Limits, by design: only ASCII digits count (full-width or other Unicode digits are not read as
-digits), and groups separated by anything other than one space or one dash (dots, slashes, two
-spaces, a newline) are separate runs.
+digits; the request firewall folds them to ASCII first with :func:`fold_digits`, so a card
+number typed in full-width digits is refused too), and groups separated by anything other than
+one space or one dash (dots, slashes, two spaces, a newline) are separate runs.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from itertools import accumulate
 from types import MappingProxyType
@@ -39,6 +41,7 @@ __all__ = [
     "card_brand",
     "contains_pan",
     "find_pans",
+    "fold_digits",
     "is_pan",
     "luhn_valid",
     "mask_pan",
@@ -291,3 +294,29 @@ def redact_pans(text: str) -> str:
         done = end
     pieces.append(text[done:])
     return "".join(pieces)
+
+
+def fold_digits(text: str) -> str:
+    """``text`` with every Unicode decimal digit (full-width U+FF14, Arabic-Indic U+0664…) as
+    its ASCII digit and full-width spaces and dashes as ASCII ones: what a card number typed on
+    another keyboard reads as. ASCII text is returned as is, at once."""
+    if text.isascii():
+        return text
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+        elif ch.isdecimal():
+            out.append(str(unicodedata.decimal(ch)))
+        else:
+            out.append(_SEPARATORS.get(ch, ch))
+    return "".join(out)
+
+
+# Spaces and dashes of other scripts and keyboards, read as the ASCII ones.
+_SEPARATORS: Final = MappingProxyType(
+    {
+        **dict.fromkeys("\u00a0\u2007\u202f\u3000", " "),
+        **dict.fromkeys("\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d", "-"),
+    }
+)

@@ -23,6 +23,7 @@ from hammerlock.payments.gateways.base import (
     GatewayToken,
     GatewayUnavailable,
     PaymentSource,
+    PayoutRequest,
     VaultToken,
 )
 from hammerlock.payments.gateways.resilience import ResilientGateway
@@ -450,3 +451,28 @@ async def test_a_pending_refund_is_looked_up_never_made_twice(stripe_fake: Strip
     assert again.status == "succeeded"
     assert again.refund_id == first.refund_id
     assert len(stripe_fake.state.refunds) == 1
+
+
+async def test_a_partly_reversed_or_duplicated_transfer_is_never_shown_as_paid(
+    stripe_fake: StripeFake,
+) -> None:
+    """Stripe keeps ``reversed`` false until a transfer is reversed whole: a partial reversal
+    shows in ``amount_reversed``. Either, or two transfers under one key, is not "paid": the
+    escrow's exact match fails and an operator looks."""
+    async with stripe_gateway(stripe_fake) as gateway:
+        request = PayoutRequest("ord_1.payout", 9_000, "USD", "acct_seller_1")
+        made = await gateway.payout(request)
+        assert (await gateway.find_payout("ord_1.payout")) == made
+        stripe_fake.state.transfers[made.payout_id]["amount_reversed"] = 8_999
+        shown = await gateway.find_payout("ord_1.payout")
+        assert shown is not None
+        assert shown.status == "reversed"
+        other = await gateway.payout(PayoutRequest("ord_2.payout", 500, "USD", "acct_seller_1"))
+        stripe_fake.state.transfers[other.payout_id]["metadata"] = {
+            "hammerlock_payout_key": "ord_2.payout"
+        }
+        copy = dict(stripe_fake.state.transfers[other.payout_id], id="tr_copy")
+        stripe_fake.state.transfers["tr_copy"] = copy  # made again after Stripe forgot the key
+        shown = await gateway.find_payout("ord_2.payout")
+        assert shown is not None
+        assert shown.status == "duplicate"

@@ -247,7 +247,8 @@ async def test_an_ambiguous_payout_the_gateway_shows_is_settled_without_an_opera
     assert gateway.payout_calls == {order.payout_key: 2}  # the lost one and the refused one
     events = await _events(container, order.id)
     assert len(_shown(events)) == 1
-    assert not [e for e in events if e["event"] == "payout_ambiguous"]
+    # recorded before the gateway was asked: no process calls the key again meanwhile
+    assert [e["event"] for e in events].count("payout_ambiguous") == 1
     assert await balance(container, _PAYABLE) == 0
     clock.advance(60)
     await escrow.sweep(SYSTEM)
@@ -297,3 +298,28 @@ async def test_a_payout_shown_with_another_amount_is_left_to_an_operator(
     assert after.payout_status is PayoutStatus.PENDING
     assert await balance(container, _PAYABLE) == after.released_to_seller
     assert [e["event"] for e in await _events(container, order.id)].count("payout_ambiguous") == 1
+
+
+async def test_mark_failed_is_refused_while_the_gateway_shows_the_payout_paid(
+    container: Container, clock: FixedClock
+) -> None:
+    """The operator would mark failed (and retry) a payout the gateway did pay: refused, with
+    the gateway's id to mark it paid instead — the seller is never paid twice."""
+    gateway = AmbiguousPayouts()  # the sweeper cannot look it up…
+    escrow = install(container, gateway)
+    order = await _released(container)
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)  # recorded ambiguous
+    gateway.lookups = True  # … but the operator's action asks the gateway itself
+    with pytest.raises(InvalidTransition, match="po_1"):
+        await escrow.settle_payout(
+            OPERATOR, order.id, action=PayoutAction.MARK_FAILED, reason="looked wrong"
+        )
+    after = (await escrow.get(SYSTEM, order.id)).order
+    assert after.payout_status is PayoutStatus.PENDING
+    done = await escrow.settle_payout(
+        OPERATOR, order.id, action=PayoutAction.MARK_PAID, reason="shown", payout_id="po_1"
+    )
+    assert done.payout_status is PayoutStatus.PAID
+    assert sum(gateway.paid.values()) == done.released_to_seller
+    await _money_conserved(container, done)

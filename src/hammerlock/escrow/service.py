@@ -1176,13 +1176,16 @@ class Escrow:
                 # refusal of the payout, so never `failed` — a failed payout's amount is paid
                 # again by the next one. Settled if the gateway shows what that call did; else
                 # left pending for an operator, loudly.
+                # Recorded before the gateway is asked (a lookup may take long, or never
+                # finish): from then on no process calls the key again.
+                recorded = await self._record_ambiguous(ctx, order.id, key, exc.code)
                 found = None
                 if self._lookup_due(key):
-                    found = await self._found_payout(ctx, gateway, order, name, key)
+                    found = await self._found_payout(ctx, gateway, recorded, name, key)
                 if found is not None:
                     return found
                 self._remind_ambiguous(order.id, key, exc.code)
-                return await self._record_ambiguous(ctx, order.id, key, exc.code)
+                return recorded
             failed, _ = await self._payout_outcome(ctx, order.id, name, None, exc.code, key=key)
             return failed
         except GatewayError as exc:
@@ -1227,13 +1230,19 @@ class Escrow:
 
     def _lookup_due(self, key: str) -> bool:
         """Whether to ask the gateway about an ambiguous payout's key again: once every
-        ``_LOOKUP_EVERY_S`` per key and process (bounded memory: past 10,000 keys, always)."""
+        ``_LOOKUP_EVERY_S`` per key and process (at most 10,000 keys remembered; beyond that,
+        not asked until some are stale)."""
         now = time.monotonic()
         last = self._looked_up.get(key)
         if last is not None and now - last < _LOOKUP_EVERY_S:
             return False
-        if last is not None or len(self._looked_up) < 10_000:
-            self._looked_up[key] = now
+        if last is None and len(self._looked_up) >= 10_000:
+            stale = [k for k, at in self._looked_up.items() if now - at >= _LOOKUP_EVERY_S]
+            for k in stale:
+                del self._looked_up[k]
+            if len(self._looked_up) >= 10_000:
+                return False  # closed, not open: the operator's path stays, the gateway rests
+        self._looked_up[key] = now
         return True
 
     def _remind_ambiguous(self, order_id: str, key: str, code: str) -> None:
@@ -1316,10 +1325,26 @@ class Escrow:
                 f"ambiguously (timeline payout_ambiguous); this one is {state}",
                 order_status=order.status.value,
             )
+        name = order.gateway or self.config.default_gateway
+        gateway = self.gateways.get(name)
+        if action is PayoutAction.MARK_FAILED and gateway is not None:
+            # A payout the gateway shows as paid is not failed, whatever the operator saw: a
+            # retry would pay the seller twice.
+            try:
+                shown = await gateway.find_payout(key)
+            except GatewayError as exc:
+                log.warning("escrow.payout_lookup_failed", order=order.id, key=key, code=exc.code)
+                shown = None
+            if shown is not None and shown.status == "paid":
+                raise InvalidTransition(
+                    f"order {order.id}: the gateway shows payout {shown.payout_id} paid under "
+                    f"{key} ({shown.amount} {shown.currency}); mark it paid with that id instead",
+                    order_status=order.status.value,
+                )
         done, applied = await self._payout_outcome(
             ctx,
             order.id,
-            order.gateway or self.config.default_gateway,
+            name,
             payout_id if action is PayoutAction.MARK_PAID else None,
             None if action is PayoutAction.MARK_PAID else _MARKED_FAILED,
             key=key,

@@ -548,19 +548,35 @@ class StripeGateway:
         ``transfer_group`` was set are not found: ``None`` proves nothing."""
         key = _check_key(payout_key, "payout_key")
         transfers = self._client.v1.transfers
-        params = {"transfer_group": key, "limit": LIST_PAGE_SIZE}
-        page = await self._send(lambda: transfers.list_async(params=cast("Any", params)))
-        for listed in page.data:
-            if (listed.to_dict().get("metadata") or {}).get(PAYOUT_METADATA_KEY) == key:
-                return Payout(
-                    gateway=self.name,
-                    payout_key=key,
-                    payout_id=listed.id,
-                    amount=listed.amount,
-                    currency=listed.currency.upper(),
-                    status="failed" if listed.reversed else "paid",
-                )
-        return None
+        params: dict[str, Any] = {"transfer_group": key, "limit": LIST_PAGE_SIZE}
+        matches = []
+        for _ in range(LIST_PAGES_MAX):
+            page = await self._send(lambda: transfers.list_async(params=cast("Any", dict(params))))
+            matches += [
+                t
+                for t in page.data
+                if (t.to_dict().get("metadata") or {}).get(PAYOUT_METADATA_KEY) == key
+            ]
+            if not page.has_more or not page.data:
+                break
+            params["starting_after"] = page.data[-1]["id"]
+        if not matches:
+            return None
+        listed = matches[0]
+        if len(matches) > 1:
+            status = "duplicate"  # two transfers under one key: for a person to look at
+        elif listed.reversed or (listed.to_dict().get("amount_reversed") or 0) > 0:
+            status = "reversed"  # wholly or partly (Stripe's `reversed` is for wholly only)
+        else:
+            status = "paid"
+        return Payout(
+            gateway=self.name,
+            payout_key=key,
+            payout_id=listed.id,
+            amount=listed.amount,
+            currency=listed.currency.upper(),
+            status=status,
+        )
 
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         intent = await self._intent(gateway_key)

@@ -3,6 +3,7 @@ order's failing step does not hold up the sweeper's other work."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -251,3 +252,27 @@ async def test_an_interrupted_pay_whose_deposit_is_dead_never_enters_the_queue(
         )
     assert queued == []
     assert (await escrow.sweep(SYSTEM))["resumed"] == 0
+
+
+async def test_buyers_who_left_their_challenge_do_not_starve_the_sweeper(
+    container: Container, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders whose buyer left the 3-D Secure challenge stay awaiting payment (until the
+    deadline) and are the oldest in the sweeper's queue; with more of them than a page, an
+    order paid after them is still marked paid (the queue is read round-robin: db.queues)."""
+    escrow = container.escrow
+    monkeypatch.setattr(escrow, "config", dataclasses.replace(escrow.config, sweep_batch=2))
+    for _ in range(5):  # abandoned: more than two pages
+        left = await open_test_order(container, hammer=10_000, card="tok_3ds")
+        _, waiting = await escrow.pay(BUYER, left.order_id, payment_method=None)
+        assert waiting is not None
+        assert waiting.status is IntentStatus.REQUIRES_ACTION
+    opened = await open_test_order(container, hammer=10_000, card="tok_3ds")
+    _, intent = await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    assert intent is not None
+    [key] = [k for k in gateway.charges if k.startswith(intent.id)]
+    gateway.complete_challenge(key, passed=True)
+    await container.payments.janitor_pass(SYSTEM)
+    for _ in range(3):  # ⌈6 / 2⌉ passes reach every waiting order
+        await escrow.sweep(SYSTEM)
+    assert (await escrow.get(SYSTEM, opened.order_id)).order.status is OrderStatus.PAID

@@ -57,6 +57,7 @@ import structlog
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import Context
 from hammerlock.db.engine import Database
+from hammerlock.db.queues import Cursors
 from hammerlock.db.rows import Along
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.escrow import storage
@@ -593,6 +594,7 @@ class Escrow:
         self.payout_destination = payout_destination
         self._ambiguous: dict[str, float] = {}  # payout key → when last reported (monotonic)
         self._looked_up: dict[str, float] = {}  # payout key → when last asked of the gateway
+        self._cursors = Cursors()  # where each sweeper queue stopped (round-robin)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -1623,29 +1625,32 @@ class Escrow:
         now = self.db.clock.now_us()
         grace_us = int(self.config.sweeper_grace_s * 1_000_000)
         batch = self.config.sweep_batch
+        unshipped_since = now - self.config.ship_window_s * 1_000_000
+        quiet = now - self.config.auto_delivery_s * 1_000_000
         async with self.db.read() as uow:
-            interrupted = await storage.ids_where(
-                uow,
+
+            async def queue(name: str, conditions: list[sa.ColumnElement[bool]]) -> list[str]:
+                # Round-robin (db.queues): orders that stay put (a buyer who left a 3-D Secure
+                # challenge, a payout for an operator) never fill every pass's page.
+                keys = await storage.ids_where(
+                    uow, conditions, limit=batch, after=self._cursors.at(name)
+                )
+                self._cursors.read(name, keys, batch)
+                return [order_id for _, order_id in keys]
+
+            interrupted = await queue(
+                "interrupted",
                 storage.pay_interrupted(now, now - grace_us, _LABELS[Event.PAY], _LIVE_DEPOSIT),
-                limit=batch,
             )
-            waiting = await storage.ids_where(uow, storage.awaiting_with_intent(), limit=batch)
-            due = await storage.ids_where(uow, storage.due_for_default(now), limit=batch)
-            unshipped_since = now - self.config.ship_window_s * 1_000_000
-            unshipped = await storage.ids_where(
-                uow, storage.paid_before(unshipped_since), limit=batch
-            )
-            quiet = now - self.config.auto_delivery_s * 1_000_000
-            shipped = await storage.ids_where(uow, storage.shipped_before(quiet), limit=batch)
-            inspected = await storage.ids_where(uow, storage.inspection_over(now), limit=batch)
-            payouts = await storage.ids_where(
-                uow, storage.payout_pending(now - grace_us), limit=batch
-            )
-            payouts += await storage.ids_where(uow, storage.payout_no_destination(), limit=batch)
-            refunds = await storage.ids_where(
-                uow, storage.refunds_unstarted(now - grace_us), limit=batch
-            )
-            offers = await storage.ids_where(uow, storage.offers_expiring(now), limit=batch)
+            waiting = await queue("waiting", storage.awaiting_with_intent())
+            due = await queue("due", storage.due_for_default(now))
+            unshipped = await queue("unshipped", storage.paid_before(unshipped_since))
+            shipped = await queue("shipped", storage.shipped_before(quiet))
+            inspected = await queue("inspected", storage.inspection_over(now))
+            payouts = await queue("payouts", storage.payout_pending(now - grace_us))
+            payouts += await queue("no_destination", storage.payout_no_destination())
+            refunds = await queue("refunds", storage.refunds_unstarted(now - grace_us))
+            offers = await queue("offers", storage.offers_expiring(now))
 
         async def defaulted(order_id: str) -> int:
             return (await self.default(ctx, order_id)).status is OrderStatus.DEFAULTED

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
+from hammerlock.db.queues import Key
+from hammerlock.db.queues import after as after_key
 from hammerlock.db.rows import (
     Along,
     insert_row,
@@ -298,14 +300,22 @@ async def events_named(uow: UnitOfWork, order_id: str, event: str) -> list[dict[
 
 
 async def ids_where(
-    uow: UnitOfWork, conditions: Iterable[sa.ColumnElement[bool]], *, limit: int
-) -> list[str]:
-    """Ids of orders matching every condition, oldest change first (the sweeper's queues)."""
+    uow: UnitOfWork,
+    conditions: Iterable[sa.ColumnElement[bool]],
+    *,
+    limit: int,
+    after: Key | None = None,
+) -> list[Key]:
+    """``(updated_us, id)`` of orders matching every condition, in that order, from after
+    ``after`` (the sweeper's queues, read round-robin: :mod:`hammerlock.db.queues`)."""
     t = escrow_orders
     rows = await uow.conn.execute(
-        sa.select(t.c.id).where(*conditions).order_by(t.c.updated_us).limit(limit)
+        sa.select(t.c.updated_us, t.c.id)
+        .where(*conditions, *after_key(t.c.updated_us, t.c.id, after))
+        .order_by(t.c.updated_us, t.c.id)
+        .limit(limit)
     )
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
 async def order_of_intent(uow: UnitOfWork, intent_id: str) -> str | None:

@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from hammerlock.audit import service as audit
 from hammerlock.audit.model import AuditEvent, Context, Outcome
 from hammerlock.db.engine import Database
+from hammerlock.db.queues import Cursors
 from hammerlock.db.rows import Along
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.ledger import service as ledger
@@ -265,6 +266,7 @@ class Payments:
         # PostgreSQL: the audit and webhook INSERTs of a transition's transaction, by id() of its
         # unit of work, held back to ride along the intent's UPDATE (one round trip; `_save`).
         self._along: dict[int, Along] = {}
+        self._cursors = Cursors()  # where each janitor queue stopped (round-robin)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -1400,23 +1402,40 @@ class Payments:
         }
         now = self.db.clock.now_us()
         grace_us = int(self.config.janitor_grace_s * 1_000_000)
+        # Each queue is read round-robin (db.queues): items that stay put — a void the gateway
+        # keeps refusing, a challenge nobody takes — never fill every pass's page.
+        at, read, batch = self._cursors.at, self._cursors.read, _JANITOR_BATCH
         async with self.db.read() as uow:
             stuck = await storage.intents_in(
                 uow,
                 {IntentStatus.PROCESSING},
                 updated_before_us=now - grace_us,
-                limit=_JANITOR_BATCH,
+                limit=batch,
+                after=at("stuck"),
             )
+            read("stuck", [(i.updated_us, i.id) for i in stuck], batch)
             waiting = await storage.intents_in(
-                uow, {IntentStatus.REQUIRES_ACTION}, updated_before_us=now, limit=_JANITOR_BATCH
+                uow,
+                {IntentStatus.REQUIRES_ACTION},
+                updated_before_us=now,
+                limit=batch,
+                after=at("waiting"),
             )
-            due_reviews = await review_storage.due_reviews(uow, now_us=now, limit=_JANITOR_BATCH)
+            read("waiting", [(i.updated_us, i.id) for i in waiting], batch)
+            due = await review_storage.due_reviews(
+                uow, now_us=now, limit=batch, after=at("reviews")
+            )
+            read("reviews", due, batch)
+            due_reviews = [review_id for _, review_id in due]
             lapsing = await storage.authorizations_expiring(
-                uow, before_us=now, limit=_JANITOR_BATCH
+                uow, before_us=now, limit=batch, after=at("lapsing")
             )
-            refunds = await storage.pending_refunds(
-                uow, before_us=now - grace_us, limit=_JANITOR_BATCH
+            read("lapsing", [(i.authorization_expires_us, i.id) for i in lapsing], batch)
+            pending = await storage.pending_refunds(
+                uow, before_us=now - grace_us, limit=batch, after=at("refunds")
             )
+            read("refunds", pending, batch)
+            refunds = [refund_id for _, refund_id in pending]
         # One item's trouble (a bug, a gateway answer nobody foresaw) must not stop the
         # janitor for every other payment: it is logged with the item, counted, and retried on
         # the next pass; the rest go on.

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
+from hammerlock.db.queues import Key
+from hammerlock.db.queues import after as after_key
 from hammerlock.db.rows import (
     Along,
     insert_row,
@@ -253,8 +255,15 @@ async def save_intent(uow: UnitOfWork, intent: PaymentIntent, *, expected_versio
 
 
 async def intents_in(
-    uow: UnitOfWork, statuses: set[IntentStatus], *, updated_before_us: int, limit: int
+    uow: UnitOfWork,
+    statuses: set[IntentStatus],
+    *,
+    updated_before_us: int,
+    limit: int,
+    after: Key | None = None,
 ) -> list[PaymentIntent]:
+    """Intents in ``statuses`` untouched since ``updated_before_us``, by (``updated_us``, id),
+    from after ``after`` (the janitor's queues, read round-robin: :mod:`hammerlock.db.queues`)."""
     t = payment_intents
     rows = (
         (
@@ -263,8 +272,9 @@ async def intents_in(
                 .where(
                     t.c.status.in_([s.value for s in statuses]),
                     t.c.updated_us <= updated_before_us,
+                    *after_key(t.c.updated_us, t.c.id, after),
                 )
-                .order_by(t.c.updated_us)
+                .order_by(t.c.updated_us, t.c.id)
                 .limit(limit)
             )
         )
@@ -275,8 +285,10 @@ async def intents_in(
 
 
 async def authorizations_expiring(
-    uow: UnitOfWork, *, before_us: int, limit: int
+    uow: UnitOfWork, *, before_us: int, limit: int, after: Key | None = None
 ) -> list[PaymentIntent]:
+    """Authorizations lapsing before ``before_us``, by (``authorization_expires_us``, id), from
+    after ``after``."""
     t = payment_intents
     rows = (
         (
@@ -285,7 +297,9 @@ async def authorizations_expiring(
                 .where(
                     t.c.status == IntentStatus.REQUIRES_CAPTURE.value,
                     t.c.authorization_expires_us <= before_us,
+                    *after_key(t.c.authorization_expires_us, t.c.id, after),
                 )
+                .order_by(t.c.authorization_expires_us, t.c.id)
                 .limit(limit)
             )
         )
@@ -445,14 +459,23 @@ async def refunds_reserved(uow: UnitOfWork, intent_id: str) -> int:
     return int(total)
 
 
-async def pending_refunds(uow: UnitOfWork, *, before_us: int, limit: int) -> list[str]:
+async def pending_refunds(
+    uow: UnitOfWork, *, before_us: int, limit: int, after: Key | None = None
+) -> list[Key]:
+    """``(pending_since_us, id)`` of refunds pending since before ``before_us``, in that order,
+    from after ``after``."""
     t = payment_refunds
     rows = await uow.conn.execute(
-        sa.select(t.c.id)
-        .where(t.c.status == RefundStatus.PENDING.value, t.c.pending_since_us <= before_us)
+        sa.select(t.c.pending_since_us, t.c.id)
+        .where(
+            t.c.status == RefundStatus.PENDING.value,
+            t.c.pending_since_us <= before_us,
+            *after_key(t.c.pending_since_us, t.c.id, after),
+        )
+        .order_by(t.c.pending_since_us, t.c.id)
         .limit(limit)
     )
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
 async def record_gateway_event(

@@ -7,6 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from hammerlock.db.metadata import metadata
+from hammerlock.db.queues import Key
+from hammerlock.db.queues import after as after_key
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.payments.model import Approval, Review, ReviewStatus
 
@@ -149,11 +151,20 @@ async def list_reviews(
     return [_review(r, approvals[r["id"]]) for r in rows]
 
 
-async def due_reviews(uow: UnitOfWork, *, now_us: int, limit: int) -> list[str]:
+async def due_reviews(
+    uow: UnitOfWork, *, now_us: int, limit: int, after: Key | None = None
+) -> list[Key]:
+    """``(expires_us, id)`` of open reviews due by ``now_us``, in that order, from after
+    ``after`` (read round-robin by the janitor: :mod:`hammerlock.db.queues`)."""
     t = risk_reviews
     rows = await uow.conn.execute(
-        sa.select(t.c.id)
-        .where(t.c.status == ReviewStatus.OPEN.value, t.c.expires_us <= now_us)
+        sa.select(t.c.expires_us, t.c.id)
+        .where(
+            t.c.status == ReviewStatus.OPEN.value,
+            t.c.expires_us <= now_us,
+            *after_key(t.c.expires_us, t.c.id, after),
+        )
+        .order_by(t.c.expires_us, t.c.id)
         .limit(limit)
     )
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]

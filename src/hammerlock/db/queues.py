@@ -1,0 +1,46 @@
+"""Round-robin over the background queues a pass reads a page at a time.
+
+A sweeper that reads its queue oldest first, ``LIMIT n``, hands the same first ``n`` items to
+every pass. When those items make no progress — a void the gateway keeps refusing, a buyer who
+left a 3-D Secure challenge, a payout only an operator can settle — nothing behind them is ever
+reached: 100 stuck payments stop the janitor for every payment after them. So each queue is
+read from where the previous pass stopped (keyset pagination on its sort column and id), and
+starts over once a page comes back short: every item is reached within ``⌈items / n⌉`` passes,
+however many of them stay stuck. The position is per process and in memory: a restart starts
+at the beginning, and several processes each go round on their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+__all__ = ["Cursors", "Key", "after"]
+
+Key = tuple[Any, str]  # (the sort column's value, the id) of the last item read
+
+
+def after(sort: sa.ColumnElement[Any], ident: sa.ColumnElement[Any], key: Key | None) -> list[Any]:
+    """The condition for "after ``key`` in (``sort``, ``ident``) order"; none from the start."""
+    if key is None:
+        return []
+    return [sa.or_(sort > key[0], sa.and_(sort == key[0], ident > key[1]))]
+
+
+class Cursors:
+    """Each named queue's position: :meth:`at` before reading a page, :meth:`read` after."""
+
+    def __init__(self) -> None:
+        self._at: dict[str, Key] = {}
+
+    def at(self, queue: str) -> Key | None:
+        return self._at.get(queue)
+
+    def read(self, queue: str, keys: list[Key], limit: int) -> None:
+        """A page of ``keys`` (in order) was read with ``limit``: go on after its last item,
+        or from the start again when it was the end of the queue."""
+        if len(keys) < limit or not keys:
+            self._at.pop(queue, None)
+        else:
+            self._at[queue] = keys[-1]

@@ -466,6 +466,11 @@ async def test_a_partly_reversed_or_duplicated_transfer_is_never_shown_as_paid(
         stripe_fake.state.transfers[made.payout_id]["amount_reversed"] = 8_999
         shown = await gateway.find_payout("ord_1.payout")
         assert shown is not None
+        assert shown.status == "partly_reversed"
+        stripe_fake.state.transfers[made.payout_id]["reversed"] = True
+        stripe_fake.state.transfers[made.payout_id]["amount_reversed"] = 9_000
+        shown = await gateway.find_payout("ord_1.payout")
+        assert shown is not None
         assert shown.status == "reversed"
         other = await gateway.payout(PayoutRequest("ord_2.payout", 500, "USD", "acct_seller_1"))
         stripe_fake.state.transfers[other.payout_id]["metadata"] = {

@@ -5,15 +5,16 @@ as the gateway shows it. Money: every seller is paid exactly what was released, 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from structlog.testing import capture_logs
 
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
-from hammerlock.escrow.errors import InvalidPayoutAction, InvalidTransition
+from hammerlock.escrow.errors import InvalidPayoutAction, InvalidTransition, PayoutLookupFailed
 from hammerlock.escrow.model import Order, PayoutAction, PayoutStatus
-from hammerlock.payments.gateways.base import Payout, PayoutRequest
+from hammerlock.payments.gateways.base import GatewayUnavailable, Payout, PayoutRequest
 from tests.escrow.conftest import SYSTEM, install, open_test_order
 from tests.escrow.test_escrow_flow import BUYER, OPERATOR, SELLER, balance
 from tests.escrow.test_escrow_money_gaps import AmbiguousPayouts, GatedPayouts, _money_conserved
@@ -323,3 +324,46 @@ async def test_mark_failed_is_refused_while_the_gateway_shows_the_payout_paid(
     assert done.payout_status is PayoutStatus.PAID
     assert sum(gateway.paid.values()) == done.released_to_seller
     await _money_conserved(container, done)
+
+
+class _LookupDown(AmbiguousPayouts):
+    async def find_payout(self, payout_key: str) -> Payout | None:  # noqa: ARG002
+        raise GatewayUnavailable("the gateway's API is down")
+
+
+@pytest.mark.parametrize("shown", ["paid", "duplicate", "partly_reversed", "down"])
+async def test_mark_failed_needs_the_gateways_word_that_nothing_reached_the_seller(
+    container: Container, clock: FixedClock, shown: str
+) -> None:
+    gateway = _LookupDown() if shown == "down" else AmbiguousPayouts()
+    escrow = install(container, gateway)
+    order = await _released(container)
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)  # recorded ambiguous (the sweeper's lookups are off)
+    if shown != "down":
+        made = gateway.made_payouts[order.payout_key or ""]
+        gateway.made_payouts[order.payout_key or ""] = dataclasses.replace(made, status=shown)
+        gateway.lookups = True
+    expected = PayoutLookupFailed if shown == "down" else InvalidTransition
+    with pytest.raises(expected):
+        await escrow.settle_payout(
+            OPERATOR, order.id, action=PayoutAction.MARK_FAILED, reason="looked wrong"
+        )
+    assert (await escrow.get(SYSTEM, order.id)).order.payout_status is PayoutStatus.PENDING
+
+
+async def test_mark_failed_goes_through_for_a_payout_wholly_reversed(
+    container: Container, clock: FixedClock
+) -> None:
+    gateway = AmbiguousPayouts()
+    escrow = install(container, gateway)
+    order = await _released(container)
+    clock.advance(60)
+    await escrow.sweep(SYSTEM)
+    made = gateway.made_payouts[order.payout_key or ""]
+    gateway.made_payouts[order.payout_key or ""] = dataclasses.replace(made, status="reversed")
+    gateway.lookups = True
+    failed = await escrow.settle_payout(
+        OPERATOR, order.id, action=PayoutAction.MARK_FAILED, reason="reversed at the gateway"
+    )
+    assert failed.payout_status is PayoutStatus.FAILED

@@ -97,6 +97,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "payout_not_found": 404,
     "gateway_timeout": 504,
     "gateway_unavailable": 503,
+    "payout_lookup_failed": 503,
     "gateway_rejected": 422,
     # generic
     "service_unavailable": 503,

@@ -75,6 +75,7 @@ from hammerlock.audit import service as audit
 from hammerlock.audit.model import Context
 from hammerlock.clock import format_rfc3339
 from hammerlock.db.engine import Database
+from hammerlock.db.queues import Cursors
 from hammerlock.db.uow import UnitOfWork
 from hammerlock.errors import DomainError
 from hammerlock.escrow import service as escrow
@@ -231,6 +232,9 @@ class Auctions:
     renewed_us: int = 0  # when this process last looked for deposits to renew
     # lots whose open or close failed here → until when this process leaves them out
     set_aside: dict[str, int] = field(default_factory=dict)
+    # Where the deposit-release queue stopped: read round-robin (db.queues), so lots whose
+    # voids stay unresolved never fill every pass's page.
+    release_cursor: Cursors = field(default_factory=Cursors)
     bids: BidWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -715,9 +719,14 @@ class Auctions:
         if due:  # idle passes never take the write lock (SQLite has one writer)
             await self._open_and_close_due(ctx, counts)
         async with self.db.read() as uow:
+            at = self.release_cursor.at("releases")
             pending = await storage.lots_with_unreleased_deposits(
-                uow, limit=self.close_batch, skip=self.set_aside.keys()
+                uow,
+                limit=self.close_batch,
+                skip=self.set_aside.keys(),
+                after=None if at is None else at[1],
             )
+        self.release_cursor.read("releases", [("", lot_id) for lot_id in pending], self.close_batch)
         for lot_id in pending:
             try:
                 counts["released"] += await self.release_deposits(ctx, lot_id)

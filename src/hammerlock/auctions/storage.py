@@ -402,10 +402,11 @@ async def any_due(uow: UnitOfWork, *, now_us: int) -> bool:
 
 
 async def lots_with_unreleased_deposits(
-    uow: UnitOfWork, *, limit: int, skip: Collection[str] = ()
+    uow: UnitOfWork, *, limit: int, skip: Collection[str] = (), after: str | None = None
 ) -> list[str]:
-    """Finished lots whose losers' deposits are not all released yet, but those in ``skip``
-    (lots whose release failed lately in this process)."""
+    """Finished lots whose losers' deposits are not all released yet, by id, from after
+    ``after`` (read round-robin: a lot whose void stays unresolved must not fill every pass's
+    page), but those in ``skip`` (lots whose release failed lately in this process)."""
     query = (
         sa.select(lots.c.id)
         .where(
@@ -414,8 +415,11 @@ async def lots_with_unreleased_deposits(
             ),
             lots.c.deposits_released.is_(False),
         )
+        .order_by(lots.c.id)
         .limit(limit)
     )
+    if after is not None:
+        query = query.where(lots.c.id > after)
     if skip:
         query = query.where(lots.c.id.not_in(list(skip)))
     return [r[0] for r in (await uow.conn.execute(query)).all()]

@@ -25,7 +25,9 @@ def after(sort: sa.ColumnElement[Any], ident: sa.ColumnElement[Any], key: Key | 
     """The condition for "after ``key`` in (``sort``, ``ident``) order"; none from the start."""
     if key is None:
         return []
-    return [sa.or_(sort > key[0], sa.and_(sort == key[0], ident > key[1]))]
+    # ``sort >= k`` is implied by the OR, and stated so that an index on the sort column can
+    # start its range scan at the cursor instead of filtering from the start.
+    return [sort >= key[0], sa.or_(sort > key[0], sa.and_(sort == key[0], ident > key[1]))]
 
 
 class Cursors:

@@ -23,6 +23,7 @@ __all__ = [
     "OfferNotOpen",
     "OrderNotFound",
     "PaymentMethodRequired",
+    "PayoutLookupFailed",
     "RefundOutOfRange",
     "RefundTooLarge",
 ]
@@ -65,6 +66,11 @@ class PaymentMethodRequired(EscrowError):
 class InvalidPayoutAction(EscrowError):
     code = "invalid_payout_action"
     title = "payout_id goes with mark_paid, and only with it"
+
+
+class PayoutLookupFailed(EscrowError):
+    code = "payout_lookup_failed"
+    title = "The gateway could not be asked about the payout"
 
 
 class OfferNotOpen(EscrowError):

@@ -68,6 +68,7 @@ from hammerlock.escrow.errors import (
     OfferNotOpen,
     OrderNotFound,
     PaymentMethodRequired,
+    PayoutLookupFailed,
     RefundOutOfRange,
     RefundTooLarge,
 )
@@ -1330,17 +1331,22 @@ class Escrow:
         name = order.gateway or self.config.default_gateway
         gateway = self.gateways.get(name)
         if action is PayoutAction.MARK_FAILED and gateway is not None:
-            # A payout the gateway shows as paid is not failed, whatever the operator saw: a
-            # retry would pay the seller twice.
+            # Failed means no money reached the seller: the retry that follows pays it all
+            # again. So the gateway must show nothing under the key, or a payout wholly
+            # reversed — not one paid, partly reversed, or two (duplicate).
             try:
                 shown = await gateway.find_payout(key)
             except GatewayError as exc:
                 log.warning("escrow.payout_lookup_failed", order=order.id, key=key, code=exc.code)
-                shown = None
-            if shown is not None and shown.status == "paid":
+                raise PayoutLookupFailed(
+                    f"order {order.id}: the gateway could not be asked what it shows under "
+                    f"{key} ({exc.code}); mark_failed needs its word — try again shortly"
+                ) from None
+            if shown is not None and shown.status not in {"reversed", "failed"}:
                 raise InvalidTransition(
-                    f"order {order.id}: the gateway shows payout {shown.payout_id} paid under "
-                    f"{key} ({shown.amount} {shown.currency}); mark it paid with that id instead",
+                    f"order {order.id}: the gateway shows payout {shown.payout_id} "
+                    f"{shown.status} under {key} ({shown.amount} {shown.currency}); look at it "
+                    "there — mark it paid with that id if it paid",
                     order_status=order.status.value,
                 )
         done, applied = await self._payout_outcome(

@@ -172,7 +172,7 @@ class Payout:
     payout_id: str
     amount: int
     currency: str
-    status: str  # "paid" | "failed"; find_payout also "reversed" (wholly or partly), "duplicate"
+    status: str  # "paid" | "failed"; find_payout also "reversed", "partly_reversed", "duplicate"
 
 
 @dataclass(frozen=True, slots=True)

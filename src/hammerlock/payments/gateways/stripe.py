@@ -565,8 +565,10 @@ class StripeGateway:
         listed = matches[0]
         if len(matches) > 1:
             status = "duplicate"  # two transfers under one key: for a person to look at
-        elif listed.reversed or (listed.to_dict().get("amount_reversed") or 0) > 0:
-            status = "reversed"  # wholly or partly (Stripe's `reversed` is for wholly only)
+        elif listed.reversed:
+            status = "reversed"  # wholly: the money came back
+        elif (listed.to_dict().get("amount_reversed") or 0) > 0:
+            status = "partly_reversed"  # Stripe's `reversed` stays false until it is whole
         else:
             status = "paid"
         return Payout(

@@ -152,6 +152,17 @@ def _check_url(url: str | None, what: str) -> None:
         raise reject("invalid_request", f"{what} must be an absolute http(s) URL")
 
 
+def _payout(row: PayoutRow) -> Payout:
+    return Payout(
+        gateway=NAME,
+        payout_key=row.payout_key,
+        payout_id=row.payout_id,
+        amount=row.amount,
+        currency=row.currency,
+        status=row.status,
+    )
+
+
 class SandboxGateway:
     """The ``sandbox`` gateway. Build it once, in the vault's composition root.
 
@@ -310,30 +321,13 @@ class SandboxGateway:
         _check_key(request.destination, "destination")
         if contains_pan(request.destination):
             raise reject("invalid_request", "a payout destination is an id, never a card number")
-        row = await self._run(self._payout_sync, request)
-        return Payout(
-            gateway=NAME,
-            payout_key=row.payout_key,
-            payout_id=row.payout_id,
-            amount=row.amount,
-            currency=row.currency,
-            status=row.status,
-        )
+        return _payout(await self._run(self._payout_sync, request))
 
     async def find_payout(self, payout_key: str) -> Payout | None:
         await self._preflight()
         _check_key(payout_key, "payout_key")
         row = await self._run(self._find_payout_sync, payout_key)
-        if row is None:
-            return None
-        return Payout(
-            gateway=NAME,
-            payout_key=row.payout_key,
-            payout_id=row.payout_id,
-            amount=row.amount,
-            currency=row.currency,
-            status=row.status,
-        )
+        return None if row is None else _payout(row)
 
     async def retrieve_by_idempotency_key(self, gateway_key: str) -> Charge | None:
         await self._preflight()

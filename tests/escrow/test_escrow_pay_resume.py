@@ -14,7 +14,7 @@ from hammerlock.escrow import storage as escrow_storage
 from hammerlock.escrow.model import OrderStatus
 from hammerlock.escrow.service import _LIVE_DEPOSIT, Escrow
 from hammerlock.payments.model import IntentStatus
-from tests.escrow.conftest import SYSTEM, open_test_order, party_ctx
+from tests.escrow.conftest import SYSTEM, Opened, open_test_order, party_ctx
 from tests.escrow.test_escrow_flow import balance
 from tests.payments.fake_gateway import FakeGateway
 
@@ -37,15 +37,26 @@ def die_once(monkeypatch: pytest.MonkeyPatch, escrow: Escrow, name: str) -> None
     monkeypatch.setattr(escrow, name, dies)
 
 
+async def pay_dies_at(
+    container: Container, monkeypatch: pytest.MonkeyPatch, name: str, **order: Any
+) -> Opened:
+    """An order (``open_test_order(**order)``) whose buyer's pay died at ``escrow.<name>``,
+    after ``payment_requested`` was recorded."""
+    opened = await open_test_order(container, **order)
+    die_once(monkeypatch, container.escrow, name)
+    with pytest.raises(Died):
+        await container.escrow.pay(BUYER, opened.order_id, payment_method=None)
+    return opened
+
+
 async def test_sweeper_takes_the_deposit_of_a_pay_that_stopped_before_it(
     container: Container, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     del gateway
     escrow = container.escrow
-    opened = await open_test_order(container, hammer=100_000, deposit=20_000)
-    die_once(monkeypatch, escrow, "_take_deposit")
-    with pytest.raises(Died):
-        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    opened = await pay_dies_at(
+        container, monkeypatch, "_take_deposit", hammer=100_000, deposit=20_000
+    )
     order = (await escrow.get(SYSTEM, opened.order_id)).order
     assert order.deposit_in_escrow == 0
     assert order.deposit_intent_id is not None
@@ -109,10 +120,9 @@ async def test_one_failing_order_does_not_hold_up_the_sweep(
 ) -> None:
     del gateway
     escrow = container.escrow
-    stuck = await open_test_order(container, hammer=100_000, deposit=20_000)
-    die_once(monkeypatch, escrow, "_take_deposit")
-    with pytest.raises(Died):
-        await escrow.pay(BUYER, stuck.order_id, payment_method=None)
+    stuck = await pay_dies_at(
+        container, monkeypatch, "_take_deposit", hammer=100_000, deposit=20_000
+    )
     shipped = await open_test_order(container, hammer=50_000)
     await escrow.pay(BUYER, shipped.order_id, payment_method=None)
     await escrow.ship(SELLER, shipped.order_id, carrier="ups", tracking="1Z999AA10123456784")
@@ -185,10 +195,9 @@ async def test_after_the_deadline_the_sweeper_leaves_an_interrupted_pay_to_the_d
 ) -> None:
     del gateway
     escrow = container.escrow
-    opened = await open_test_order(container, hammer=10_000, deposit=20_000, window_s=3_600)
-    die_once(monkeypatch, escrow, "_take_deposit")
-    with pytest.raises(Died):
-        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    opened = await pay_dies_at(
+        container, monkeypatch, "_take_deposit", hammer=10_000, deposit=20_000, window_s=3_600
+    )
     clock.advance(3_601)
     order = (await escrow.get(SYSTEM, opened.order_id)).order
     assert await escrow._resume_pay(SYSTEM, order.id) == 0  # even when called directly
@@ -213,10 +222,9 @@ async def test_a_pay_racing_a_default_that_seized_the_whole_deposit_leaves_it_th
     on the card: the whole deposit is the penalty."""
     del gateway
     escrow = container.escrow
-    opened = await open_test_order(container, hammer=10_000, deposit=20_000, window_s=3_600)
-    die_once(monkeypatch, escrow, "_take_deposit")
-    with pytest.raises(Died):
-        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    opened = await pay_dies_at(
+        container, monkeypatch, "_take_deposit", hammer=10_000, deposit=20_000, window_s=3_600
+    )
     order = (await escrow.get(SYSTEM, opened.order_id)).order
     clock.advance(3_601)
     assert await escrow._seize_deposit(SYSTEM, order) == 20_000  # node B, mid-default
@@ -236,10 +244,9 @@ async def test_an_interrupted_pay_whose_deposit_is_dead_never_enters_the_queue(
 ) -> None:
     del gateway
     escrow = container.escrow
-    opened = await open_test_order(container, hammer=100_000, deposit=20_000)
-    die_once(monkeypatch, escrow, "_take_deposit")
-    with pytest.raises(Died):
-        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    opened = await pay_dies_at(
+        container, monkeypatch, "_take_deposit", hammer=100_000, deposit=20_000
+    )
     order = (await escrow.get(SYSTEM, opened.order_id)).order
     assert order.deposit_intent_id is not None
     await container.payments.cancel(SYSTEM, order.deposit_intent_id, reason="abandoned")

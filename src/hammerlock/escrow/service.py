@@ -1163,13 +1163,9 @@ class Escrow:
             # forgets keys (Stripe, after 24 hours) would make a new payout of money that may
             # already be paid. Settled here only if the gateway shows the payout; else an
             # operator settles it (POST /v1/orders/{id}/payout).
-            found = None
-            if self._lookup_due(key):  # the sweeper passes by every second: not the gateway
-                found = await self._found_payout(ctx, gateway, order, name, key)
-            if found is not None:
-                return found
-            self._remind_ambiguous(order.id, key, "recorded")
-            return order
+            return await self._ambiguous_payout(
+                ctx, gateway, order, name=name, key=key, code="recorded"
+            )
         try:
             payout_id = await self._call_payout(gateway, order, key, destination)
         except GatewayRejected as exc:
@@ -1182,13 +1178,9 @@ class Escrow:
                 # Recorded before the gateway is asked (a lookup may take long, or never
                 # finish): from then on no process calls the key again.
                 recorded = await self._record_ambiguous(ctx, order.id, key, exc.code)
-                found = None
-                if self._lookup_due(key):
-                    found = await self._found_payout(ctx, gateway, recorded, name, key)
-                if found is not None:
-                    return found
-                self._remind_ambiguous(order.id, key, exc.code)
-                return recorded
+                return await self._ambiguous_payout(
+                    ctx, gateway, recorded, name=name, key=key, code=exc.code
+                )
             failed, _ = await self._payout_outcome(ctx, order.id, name, None, exc.code, key=key)
             return failed
         except GatewayError as exc:
@@ -1196,6 +1188,18 @@ class Escrow:
             return order
         paid, _ = await self._payout_outcome(ctx, order.id, name, payout_id, None, key=key)
         return paid
+
+    async def _ambiguous_payout(
+        self, ctx: Context, gateway: Gateway, order: Order, *, name: str, key: str, code: str
+    ) -> Order:
+        """A payout recorded ambiguous: settled if the gateway shows it (asked at most every
+        ``_LOOKUP_EVERY_S``: the sweeper passes by every second), else reminded of and left."""
+        if self._lookup_due(key):
+            found = await self._found_payout(ctx, gateway, order, name, key)
+            if found is not None:
+                return found
+        self._remind_ambiguous(order.id, key, code)
+        return order
 
     async def _found_payout(
         self, ctx: Context, gateway: Gateway, order: Order, name: str, key: str

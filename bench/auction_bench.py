@@ -15,7 +15,11 @@ scratch PostgreSQL database; lots without deposits (estimate below the deposit t
 
 Baselines, same run, same concurrency (16 connections): raw asyncpg inserts of the same bid rows
 into a table shaped like `lot_bids` (one row per transaction), and the same insert with the lot
-row locked and updated in the transaction (the floor of per-lot serialization).
+row locked and updated in the transaction (the floor of per-lot serialization). Floors, same
+run, same wrk script and requests: `bench/floor_app.py` (FastAPI under uvicorn as `serve` runs
+it) answering the bid route with none of hammerlock's work — empty, with one asyncpg insert per
+request, and with the inserts group-committed: the least CPU a bid request can cost in this stack
+on this machine.
 
 `--profile` samples the server with py-spy during a hot-lot run and prints the top costs.
 Appends the table with date, machine and load average to docs/benchmarks.md unless --no-record.
@@ -131,6 +135,15 @@ async def fetchval(sql: str, *args: object) -> object:
     conn = await asyncpg.connect(DSN, timeout=10)
     try:
         return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def bench_sql(sql: str) -> None:
+    """Statements (several allowed) in the bench database."""
+    conn = await asyncpg.connect(DSN, timeout=10)
+    try:
+        await conn.execute(sql)
     finally:
         await conn.close()
 
@@ -391,6 +404,14 @@ def budget_row(label: str, r: dict[str, float], target: str) -> str:
     )
 
 
+def floor_row(label: str, r: dict[str, float]) -> str:
+    return (
+        f"| {label} | {r['cpu_ms']:.2f} ms | — | {r['pg_ms']:.2f} ms | {r['loadgen_ms']:.2f} ms "
+        f"| {r['total_ms']:.2f} ms | {r['ceiling_req_s']:,.0f} req/s (measured "
+        f"{r['requests_per_s']:,.0f} req/s, p99 {r['p99']:.1f} ms) | — |"
+    )
+
+
 def ceiling(ms_per_op: float) -> float:
     """Operations per second the whole machine could do if every core did nothing else."""
     return (os.cpu_count() or 1) * 1000 / ms_per_op if ms_per_op > 0 else float("inf")
@@ -465,14 +486,17 @@ def bid_scenario(
 # -- baselines: raw asyncpg --------------------------------------------------------------------
 
 
+BENCH_TABLES = (
+    "DROP TABLE IF EXISTS bench_bids; DROP TABLE IF EXISTS bench_lots;"
+    "CREATE TABLE bench_bids (LIKE lot_bids INCLUDING ALL);"
+    "CREATE TABLE bench_lots (LIKE lots INCLUDING ALL);"
+    "INSERT INTO bench_lots SELECT * FROM lots;"
+)
+
+
 async def baseline(lot_ids: list[str], *, lock: bool, duration_s: float) -> dict[str, float]:
     conns = [await asyncpg.connect(DSN) for _ in range(CONC)]
-    await conns[0].execute(
-        "DROP TABLE IF EXISTS bench_bids; DROP TABLE IF EXISTS bench_lots;"
-        "CREATE TABLE bench_bids (LIKE lot_bids INCLUDING ALL);"
-        "CREATE TABLE bench_lots (LIKE lots INCLUDING ALL);"
-        "INSERT INTO bench_lots SELECT * FROM lots;"
-    )
+    await conns[0].execute(BENCH_TABLES)
     seqs: dict[str, itertools.count[int]] = {lot: itertools.count(1) for lot in lot_ids}
     ticket = itertools.count()
     lat: list[float] = []
@@ -521,6 +545,79 @@ async def baseline(lot_ids: list[str], *, lock: bool, duration_s: float) -> dict
         await c.close()
     q = statistics.quantiles(lat, n=100)
     return {"per_s": len(lat) / elapsed, "p50": q[49], "p99": q[98]}
+
+
+# -- baselines: the framework's floor -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def floor_server(mode: str) -> Iterator[tuple[str, int]]:
+    """`bench/floor_app.py` under uvicorn with `hammerlock serve`'s options; (base URL, pid)."""
+    port = free_port()
+    env = {**os.environ, "FLOOR_MODE": mode, "FLOOR_DSN": DSN}
+    proc = subprocess.Popen(
+        [
+            str(BIN / "python"), "-m", "uvicorn", "floor_app:app", "--app-dir",
+            str(ROOT / "bench"), "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning", "--workers", "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            sys.exit("floor app did not start")
+        yield base, proc.pid
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def floor_scenario(
+    mode: str, lines: list[str], *, duration_s: int, workdir: Path
+) -> dict[str, float]:
+    """The floor app driven exactly like a bid scenario: every request answers 201."""
+    if mode != "empty":
+        asyncio.run(bench_sql(BENCH_TABLES))
+    with floor_server(mode) as (base, pid):
+        tag = f"floor{mode}" + uuid.uuid4().hex[:6]
+        wrk_bids(base, lines, tag + "w", start=SPACING, duration_s=2, workdir=workdir)  # warm-up
+        load = loadavg()
+        cpu0, pg0, wrk0 = cpu_s(pid), postgres_cpu_s(), children_cpu_s()
+        reqs, elapsed, p50, p99 = wrk_bids(
+            base, lines, tag, start=SPACING, duration_s=duration_s, workdir=workdir
+        )
+        cpu, pg_cpu, wrk_cpu = cpu_s(pid) - cpu0, postgres_cpu_s() - pg0, children_cpu_s() - wrk0
+    n = max(reqs, 1)
+    res = {
+        "requests_per_s": reqs / elapsed,
+        "p50": p50,
+        "p99": p99,
+        "cpu_ms": 1000 * cpu / n,
+        "pg_ms": 1000 * pg_cpu / n,
+        "loadgen_ms": 1000 * wrk_cpu / n,
+    }
+    res["total_ms"] = res["cpu_ms"] + res["pg_ms"] + res["loadgen_ms"]
+    res["ceiling_req_s"] = ceiling(res["total_ms"])
+    print(
+        f"  floor ({mode}): {res['requests_per_s']:,.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} "
+        f"ms; CPU per request: app {res['cpu_ms']:.2f} ms + PostgreSQL {res['pg_ms']:.2f} ms + "
+        f"wrk {res['loadgen_ms']:.2f} ms = {res['total_ms']:.2f} ms → at most "
+        f"{res['ceiling_req_s']:,.0f} req/s on {os.cpu_count()} cores (load {load})",
+        flush=True,
+    )
+    return res
 
 
 # -- settlement --------------------------------------------------------------------------------
@@ -884,6 +981,11 @@ def main() -> None:
                     shutil.copy(raw, spy_dir / raw.name)
                 prof = summarize(raw, "a hot-lot bid run")
                 print("\n".join(prof), flush=True)
+            print("floors (bench/floor_app.py: the same bid requests, none of the work):")
+            floors = {
+                mode: floor_scenario(mode, hot_lines, duration_s=d, workdir=work)
+                for mode in ("empty", "insert", "batch")
+            }
             if args.bids_only:
                 return
             print(f"baselines (raw asyncpg, {CONC} connections):", flush=True)
@@ -992,6 +1094,9 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         budget_row("bid request, one hot lot", h, "≥ 2,000 accepted/s"),
         budget_row(f"bid request, {LOTS} lots", m, "≥ 5,000/s"),
+        floor_row("floor: the bid route, empty (FastAPI + uvicorn)", floors["empty"]),
+        floor_row("floor: the bid route + one asyncpg insert", floors["insert"]),
+        floor_row("floor: the bid route + a group-committed insert", floors["batch"]),
         (
             f"| settlement | {st['cpu_api_ms']:.1f} ms | {st['cpu_vault_ms']:.1f} ms | "
             f"{st['cpu_pg_ms']:.1f} ms | {st['cpu_loadgen_ms']:.1f} ms | "

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import enum
 import itertools
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from hammerlock.ids import random_id
 from hammerlock.money.currency import get_currency
-from hammerlock.security.pan import contains_pan
 
 __all__ = [
     "DEFAULT_CAP_S",
@@ -106,16 +105,8 @@ class BidRefusal(enum.StrEnum):
     TOO_LOW = "bid_too_low"
 
 
-# No 0/1/i/l/o, and mostly letters: an id never holds the long digit run of a card number, which
-# the API's PAN guard would refuse in a path (hex ids do, about 3 in 10,000).
-_ID_ALPHABET: Final = "abcdefghjkmnpqrstuvwxyz23456789"
-
-
 def new_id(prefix: str) -> str:
-    while True:
-        candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
-        if not contains_pan(candidate):
-            return f"{prefix}_{candidate}"
+    return random_id(prefix)
 
 
 @dataclass(frozen=True, slots=True)

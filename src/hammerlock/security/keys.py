@@ -13,6 +13,7 @@ import secrets
 import string
 from dataclasses import dataclass
 
+from hammerlock.ids import random_text
 from hammerlock.security.permissions import Role
 
 __all__ = [
@@ -63,7 +64,7 @@ class ParsedKey:
 
 
 def _random_id(length: int = _ID_LENGTH) -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+    return random_text(length, _ID_ALPHABET)
 
 
 def new_key_id() -> str:

@@ -29,7 +29,15 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL. Default: sqlite+aiosqlite:///<data_dir>/hammerlock.db. "
         "PostgreSQL: postgresql+asyncpg://user@host:5432/db.",
     )
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="PostgreSQL connections kept per process; as many again may open under a "
+        "burst and are closed when handed back while the kept ones are idle. Keep it at or above "
+        "the requests a process serves at once: below, each burst forks new server backends "
+        "(measured: 16 concurrent bid requests ran ~17 % fewer bids/s with 10 than with 20).",
+    )
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
     gc_freeze: bool = Field(
         default=True,

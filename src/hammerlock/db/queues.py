@@ -8,6 +8,12 @@ read from where the previous pass stopped (keyset pagination on its sort column 
 starts over once a page comes back short: every item is reached within ``⌈items / n⌉`` passes,
 however many of them stay stuck. The position is per process and in memory: a restart starts
 at the beginning, and several processes each go round on their own.
+
+A queue sorted by its items' last update (``updated_us``) has one more way to starve: a pass
+that touches an item and leaves it queued moves it *behind* the cursor, so the cursor can chase
+the items it keeps touching and never come back short — and never return to the items it does
+not touch. Such a queue passes the pass's ``now`` to :meth:`Cursors.read`: a lap then also ends
+at the first item updated since the lap began, and the next pass starts over.
 """
 
 from __future__ import annotations
@@ -35,14 +41,20 @@ class Cursors:
 
     def __init__(self) -> None:
         self._at: dict[str, Key] = {}
+        self._lap: dict[str, Any] = {}  # when each lap began (queues sorted by update time)
 
     def at(self, queue: str) -> Key | None:
         return self._at.get(queue)
 
-    def read(self, queue: str, keys: list[Key], limit: int) -> None:
+    def read(self, queue: str, keys: list[Key], limit: int, *, now: Any = None) -> None:
         """A page of ``keys`` (in order) was read with ``limit``: go on after its last item,
-        or from the start again when it was the end of the queue."""
-        if len(keys) < limit or not keys:
+        or from the start again when it was the end of the queue. With ``now`` (the queue's
+        sort column is the items' last update, on the same clock), the lap also ends at an item
+        updated after the ``now`` of the lap's first page (what that pass touched: its steps
+        run after it read its clock)."""
+        lap = self._lap.setdefault(queue, now) if now is not None else None
+        if len(keys) < limit or not keys or (lap is not None and keys[-1][0] > lap):
             self._at.pop(queue, None)
+            self._lap.pop(queue, None)
         else:
             self._at[queue] = keys[-1]

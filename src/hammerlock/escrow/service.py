@@ -1645,7 +1645,7 @@ class Escrow:
                 keys = await storage.ids_where(
                     uow, conditions, limit=batch, after=self._cursors.at(name)
                 )
-                self._cursors.read(name, keys, batch)
+                self._cursors.read(name, keys, batch, now=now)  # sorted by updated_us
                 return [order_id for _, order_id in keys]
 
             interrupted = await queue(

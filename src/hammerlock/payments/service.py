@@ -1413,7 +1413,7 @@ class Payments:
                 limit=batch,
                 after=at("stuck"),
             )
-            read("stuck", [(i.updated_us, i.id) for i in stuck], batch)
+            read("stuck", [(i.updated_us, i.id) for i in stuck], batch, now=now)
             waiting = await storage.intents_in(
                 uow,
                 {IntentStatus.REQUIRES_ACTION},
@@ -1421,7 +1421,7 @@ class Payments:
                 limit=batch,
                 after=at("waiting"),
             )
-            read("waiting", [(i.updated_us, i.id) for i in waiting], batch)
+            read("waiting", [(i.updated_us, i.id) for i in waiting], batch, now=now)
             due = await review_storage.due_reviews(
                 uow, now_us=now, limit=batch, after=at("reviews")
             )

@@ -37,6 +37,10 @@ def test_every_character_turns_up_about_equally() -> None:
     counts = collections.Counter(ids.random_text(62_000))
     assert set(counts) == set(ids.ID_ALPHABET)
     assert all(1_600 < n < 2_400 for n in counts.values())  # 2,000 each expected
+    # A plain `byte % 31` would favour the first 8 characters (256 = 8 * 31 + 8): ~17,440 of
+    # them instead of 16,000, 13 standard deviations (~110) off; ±600 is 5.5 of them.
+    first_eight = sum(counts[c] for c in ids.ID_ALPHABET[:8])
+    assert 15_400 < first_eight < 16_600
 
 
 def test_a_card_number_like_candidate_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,10 @@ A queue sorted by its items' last update (``updated_us``) has one more way to st
 that touches an item and leaves it queued moves it *behind* the cursor, so the cursor can chase
 the items it keeps touching and never come back short — and never return to the items it does
 not touch. Such a queue passes the pass's ``now`` to :meth:`Cursors.read`: a lap then also ends
-at the first item updated since the lap began, and the next pass starts over.
+at the first item updated more than :data:`CLOCK_SLACK_US` after the lap began, and the next
+pass starts over. The slack is for the clocks of other processes (an item another API node
+stamped a little ahead of ours is not taken for one this pass touched: with no slack, a queue
+full of them would end every lap at its first page until our clock caught up).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["Cursors", "Key", "after"]
+__all__ = ["CLOCK_SLACK_US", "Cursors", "Key", "after"]
+
+CLOCK_SLACK_US = 5_000_000  # how far ahead another process's clock may stamp an update
 
 Key = tuple[Any, str]  # (the sort column's value, the id) of the last item read
 
@@ -48,12 +53,15 @@ class Cursors:
 
     def read(self, queue: str, keys: list[Key], limit: int, *, now: Any = None) -> None:
         """A page of ``keys`` (in order) was read with ``limit``: go on after its last item,
-        or from the start again when it was the end of the queue. With ``now`` (the queue's
-        sort column is the items' last update, on the same clock), the lap also ends at an item
-        updated after the ``now`` of the lap's first page (what that pass touched: its steps
-        run after it read its clock)."""
+        or from the start again when it was the end of the queue. With ``now`` (µs; the queue's
+        sort column is the items' last update, in µs), the lap also ends at an item updated
+        more than :data:`CLOCK_SLACK_US` after the ``now`` of the lap's first page."""
         lap = self._lap.setdefault(queue, now) if now is not None else None
-        if len(keys) < limit or not keys or (lap is not None and keys[-1][0] > lap):
+        if (
+            len(keys) < limit
+            or not keys
+            or (lap is not None and keys[-1][0] > lap + CLOCK_SLACK_US)
+        ):
             self._at.pop(queue, None)
             self._lap.pop(queue, None)
         else:

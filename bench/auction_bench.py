@@ -148,6 +148,17 @@ async def bench_sql(sql: str) -> None:
         await conn.close()
 
 
+def wait_ready(urls: list[str], seconds: float, what: str) -> None:
+    """Until every URL answers 200, or exit after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if all(httpx.get(url, timeout=1).status_code == 200 for url in urls):
+                return
+        time.sleep(0.2)
+    sys.exit(f"{what} did not start")
+
+
 @contextlib.contextmanager
 def server(data_dir: Path, workers: int = 1) -> Iterator[tuple[str, str, str, int, int]]:
     env = {
@@ -189,18 +200,7 @@ def server(data_dir: Path, workers: int = 1) -> Iterator[tuple[str, str, str, in
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (
-                    httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-                    and httpx.get(f"http://127.0.0.1:{vault_port}/healthz", timeout=1).status_code
-                    == 200
-                ):
-                    break
-            time.sleep(0.3)
-        else:
-            sys.exit("server did not start")
+        wait_ready([f"{base}/healthz", f"http://127.0.0.1:{vault_port}/healthz"], 60, "server")
         yield base, key, f"http://127.0.0.1:{vault_port}", api_pid(proc.pid, port), proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -313,9 +313,17 @@ def _ms(text: str) -> float:
 
 
 def wrk_bids(
-    base: str, lines: list[str], prefix: str, *, start: int, duration_s: int, workdir: Path
+    base: str,
+    lines: list[str],
+    prefix: str,
+    *,
+    start: int,
+    duration_s: int,
+    workdir: Path,
+    only: int | None = None,
 ) -> tuple[int, float, float, float]:
-    """Run wrk; return (requests, elapsed s, p50 ms, p99 ms)."""
+    """Run wrk; return (requests, elapsed s, p50 ms, p99 ms). With ``only``, any other status
+    (or a socket error) ends the bench: a floor that failed would look cheap."""
     keys = workdir / f"{prefix}.keys"
     keys.write_text("\n".join(lines) + "\n")
     script = workdir / "bids.lua"
@@ -349,10 +357,11 @@ def wrk_bids(
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     if reqs is None or p50 is None or p99 is None:
         sys.exit(f"could not read wrk output:\n{out}")
-    codes = ", ".join(
-        f"{c}: {n}" for c, n in sorted(re.findall(r"^status (\d+) (\d+)$", out, re.M))
-    )
+    statuses = sorted(re.findall(r"^status (\d+) (\d+)$", out, re.M))
+    codes = ", ".join(f"{c}: {n}" for c, n in statuses)
     print(f"    wrk statuses {codes}", flush=True)
+    if only is not None and ({int(c) for c, _ in statuses} != {only} or "Socket errors" in out):
+        sys.exit(f"expected only {only} answers from {base}; wrk said:\n{out}")
     return int(reqs.group(1)), elapsed, _ms(p50.group(1)), _ms(p99.group(1))
 
 
@@ -412,6 +421,14 @@ def floor_row(label: str, r: dict[str, float]) -> str:
     )
 
 
+def cpu_budget(requests: int, app_s: float, pg_s: float, wrk_s: float) -> dict[str, float]:
+    """CPU per request of the app, PostgreSQL and wrk, their total, and the ceiling it allows."""
+    n = max(requests, 1)
+    per = {"cpu_ms": 1000 * app_s / n, "pg_ms": 1000 * pg_s / n, "loadgen_ms": 1000 * wrk_s / n}
+    total = sum(per.values())
+    return {**per, "total_ms": total, "ceiling_req_s": ceiling(total)}
+
+
 def ceiling(ms_per_op: float) -> float:
     """Operations per second the whole machine could do if every core did nothing else."""
     return (os.cpu_count() or 1) * 1000 / ms_per_op if ms_per_op > 0 else float("inf")
@@ -458,13 +475,9 @@ def bid_scenario(
         "requests": reqs,
         "p50": p50,
         "p99": p99,
-        "cpu_ms": 1000 * cpu / max(reqs, 1),
         "cpu_util": cpu / elapsed,
-        "pg_ms": 1000 * pg_cpu / max(reqs, 1),
-        "loadgen_ms": 1000 * wrk_cpu / max(reqs, 1),
+        **cpu_budget(reqs, cpu, pg_cpu, wrk_cpu),
     }
-    res["total_ms"] = res["cpu_ms"] + res["pg_ms"] + res["loadgen_ms"]
-    res["ceiling_req_s"] = ceiling(res["total_ms"])
     print(
         f"  {label}: {res['accepted_per_s']:,.0f} accepted bids/s ({accepted:,} of {reqs:,} "
         f"requests, {res['requests_per_s']:,.0f} req/s), p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
@@ -567,14 +580,7 @@ def floor_server(mode: str) -> Iterator[tuple[str, int]]:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            sys.exit("floor app did not start")
+        wait_ready([f"{base}/openapi.json"], 30, "floor app")
         yield base, proc.pid
     finally:
         proc.terminate()
@@ -592,24 +598,19 @@ def floor_scenario(
         asyncio.run(bench_sql(BENCH_TABLES))
     with floor_server(mode) as (base, pid):
         tag = f"floor{mode}" + uuid.uuid4().hex[:6]
-        wrk_bids(base, lines, tag + "w", start=SPACING, duration_s=2, workdir=workdir)  # warm-up
+        wrk_bids(base, lines, tag + "w", start=SPACING, duration_s=2, workdir=workdir, only=201)
         load = loadavg()
         cpu0, pg0, wrk0 = cpu_s(pid), postgres_cpu_s(), children_cpu_s()
         reqs, elapsed, p50, p99 = wrk_bids(
-            base, lines, tag, start=SPACING, duration_s=duration_s, workdir=workdir
+            base, lines, tag, start=SPACING, duration_s=duration_s, workdir=workdir, only=201
         )
         cpu, pg_cpu, wrk_cpu = cpu_s(pid) - cpu0, postgres_cpu_s() - pg0, children_cpu_s() - wrk0
-    n = max(reqs, 1)
     res = {
         "requests_per_s": reqs / elapsed,
         "p50": p50,
         "p99": p99,
-        "cpu_ms": 1000 * cpu / n,
-        "pg_ms": 1000 * pg_cpu / n,
-        "loadgen_ms": 1000 * wrk_cpu / n,
+        **cpu_budget(reqs, cpu, pg_cpu, wrk_cpu),
     }
-    res["total_ms"] = res["cpu_ms"] + res["pg_ms"] + res["loadgen_ms"]
-    res["ceiling_req_s"] = ceiling(res["total_ms"])
     print(
         f"  floor ({mode}): {res['requests_per_s']:,.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} "
         f"ms; CPU per request: app {res['cpu_ms']:.2f} ms + PostgreSQL {res['pg_ms']:.2f} ms + "
@@ -948,78 +949,86 @@ def main() -> None:
     host = machine()
     print(f"machine: {host}; load average {load_start}", flush=True)
     prof: list[str] = []
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        server(Path(tmp) / "data", args.workers) as (base, key, vault, pid, pgid),
-    ):
+    with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        spy_dir = Path(args.profile_dir) if args.profile_dir else work
-        spy_dir.mkdir(parents=True, exist_ok=True)
-        api = Api(base, key)
+        with server(work / "data", args.workers) as (base, key, vault, pid, pgid):
+            spy_dir = Path(args.profile_dir) if args.profile_dir else work
+            spy_dir.mkdir(parents=True, exist_ok=True)
+            api = Api(base, key)
 
-        async def setup() -> tuple[str, list[tuple[str, str]], list[str]]:
-            seller, bidders = await setup_parties(api, vault)
-            lots = await gather_limited([new_lot(api, seller) for _ in range(LOTS + 1)])
-            return seller, bidders, lots
+            async def setup() -> tuple[str, list[tuple[str, str]], list[str]]:
+                seller, bidders = await setup_parties(api, vault)
+                lots = await gather_limited([new_lot(api, seller) for _ in range(LOTS + 1)])
+                return seller, bidders, lots
 
-        seller_id, bidders, lot_ids = asyncio.run(setup())
-        hot, many = lot_ids[0], lot_ids[1:]
-        hot_lines = [f"{k} {hot}" for _, k in bidders]
-        many_lines = [f"{bidders[j % BIDDERS][1]} {many[j % LOTS]}" for j in range(500)]
+            seller_id, bidders, lot_ids = asyncio.run(setup())
+            hot, many = lot_ids[0], lot_ids[1:]
+            hot_lines = [f"{k} {hot}" for _, k in bidders]
+            many_lines = [f"{bidders[j % BIDDERS][1]} {many[j % LOTS]}" for j in range(500)]
+            if not args.settle_only:
+                print("bids over HTTP (wrk -t2 -c16):", flush=True)
+                whole = pgid if args.workers > 1 else None
+                r_hot = bid_scenario(
+                    base, hot_lines, "one hot lot", duration_s=d, workdir=work, pid=pid, pgid=whole
+                )
+                r_many = bid_scenario(
+                    base, many_lines, f"{LOTS} lots", duration_s=d, workdir=work, pid=pid,
+                    pgid=whole,
+                )  # fmt: skip
+                if args.profile:
+                    raw = profile_bids(base, hot_lines, pid, work, d)
+                    if raw.exists() and spy_dir != work:
+                        shutil.copy(raw, spy_dir / raw.name)
+                    prof = summarize(raw, "a hot-lot bid run")
+                    print("\n".join(prof), flush=True)
+            if not args.settle_only and not args.bids_only:
+                print(f"baselines (raw asyncpg, {CONC} connections):", flush=True)
+                b = {}
+                for name, lots, lock in (
+                    ("hot", [hot], False),
+                    ("many", many, False),
+                    ("hot_lock", [hot], True),
+                    ("many_lock", many, True),
+                ):
+                    b[name] = asyncio.run(baseline(lots, lock=lock, duration_s=d))
+                    print(
+                        f"  {name}: {b[name]['per_s']:,.0f} rows/s, p50 {b[name]['p50']:.1f} ms, "
+                        f"p99 {b[name]['p99']:.1f} ms",
+                        flush=True,
+                    )
+            if not args.bids_only:
+                print(
+                    "settlement (close → order → pay → ship → accept: release + payout):",
+                    flush=True,
+                )
+                r_settle = asyncio.run(
+                    settlement(
+                        base,
+                        key,
+                        seller_id,
+                        bidders,
+                        n_lots=args.settle_lots,
+                        n_sellers=args.settle_sellers,
+                        dur=d,
+                        pids=(pid, pgid),
+                        spy_raw=spy_dir / "profile-settle.txt" if args.profile else None,
+                    )
+                )
+                if args.profile:
+                    settle_prof = summarize(spy_dir / "profile-settle.txt", "settlements")
+                    print("\n".join(settle_prof), flush=True)
         if not args.settle_only:
-            print("bids over HTTP (wrk -t2 -c16):", flush=True)
-            whole = pgid if args.workers > 1 else None
-            r_hot = bid_scenario(
-                base, hot_lines, "one hot lot", duration_s=d, workdir=work, pid=pid, pgid=whole
+            # After the server stopped: its background work would count in the floors' share
+            # of PostgreSQL's CPU. One process each (a floor has no `--workers`).
+            print(
+                "floors (bench/floor_app.py, one process: the same bid requests, none of the work):"
             )
-            r_many = bid_scenario(
-                base, many_lines, f"{LOTS} lots", duration_s=d, workdir=work, pid=pid, pgid=whole
-            )
-            if args.profile:
-                raw = profile_bids(base, hot_lines, pid, work, d)
-                if raw.exists() and spy_dir != work:
-                    shutil.copy(raw, spy_dir / raw.name)
-                prof = summarize(raw, "a hot-lot bid run")
-                print("\n".join(prof), flush=True)
-            print("floors (bench/floor_app.py: the same bid requests, none of the work):")
             floors = {
                 mode: floor_scenario(mode, hot_lines, duration_s=d, workdir=work)
                 for mode in ("empty", "insert", "batch")
             }
-            if args.bids_only:
-                return
-            print(f"baselines (raw asyncpg, {CONC} connections):", flush=True)
-            b = {}
-            for name, lots, lock in (
-                ("hot", [hot], False),
-                ("many", many, False),
-                ("hot_lock", [hot], True),
-                ("many_lock", many, True),
-            ):
-                b[name] = asyncio.run(baseline(lots, lock=lock, duration_s=d))
-                print(
-                    f"  {name}: {b[name]['per_s']:,.0f} rows/s, p50 {b[name]['p50']:.1f} ms, "
-                    f"p99 {b[name]['p99']:.1f} ms",
-                    flush=True,
-                )
-        print("settlement (close → order → pay → ship → accept: release + payout):", flush=True)
-        r_settle = asyncio.run(
-            settlement(
-                base,
-                key,
-                seller_id,
-                bidders,
-                n_lots=args.settle_lots,
-                n_sellers=args.settle_sellers,
-                dur=d,
-                pids=(pid, pgid),
-                spy_raw=spy_dir / "profile-settle.txt" if args.profile else None,
-            )
-        )
-        if args.profile:
-            print("\n".join(summarize(spy_dir / "profile-settle.txt", "settlements")), flush=True)
     asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{DBNAME}" WITH (FORCE)'))
-    if args.settle_only:
+    if args.settle_only or args.bids_only:
         return
 
     title = (
@@ -1094,9 +1103,9 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         budget_row("bid request, one hot lot", h, "≥ 2,000 accepted/s"),
         budget_row(f"bid request, {LOTS} lots", m, "≥ 5,000/s"),
-        floor_row("floor: the bid route, empty (FastAPI + uvicorn)", floors["empty"]),
-        floor_row("floor: the bid route + one asyncpg insert", floors["insert"]),
-        floor_row("floor: the bid route + a group-committed insert", floors["batch"]),
+        floor_row("floor, one process: the bid route, empty (FastAPI + uvicorn)", floors["empty"]),
+        floor_row("floor, one process: the bid route + one asyncpg insert", floors["insert"]),
+        floor_row("floor, one process: the bid route + group-committed inserts", floors["batch"]),
         (
             f"| settlement | {st['cpu_api_ms']:.1f} ms | {st['cpu_vault_ms']:.1f} ms | "
             f"{st['cpu_pg_ms']:.1f} ms | {st['cpu_loadgen_ms']:.1f} ms | "

@@ -48,9 +48,10 @@ class Settings(BaseSettings):
         default=1.0,
         ge=0,
         le=60,
-        description="How long an API process keeps a key's stored record between database "
-        "reads (the HMAC check runs on every request). A revocation made in another process "
-        "takes effect here within this time; 0 reads the database on every request (ADR 0014).",
+        description="How often an API process asks which keys were revoked lately and forgets "
+        "those it keeps (a kept record is read again after 60 s in any case; the HMAC check "
+        "runs on every request). A revocation made in another process takes effect here within "
+        "this time; 0 reads the database on every request (ADR 0014, 0023).",
     )
 
     host: str = "127.0.0.1"

@@ -1,6 +1,7 @@
-"""The API key check keeps each key's stored record for ``auth_cache_ttl_s`` (ADR 0014): the
-secret is still checked on every request, expiry against the clock, a revocation here at once
-and one made elsewhere within the TTL."""
+"""The API key check keeps each key's stored record (ADR 0014, 0023): the secret is still
+checked on every request, expiry against the clock, a revocation here at once and one made
+elsewhere within ``auth_cache_ttl_s`` — by one query per process for the keys revoked lately,
+not a read per key — and every record is read again after ``max_age_s``."""
 
 from __future__ import annotations
 
@@ -153,3 +154,95 @@ async def test_forget_during_an_inflight_lookup_is_not_undone(
     await inflight  # this request began before the revocation: accepting it is fine
     with pytest.raises(Unauthenticated):  # the next one, after the revoke answered, is not
         await verifier.authenticate(plaintext)
+
+
+class Counting:
+    """Counts the verifier's two reads: a key's record, and the recent revocations."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fetches = self.checks = 0
+        fetch, revoked = storage.fetch_key, storage.revoked_since
+
+        async def counted_fetch(uow: UnitOfWork, key_id: str) -> tuple[ApiKey, str] | None:
+            self.fetches += 1
+            return await fetch(uow, key_id)
+
+        async def counted_revoked(uow: UnitOfWork, since_us: int, limit: int) -> list[str]:
+            self.checks += 1
+            return await revoked(uow, since_us, limit)
+
+        monkeypatch.setattr(storage, "fetch_key", counted_fetch)
+        monkeypatch.setattr(storage, "revoked_since", counted_revoked)
+
+
+async def test_a_kept_record_costs_one_check_per_ttl_for_the_process_not_a_read_per_key(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    made = [await _key(container) for _ in range(5)]
+    reads = Counting(monkeypatch)
+    for second in range(30):
+        ticker.now += 1.0
+        for _, plaintext in made:
+            await verifier.authenticate(plaintext)
+        assert reads.checks == second + 1  # one question a second, whatever the keys
+    assert reads.fetches == 5  # each record read once in 30 s (max_age_s is 60)
+    ticker.now += 60
+    for _, plaintext in made:
+        await verifier.authenticate(plaintext)
+    assert reads.fetches == 10  # ...and again after max_age_s
+
+
+async def test_concurrent_requests_share_one_check(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    made = [await _key(container) for _ in range(3)]
+    reads = Counting(monkeypatch)
+    ticker.now += 5
+    found = await asyncio.gather(*(verifier.authenticate(p) for _ in range(20) for _, p in made))
+    assert {k.id for k in found} == {k.id for k, _ in made}
+    assert reads.checks == 1
+
+
+async def test_a_revocation_stamped_before_the_window_is_caught_by_the_max_age(
+    container: Container, clock: FixedClock
+) -> None:
+    # A revoking process whose clock is 15 minutes behind: the check (last 10 minutes) does not
+    # see it; the record, read again after max_age_s, does.
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    key, plaintext = await _key(container)
+    assert (await verifier.authenticate(plaintext)).id == key.id
+    async with container.db.transaction() as uow:
+        assert await storage.mark_revoked(uow, key.id, clock.now_us() - 15 * 60 * 1_000_000)
+    ticker.now += 30
+    assert (await verifier.authenticate(plaintext)).id == key.id  # documented: ADR 0023
+    ticker.now += 31
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate(plaintext)
+
+
+async def test_more_revocations_than_the_check_reads_forget_every_key(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys_service, "_REVOKED_MAX", 2)
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    kept, plaintext = await _key(container)
+    assert (await verifier.authenticate(plaintext)).id == kept.id
+    for _ in range(3):
+        revoked, _ = await _key(container)
+        await _revoke_elsewhere(container, revoked.id)
+    reads = Counting(monkeypatch)
+    ticker.now += 2
+    assert (await verifier.authenticate(plaintext)).id == kept.id
+    assert (reads.checks, reads.fetches) == (1, 1)  # the kept key was read again
+
+
+async def test_the_limits_between_ttl_max_age_and_window(container: Container) -> None:
+    for bad in ({"ttl_s": 5, "max_age_s": 2}, {"ttl_s": 1, "max_age_s": 700}):
+        with pytest.raises(ValueError, match="max_age_s"):
+            KeyVerifier(container.db, pepper=b"x", **bad)  # type: ignore[arg-type]

@@ -3,6 +3,8 @@ presented key on every request."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,16 +125,25 @@ async def record_auth_failure(
     )
 
 
+_REVOKED_MAX = 10_000  # more revoked in the window than this: forget every kept key
+
+
 class KeyVerifier:
-    """Authenticates presented API keys, keeping each key's stored record for ``ttl_s``.
+    """Authenticates presented API keys, keeping each key's stored record (ADR 0014, 0023).
 
     Every request checks its key; without this the check is a database round trip, about a
     tenth of a bid's CPU. What is kept is the *stored* record (id, role, principal, expiry,
     revocation, the secret's HMAC), never the presented secret: every request still computes
-    the HMAC and compares it in constant time, and checks expiry against the clock. A revocation
-    made through this process forgets the key at once (:meth:`forget`); one made elsewhere (the
-    CLI, another API node) reaches this process within ``ttl_s`` (ADR 0014). ``ttl_s = 0``
-    turns the cache off. Unknown keys are never kept, so a flood of bad keys cannot fill it.
+    the HMAC and compares it in constant time, and checks expiry against the clock.
+
+    A kept record is used only while this process has asked, within the last ``ttl_s``, which
+    keys were revoked in the last ``revocation_window_s`` (one indexed query for the whole
+    process, not one read per key): those are forgotten, so a revocation made elsewhere (the
+    CLI, another API node) reaches this process within ``ttl_s``. A revocation made through this
+    process forgets the key at once (:meth:`forget`). A record is read again after
+    ``max_age_s`` whatever the check says — the backstop for a revocation stamped by a clock
+    more than the window behind, or a row changed by hand. ``ttl_s = 0`` turns the cache off.
+    Unknown keys are never kept, so a flood of bad keys cannot fill it.
     """
 
     def __init__(
@@ -141,23 +152,32 @@ class KeyVerifier:
         *,
         pepper: bytes,
         ttl_s: float,
+        max_age_s: float = 60.0,
+        revocation_window_s: float = 600.0,
         max_entries: int = 10_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl_s < 0 or max_entries < 1:
-            raise ValueError("KeyVerifier: ttl_s >= 0 and max_entries >= 1")
+        if ttl_s < 0 or max_entries < 1 or max_age_s < ttl_s or revocation_window_s < max_age_s:
+            raise ValueError(
+                "KeyVerifier: ttl_s >= 0, max_entries >= 1, "
+                "ttl_s <= max_age_s <= revocation_window_s"
+            )
         self._db = db
         self._pepper = pepper
         self._ttl_s = ttl_s
+        self._max_age_s = max_age_s
+        self._window_us = int(revocation_window_s * 1_000_000)
         self._max = max_entries
         self._monotonic = monotonic
         self._kept: dict[str, tuple[float, ApiKey, str]] = {}
         self._forgets = 0  # a lookup under way when a key is forgotten must not put it back
+        self._checked_at = -math.inf  # when the revocations were last asked for (monotonic)
+        self._checking: asyncio.Lock | None = None
 
     async def authenticate(self, presented: str) -> ApiKey:
         """The key behind ``presented``, or :class:`Unauthenticated` (one message for every
         cause: missing, unknown, revoked, expired or a wrong secret). An unknown id spends the
-        same HMAC work as a real check; a known id used in the last ``ttl_s`` skips the
+        same HMAC work as a real check; a known id used in the last ``max_age_s`` skips the
         database read, so timing can tell that an id exists and was used lately — ids are not
         secret (the 256-bit secret is what is checked)."""
         parsed = parse_key(presented)
@@ -178,9 +198,11 @@ class KeyVerifier:
         self._kept.pop(key_id, None)
 
     async def _stored(self, key_id: str) -> tuple[ApiKey, str] | None:
+        if self._ttl_s > 0 and self._monotonic() - self._checked_at >= self._ttl_s:
+            await self._check_revocations()
         now = self._monotonic()
         kept = self._kept.get(key_id)
-        if kept is not None and now - kept[0] < self._ttl_s:
+        if kept is not None and now - kept[0] < self._max_age_s:
             return kept[1], kept[2]
         forgets = self._forgets
         async with self._db.single_statement(write=False) as uow:
@@ -192,3 +214,25 @@ class KeyVerifier:
             del self._kept[next(iter(self._kept))]  # the oldest entry
         self._kept[key_id] = (now, *found)
         return found
+
+    async def _check_revocations(self) -> None:
+        """Forget every kept key revoked in the window (all of them, if there are more than
+        :data:`_REVOKED_MAX`). One caller asks; the others wait for its answer."""
+        if self._checking is None:
+            self._checking = asyncio.Lock()
+        async with self._checking:
+            started = self._monotonic()
+            if started - self._checked_at >= self._ttl_s:  # else asked while this one waited
+                await self._forget_revoked(started)
+
+    async def _forget_revoked(self, started: float) -> None:
+        since = self._db.clock.now_us() - self._window_us
+        async with self._db.single_statement(write=False) as uow:
+            revoked = await storage.revoked_since(uow, since, _REVOKED_MAX + 1)
+        if revoked:
+            self._forgets += 1  # a lookup that read before a revocation keeps nothing
+            if len(revoked) > _REVOKED_MAX:
+                self._kept.clear()
+            for key_id in revoked:
+                self._kept.pop(key_id, None)
+        self._checked_at = started

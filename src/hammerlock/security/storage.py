@@ -10,7 +10,7 @@ from hammerlock.db.uow import UnitOfWork
 from hammerlock.security.keys import ApiKey
 from hammerlock.security.permissions import Role
 
-__all__ = ["api_keys", "fetch_key", "insert_key", "list_keys", "mark_revoked"]
+__all__ = ["api_keys", "fetch_key", "insert_key", "list_keys", "mark_revoked", "revoked_since"]
 
 api_keys = sa.Table(
     "api_keys",
@@ -25,6 +25,8 @@ api_keys = sa.Table(
     sa.Column("revoked_us", sa.BigInteger, nullable=True),
     sa.Column("created_by", sa.String(128), nullable=False),
 )
+sa.Index("ix_api_keys_principal_id", api_keys.c.principal_id)
+sa.Index("ix_api_keys_revoked_us", api_keys.c.revoked_us)
 
 
 def _key(row: RowMapping) -> ApiKey:
@@ -81,3 +83,17 @@ async def mark_revoked(uow: UnitOfWork, key_id: str, now_us: int) -> bool:
         .values(revoked_us=now_us)
     )
     return bool(result.rowcount)
+
+
+_REVOKED_SINCE = (
+    sa.select(api_keys.c.id)
+    .where(api_keys.c.revoked_us >= sa.bindparam("since_us"))
+    .order_by(api_keys.c.revoked_us)
+    .limit(sa.bindparam("limit"))
+)
+
+
+async def revoked_since(uow: UnitOfWork, since_us: int, limit: int) -> list[str]:
+    """Ids of the keys revoked at or after ``since_us`` (at most ``limit``): an index range."""
+    rows = await uow.conn.execute(_REVOKED_SINCE, {"since_us": since_us, "limit": limit})
+    return [r[0] for r in rows]

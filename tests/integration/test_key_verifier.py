@@ -246,3 +246,115 @@ async def test_the_limits_between_ttl_max_age_and_window(container: Container) -
     for bad in ({"ttl_s": 5, "max_age_s": 2}, {"ttl_s": 1, "max_age_s": 700}):
         with pytest.raises(ValueError, match="max_age_s"):
             KeyVerifier(container.db, pepper=b"x", **bad)  # type: ignore[arg-type]
+
+
+async def test_the_window_reaches_back_ten_minutes(container: Container, clock: FixedClock) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    key, plaintext = await _key(container)
+    assert (await verifier.authenticate(plaintext)).id == key.id
+    await _revoke_elsewhere(container, key.id)
+    clock.advance(9 * 60)  # revoked nine minutes ago by the database's clock
+    ticker.now += 2
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate(plaintext)
+
+
+async def test_a_revocation_stamped_by_a_clock_ahead_is_a_revocation(
+    container: Container, clock: FixedClock
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    key, plaintext = await _key(container)
+    assert (await verifier.authenticate(plaintext)).id == key.id
+    async with container.db.transaction() as uow:  # a revoking node an hour ahead of us
+        assert await storage.mark_revoked(uow, key.id, clock.now_us() + 3_600_000_000)
+    ticker.now += 2
+    with pytest.raises(Unauthenticated):
+        await verifier.authenticate(plaintext)
+
+
+async def test_a_lookup_in_flight_across_a_check_that_saw_its_revocation_keeps_nothing(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    key, plaintext = await _key(container)
+    other, other_plaintext = await _key(container)
+    await verifier.authenticate(other_plaintext)  # checks at 1000.0
+    ticker.now += 0.5
+    read_done, go_on = asyncio.Event(), asyncio.Event()
+    real_fetch = storage.fetch_key
+
+    async def slow_fetch(uow: UnitOfWork, key_id: str) -> tuple[ApiKey, str] | None:
+        found = await real_fetch(uow, key_id)  # read before the revocation commits
+        read_done.set()
+        await go_on.wait()
+        return found
+
+    monkeypatch.setattr(storage, "fetch_key", slow_fetch)
+    inflight = asyncio.create_task(verifier.authenticate(plaintext))
+    await read_done.wait()
+    monkeypatch.setattr(storage, "fetch_key", real_fetch)
+    await _revoke_elsewhere(container, key.id)
+    ticker.now += 1.0
+    assert (await verifier.authenticate(other_plaintext)).id == other.id  # this check saw it
+    go_on.set()
+    assert (await inflight).id == key.id  # began before the revocation: accepting it is fine
+    with pytest.raises(Unauthenticated):  # not kept: read again, refused (no check since)
+        await verifier.authenticate(plaintext)
+
+
+async def test_a_failing_check_uses_no_kept_record_and_is_asked_again(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker)
+    key, plaintext = await _key(container)
+    assert (await verifier.authenticate(plaintext)).id == key.id
+    real = storage.revoked_since
+
+    async def down(uow: UnitOfWork, since_us: int, limit: int) -> list[str]:
+        raise ConnectionError("database down")
+
+    monkeypatch.setattr(storage, "revoked_since", down)
+    ticker.now += 2
+    with pytest.raises(ConnectionError):
+        await verifier.authenticate(plaintext)  # the kept record is not used unchecked
+    monkeypatch.setattr(storage, "revoked_since", real)
+    ticker.now += 0.01  # a request after that failure...
+    assert (await verifier.authenticate(plaintext)).id == key.id  # ...asks again: answered
+
+
+async def test_waiters_take_a_slow_or_failing_check_instead_of_asking_in_turn(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticker = Ticker()
+    verifier = _verifier(container, ticker, ttl_s=0.1)
+    key, plaintext = await _key(container)
+    await verifier.authenticate(plaintext)
+    calls = 0
+    real = storage.revoked_since
+    failing = False
+
+    async def slow(uow: UnitOfWork, since_us: int, limit: int) -> list[str]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)  # the others arrive and queue behind this one
+        ticker.now += 1  # ...and the query takes ten TTLs
+        if failing:
+            raise ConnectionError("database down")
+        return await real(uow, since_us, limit)
+
+    monkeypatch.setattr(storage, "revoked_since", slow)
+    ticker.now += 1
+    found = await asyncio.gather(*(verifier.authenticate(plaintext) for _ in range(10)))
+    assert {k.id for k in found} == {key.id}
+    assert calls == 1
+    failing, calls = True, 0
+    ticker.now += 1
+    outcomes = await asyncio.gather(
+        *(verifier.authenticate(plaintext) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+    assert calls == 1

@@ -47,7 +47,9 @@ class ApiKey:
     created_by: str
 
     def usable_at(self, now_us: int) -> bool:
-        if self.revoked_us is not None and self.revoked_us <= now_us:
+        # Revoked is revoked, whatever the stamp: only a revocation sets it, at the revoking
+        # process's own "now" — which may run ahead of ours (ADR 0023).
+        if self.revoked_us is not None:
             return False
         return self.expires_us is None or now_us < self.expires_us
 

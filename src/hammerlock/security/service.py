@@ -173,6 +173,7 @@ class KeyVerifier:
         self._forgets = 0  # a lookup under way when a key is forgotten must not put it back
         self._checked_at = -math.inf  # when the revocations were last asked for (monotonic)
         self._checking: asyncio.Lock | None = None
+        self._failed: tuple[float, Exception] | None = None  # the last check's failure, if any
 
     async def authenticate(self, presented: str) -> ApiKey:
         """The key behind ``presented``, or :class:`Unauthenticated` (one message for every
@@ -217,13 +218,25 @@ class KeyVerifier:
 
     async def _check_revocations(self) -> None:
         """Forget every kept key revoked in the window (all of them, if there are more than
-        :data:`_REVOKED_MAX`). One caller asks; the others wait for its answer."""
+        :data:`_REVOKED_MAX`). One caller asks; the others wait for its answer and take it —
+        or its failure — when that check began after they arrived less the TTL (so a slow or
+        failing database is asked once, not once per waiting request in turn)."""
+        arrived = self._monotonic()
         if self._checking is None:
             self._checking = asyncio.Lock()
         async with self._checking:
+            if arrived - self._checked_at < self._ttl_s:
+                return  # a check fresh enough for this request ran while it waited
+            failed = self._failed
+            if failed is not None and failed[0] >= arrived:
+                raise failed[1]  # one that began after this request arrived failed: so does it
             started = self._monotonic()
-            if started - self._checked_at >= self._ttl_s:  # else asked while this one waited
+            try:
                 await self._forget_revoked(started)
+            except Exception as exc:
+                self._failed = (started, exc)
+                raise
+            self._failed = None
 
     async def _forget_revoked(self, started: float) -> None:
         since = self._db.clock.now_us() - self._window_us

@@ -26,7 +26,12 @@ api_keys = sa.Table(
     sa.Column("created_by", sa.String(128), nullable=False),
 )
 sa.Index("ix_api_keys_principal_id", api_keys.c.principal_id)
-sa.Index("ix_api_keys_revoked_us", api_keys.c.revoked_us)
+sa.Index(
+    "ix_api_keys_revoked_us",
+    api_keys.c.revoked_us,
+    postgresql_where=api_keys.c.revoked_us.is_not(None),
+    sqlite_where=api_keys.c.revoked_us.is_not(None),
+)
 
 
 def _key(row: RowMapping) -> ApiKey:

@@ -395,6 +395,12 @@ class Container:
 
 
 def build_app(
-    settings: Settings, *, clock: Clock | None = None, freeze_gc: bool = False
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    freeze_gc: bool = False,
+    gc_gen0_threshold: int | None = None,
 ) -> FastAPI:
-    return create_app(Container(settings, clock=clock), freeze_gc=freeze_gc)
+    return create_app(
+        Container(settings, clock=clock), freeze_gc=freeze_gc, gc_gen0_threshold=gc_gen0_threshold
+    )

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
         description="A served API process freezes what start-up built (`gc.freeze()`), so "
         "full garbage collections stop walking it — most of the bids' p99 (ADR 0015).",
     )
+    gc_gen0_threshold: int = Field(
+        default=20_000,
+        ge=100,
+        le=1_000_000,
+        description="A served API process collects its youngest generation after this many "
+        "new container objects (CPython's default: 700): fewer, cheaper-per-object collections "
+        "on the request path (ADR 0024). The older generations keep CPython's thresholds.",
+    )
     auth_cache_ttl_s: float = Field(
         default=1.0,
         ge=0,

@@ -14,4 +14,6 @@ __all__ = ["app_from_env"]
 def app_from_env() -> FastAPI:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    return build_app(settings, freeze_gc=settings.gc_freeze)  # a served process (api/app.py)
+    return build_app(  # a served process (api/app.py)
+        settings, freeze_gc=settings.gc_freeze, gc_gen0_threshold=settings.gc_gen0_threshold
+    )

@@ -869,6 +869,8 @@ def summarize(raw: Path, label: str) -> list[str]:
         stack, _, n = line.rpartition(" ")
         count = int(n)
         frames = [re.sub(r" \(.*?/site-packages/", " (", f) for f in stack.split(";")]
+        if frames[-1].startswith("_worker (") and "concurrent/futures/thread.py" in frames[-1]:
+            continue  # an idle pool thread waiting on its queue, which py-spy counts as busy
         total += count
         selfc[frames[-1]] += count
         m = re.search(r"\(([A-Za-z_]+)[/.]", frames[-1])

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 __all__ = ["Settings"]
 
@@ -351,6 +352,18 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def missing_sqlite_file(self) -> Path | None:
+        """The SQLite database file these settings name, when it does not exist (yet): a
+        command that needs the schema, run elsewhere, would otherwise make an empty one. None
+        on PostgreSQL, in memory, or when the file is there."""
+        if not self.is_sqlite:
+            return None
+        name = make_url(self.effective_database_url).database
+        if not name or name == ":memory:" or Path(name).exists():
+            return None
+        return Path(name)
 
     @property
     def effective_vault_database_url(self) -> str:

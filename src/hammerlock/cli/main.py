@@ -79,17 +79,14 @@ def _existing_database(settings: Settings) -> Settings:
     """``settings``, once its SQLite database file exists: a command that needs the schema
     says where it looked instead of creating an empty database (and a data dir, and a pepper)
     wherever it was run."""
-    if settings.is_sqlite:
-        from sqlalchemy.engine import make_url
-
-        path = make_url(settings.effective_database_url).database
-        if path and path != ":memory:" and not Path(path).exists():
-            err.print(
-                f"[red]no hammerlock database at {escape(path)}.[/red] Run this where the server "
-                "runs, with the same HAMMERLOCK_* settings (HAMMERLOCK_DATA_DIR defaults to "
-                "./var), or create it first: [bold]hammerlock migrate[/bold]."
-            )
-            raise typer.Exit(2)
+    missing = settings.missing_sqlite_file
+    if missing is not None:
+        err.print(
+            f"[red]no hammerlock database at {escape(str(missing))}.[/red] Run this where the "
+            "server runs, with the same HAMMERLOCK_* settings (HAMMERLOCK_DATA_DIR defaults to "
+            "./var), or create it first: [bold]hammerlock migrate[/bold]."
+        )
+        raise typer.Exit(2)
     return settings
 
 

@@ -45,7 +45,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
 from hammerlock.settings import Settings
 
@@ -302,15 +301,13 @@ def mint_admin_key() -> str:
     (like ``make admin-key``); the admin issues the others over the API. Refused when the
     embedded database is not where these settings say (run elsewhere, the key would land in a
     new empty database the server never reads)."""
-    settings = Settings()
-    if settings.is_sqlite:
-        path = make_url(settings.effective_database_url).database
-        if path and path != ":memory:" and not Path(path).exists():
-            raise DemoError(
-                f"no hammerlock database at {path}",
-                "run the demo where `make run` runs, with the same HAMMERLOCK_* settings "
-                "(HAMMERLOCK_DATA_DIR defaults to ./var)",
-            )
+    missing = Settings().missing_sqlite_file
+    if missing is not None:
+        raise DemoError(
+            f"no hammerlock database at {missing}",
+            "run the demo where `make run` runs, with the same HAMMERLOCK_* settings "
+            "(HAMMERLOCK_DATA_DIR defaults to ./var)",
+        )
     try:
         done = subprocess.run(
             [

@@ -267,6 +267,11 @@ _LIVE_DEPOSIT: Final = frozenset(
 _RENEW_CUTOFF_US = 3_600 * 1_000_000  # no deposit swap in the last hour before pay_by
 
 
+def _held(intent: PaymentIntent) -> int:
+    """What a captured intent still holds: received less refunded."""
+    return intent.amount_received - intent.amount_refunded
+
+
 async def renew_deposit(uow: UnitOfWork, ctx: Context, old_intent: str, new_intent: str) -> bool:
     """Point the order whose deposit is authorization ``old_intent`` at its renewal
     ``new_intent``, inside the caller's transaction (the auctions service swapping the winner's
@@ -726,7 +731,7 @@ class Escrow:
                 deposit, _ = await self.payments.get(deposit.id)
         elif deposit.status is IntentStatus.PROCESSING:
             deposit = await self.payments.drive(ctx, deposit.id)
-        held = deposit.amount_received - deposit.amount_refunded
+        held = _held(deposit)
         if deposit.status is not IntentStatus.SUCCEEDED or held <= 0:
             return order  # voided or lapsed: the rest intent charges the whole total
         if held > order.total:
@@ -783,7 +788,7 @@ class Escrow:
                     return None
                 if not order.deposit_in_escrow:
                     latest, _ = await self.payments.get(deposit.id)
-                    if latest.amount_received - latest.amount_refunded > order.total:
+                    if _held(latest) > order.total:
                         return None  # seized whole by a default (_take_deposit): no rest
         rest = order.total - order.deposit_in_escrow
         if rest <= 0:
@@ -1562,7 +1567,7 @@ class Escrow:
             return None
         if deposit.status is not IntentStatus.SUCCEEDED:
             return 0
-        return deposit.amount_received - deposit.amount_refunded
+        return _held(deposit)
 
     async def accept_offer(self, ctx: Context, order_id: str) -> Order:
         """The runner-up takes the second-chance offer: a new order at their own highest bid."""

@@ -10,6 +10,7 @@ import pytest
 
 from hammerlock.bootstrap import Container
 from hammerlock.clock import FixedClock
+from hammerlock.db.queues import Cursors, Key
 from hammerlock.escrow import storage as escrow_storage
 from hammerlock.escrow.model import OrderStatus
 from hammerlock.escrow.service import _LIVE_DEPOSIT, Escrow
@@ -258,7 +259,19 @@ async def test_an_interrupted_pay_whose_deposit_is_dead_never_enters_the_queue(
             limit=10,
         )
     assert queued == []
-    assert (await escrow.sweep(SYSTEM))["resumed"] == 0
+    # ...and what the sweeper itself reads for that queue, with its own arguments.
+    read_for: dict[str, list[Key]] = {}
+    original = Cursors.read
+
+    def spy(self: Cursors, queue: str, keys: list[Key], limit: int, *, now: Any = None) -> None:
+        read_for.setdefault(queue, []).extend(keys)
+        original(self, queue, keys, limit, now=now)
+
+    monkeypatch.setattr(Cursors, "read", spy)
+    counts = await escrow.sweep(SYSTEM)
+    assert counts["resumed"] == 0
+    assert counts["failed"] == 0
+    assert order.id not in {order_id for _, order_id in read_for["interrupted"]}
 
 
 async def test_buyers_who_left_their_challenge_do_not_starve_the_sweeper(

@@ -123,8 +123,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def admin_sql(sql: str) -> None:
-    conn = await asyncpg.connect(f"{PG}/postgres", timeout=10)
+async def admin_sql(sql: str, dsn: str = f"{PG}/postgres") -> None:
+    """Statements (several allowed), by default in the ``postgres`` database."""
+    conn = await asyncpg.connect(dsn, timeout=10)
     try:
         await conn.execute(sql)
     finally:
@@ -135,15 +136,6 @@ async def fetchval(sql: str, *args: object) -> object:
     conn = await asyncpg.connect(DSN, timeout=10)
     try:
         return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
-
-
-async def bench_sql(sql: str) -> None:
-    """Statements (several allowed) in the bench database."""
-    conn = await asyncpg.connect(DSN, timeout=10)
-    try:
-        await conn.execute(sql)
     finally:
         await conn.close()
 
@@ -595,7 +587,7 @@ def floor_scenario(
 ) -> dict[str, float]:
     """The floor app driven exactly like a bid scenario: every request answers 201."""
     if mode != "empty":
-        asyncio.run(bench_sql(BENCH_TABLES))
+        asyncio.run(admin_sql(BENCH_TABLES, DSN))
     with floor_server(mode) as (base, pid):
         tag = f"floor{mode}" + uuid.uuid4().hex[:6]
         wrk_bids(base, lines, tag + "w", start=SPACING, duration_s=2, workdir=workdir, only=201)

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ __all__ = [
     "HAMMERLOCK",
     "READY_TIMEOUT_S",
     "Server",
+    "cluster",
     "free_port",
     "hammerlock_env",
     "last_line",
@@ -177,3 +178,32 @@ def stop_server(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=timeout_s)
         return None
+
+
+@contextlib.contextmanager
+def cluster(
+    database_url: str, tmp_path: Path, nodes: int, *, pepper: str, **extra: str
+) -> Iterator[list[Server]]:
+    """``nodes`` servers sharing one database and one API-key pepper, each with its own data
+    dir (``tmp_path / node{i}``) and node name (``node{i}``), all healthy; stopped afterwards.
+    ``extra``: more ``HAMMERLOCK_*`` settings, as for :func:`hammerlock_env`."""
+    started = [
+        start_server(
+            hammerlock_env(
+                tmp_path / f"node{i}",
+                database_url=database_url,
+                pepper=pepper,
+                node_name=f"node{i}",
+                **extra,
+            ),
+            tmp_path / f"node{i}-logs",
+        )
+        for i in range(nodes)
+    ]
+    try:
+        for server in started:
+            wait_healthy(server)
+        yield started
+    finally:
+        for server in started:
+            stop_server(server)

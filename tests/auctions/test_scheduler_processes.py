@@ -27,7 +27,7 @@ from hammerlock.parties.model import PartyKind
 from hammerlock.payments.service import Payments
 from hammerlock.settings import Settings
 from tests.conftest import require_service
-from tests.servers import Server, hammerlock_env, start_server, stop_server, wait_healthy
+from tests.servers import Server, cluster
 
 pytestmark = [pytest.mark.processes, pytest.mark.xdist_group("processes")]
 
@@ -45,26 +45,10 @@ def backend() -> str:
 
 @pytest.fixture
 def servers(database_url: str, tmp_path: Path) -> Iterator[list[Server]]:
-    started = [
-        start_server(
-            hammerlock_env(
-                tmp_path / f"node{i}",
-                database_url=database_url,
-                pepper=PEPPER,
-                node_name=f"node{i}",
-                auctions_scheduler_interval_s="0.1",
-            ),
-            tmp_path / f"node{i}-logs",
-        )
-        for i in range(NODES)
-    ]
-    try:
-        for server in started:
-            wait_healthy(server)
+    with cluster(
+        database_url, tmp_path, NODES, pepper=PEPPER, auctions_scheduler_interval_s="0.1"
+    ) as started:
         yield started
-    finally:
-        for server in started:
-            stop_server(server)
 
 
 @pytest.fixture

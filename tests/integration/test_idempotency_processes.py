@@ -32,15 +32,7 @@ from hammerlock.ledger import service as ledger_service
 from hammerlock.ledger.model import TransferInput
 from hammerlock.security.keys import parse_key
 from hammerlock.settings import Settings
-from tests.servers import (
-    Server,
-    hammerlock_env,
-    last_line,
-    run_cli,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
+from tests.servers import Server, cluster, hammerlock_env, last_line, run_cli
 
 pytestmark = pytest.mark.processes
 
@@ -75,32 +67,16 @@ class Deployment:
 
 
 def _deploy(database_url: str, tmp_path: Path, nodes: int) -> Iterator[Deployment]:
-    """``nodes`` servers on one database, and an operator key made by ``hammerlock keys create``
-    (run while the servers start)."""
-    servers = [
-        start_server(
-            hammerlock_env(
-                tmp_path / f"node{i}",
-                database_url=database_url,
-                pepper=PEPPER,
-                ledger_batch_linger_ms=str(LINGER_MS),
-            ),
-            tmp_path / f"node{i}-logs",
-        )
-        for i in range(nodes)
-    ]
-    try:
+    """``nodes`` servers on one database, and an operator key made by ``hammerlock keys create``."""
+    with cluster(
+        database_url, tmp_path, nodes, pepper=PEPPER, ledger_batch_linger_ms=str(LINGER_MS)
+    ) as servers:
         created = run_cli(
             ["keys", "create", "--role", "operator", "--name", "idempotency test"],
             hammerlock_env(tmp_path / "cli", database_url=database_url, pepper=PEPPER),
         )
         assert created.returncode == 0, created.stderr
-        for server in servers:
-            wait_healthy(server)
         yield Deployment(servers=servers, key=last_line(created.stdout))
-    finally:
-        for server in servers:
-            stop_server(server)
 
 
 @pytest.fixture

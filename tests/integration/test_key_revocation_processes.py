@@ -16,15 +16,7 @@ import httpx
 import pytest
 
 from hammerlock.security.keys import parse_key
-from tests.servers import (
-    Server,
-    hammerlock_env,
-    last_line,
-    run_cli,
-    start_server,
-    stop_server,
-    wait_healthy,
-)
+from tests.servers import Server, cluster, hammerlock_env, last_line, run_cli
 
 pytestmark = pytest.mark.processes
 
@@ -43,20 +35,8 @@ def _cli(database_url: str, tmp_path: Path, *args: str) -> str:
 
 @pytest.fixture
 def nodes(database_url: str, tmp_path: Path) -> Iterator[list[Server]]:
-    servers = [
-        start_server(
-            hammerlock_env(tmp_path / f"node{i}", database_url=database_url, pepper=PEPPER),
-            tmp_path / f"node{i}-logs",
-        )
-        for i in range(2)
-    ]
-    try:
-        for server in servers:
-            wait_healthy(server)
+    with cluster(database_url, tmp_path, 2, pepper=PEPPER) as servers:
         yield servers
-    finally:
-        for server in servers:
-            stop_server(server)
 
 
 async def _status(client: httpx.AsyncClient, server: Server, key: str) -> int:

@@ -87,10 +87,9 @@ async def test_sweeper_marks_paid_a_pay_that_stopped_after_the_deposit_covered_i
 ) -> None:
     del gateway
     escrow = container.escrow
-    opened = await open_test_order(container, hammer=10_000, deposit=20_000)  # total 12,500
-    die_once(monkeypatch, escrow, "_charge_rest")
-    with pytest.raises(Died):
-        await escrow.pay(BUYER, opened.order_id, payment_method=None)
+    opened = await pay_dies_at(
+        container, monkeypatch, "_charge_rest", hammer=10_000, deposit=20_000
+    )  # total 12,500
     order = (await escrow.get(SYSTEM, opened.order_id)).order
     assert (order.status, order.deposit_in_escrow) == (OrderStatus.AWAITING_PAYMENT, 12_500)
 
